@@ -1,0 +1,317 @@
+//! One client connection: the handshake, then requests until it closes.
+
+use std::os::fd::BorrowedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arca_proto::store as pb;
+use arca_proto::store::reply::Kind as R;
+use arca_proto::store::request::Kind as Q;
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
+use super::Shared;
+use crate::error::{CreateError, StateError};
+use crate::id::ObjectId;
+use crate::table::{ClientId, Location};
+use crate::wire::{Conn, MAX_REQUEST_FRAME, PROTOCOL_VERSION, RecvError};
+
+/// What handling one request produced.
+enum Outcome {
+    Reply(R),
+    /// One-way request: nothing to send.
+    Silent,
+    /// The client broke the protocol: send this error, then drop the connection.
+    Fatal(String),
+}
+
+fn error(code: pb::ErrorCode, message: impl Into<String>) -> R {
+    R::Error(pb::Error {
+        code: code as i32,
+        message: message.into(),
+    })
+}
+
+fn create_error(e: CreateError) -> R {
+    let code = match e {
+        CreateError::Exists(_) | CreateError::Deleting(_) => pb::ErrorCode::ObjectExists,
+        CreateError::TooLarge { .. } => pb::ErrorCode::ObjectTooLarge,
+        CreateError::Full(_) => pb::ErrorCode::ObjectStoreFull,
+    };
+    error(code, e.to_string())
+}
+
+fn state_error(e: StateError) -> R {
+    let code = match e {
+        StateError::NotFound(_) => pb::ErrorCode::ObjectNotFound,
+        StateError::NotCreating(_) => pb::ErrorCode::InvalidState,
+    };
+    error(code, e.to_string())
+}
+
+fn send(conn: &mut Conn, kind: R) -> bool {
+    conn.send(&pb::Reply { kind: Some(kind) }).is_ok()
+}
+
+/// Serves one connection until it closes, then releases everything it held.
+pub(super) fn serve(shared: &Shared, stream: UnixStream) {
+    let peer_pid = getsockopt(&stream, PeerCredentials).map(|c| c.pid() as u32).ok();
+    let mut conn = Conn::new(stream, shared.config.spin);
+    let Some(client) = handshake(shared, &mut conn, peer_pid) else {
+        return;
+    };
+    loop {
+        let req = match conn.recv::<pb::Request>(MAX_REQUEST_FRAME) {
+            Ok(req) => req,
+            Err(RecvError::Closed) => break,
+            Err(RecvError::Io(e)) => {
+                tracing::debug!(client, "connection error: {e}");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(client, pid = peer_pid, "dropping client: {e}");
+                send(&mut conn, error(pb::ErrorCode::InvalidRequest, e.to_string()));
+                break;
+            }
+        };
+        match handle(shared, &conn, client, req) {
+            Outcome::Reply(r) => {
+                if !send(&mut conn, r) {
+                    break;
+                }
+            }
+            Outcome::Silent => {}
+            Outcome::Fatal(msg) => {
+                tracing::warn!(client, pid = peer_pid, "dropping client: {msg}");
+                send(&mut conn, error(pb::ErrorCode::InvalidRequest, msg));
+                break;
+            }
+        }
+        if shared.shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    let mut t = shared.table.lock();
+    t.disconnect(client);
+    shared.notify(&t);
+    drop(t);
+    tracing::debug!(client, pid = peer_pid, "client disconnected");
+}
+
+fn handshake(shared: &Shared, conn: &mut Conn, peer_pid: Option<u32>) -> Option<ClientId> {
+    let hello = match conn.recv::<pb::Request>(MAX_REQUEST_FRAME) {
+        Ok(pb::Request { kind: Some(Q::Hello(h)) }) => h,
+        Ok(_) => {
+            send(conn, error(pb::ErrorCode::InvalidRequest, "the first message must be Hello"));
+            return None;
+        }
+        Err(RecvError::Closed) => return None,
+        Err(e) => {
+            send(conn, error(pb::ErrorCode::InvalidRequest, e.to_string()));
+            return None;
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} is not supported by this store (version {PROTOCOL_VERSION}); \
+             use a client and daemon from the same Arca release",
+            hello.version
+        );
+        send(conn, error(pb::ErrorCode::VersionMismatch, msg));
+        return None;
+    }
+    let pid = peer_pid.unwrap_or(hello.pid);
+    let client = shared.table.lock().connect(pid, hello.name);
+    let reply = pb::Reply {
+        kind: Some(R::Hello(pb::HelloReply {
+            version: PROTOCOL_VERSION,
+            client_id: client,
+            capacity: shared.config.memory,
+            segments: shared
+                .segments
+                .iter()
+                .enumerate()
+                .map(|(i, s)| pb::SegmentInfo {
+                    index: i as u32,
+                    size: s.size() as u64,
+                    prefaulted: s.prefaulted(),
+                })
+                .collect(),
+        })),
+    };
+    let fds: Vec<BorrowedFd<'_>> = shared.segments.iter().map(|s| s.fd()).collect();
+    if conn.send_with_fds(&reply, &fds).is_err() {
+        shared.table.lock().disconnect(client);
+        return None;
+    }
+    tracing::debug!(client, pid, "client connected");
+    Some(client)
+}
+
+fn parse_id(bytes: &[u8]) -> Result<ObjectId, String> {
+    ObjectId::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+fn parse_ids(list: &[bytes::Bytes]) -> Result<Vec<ObjectId>, String> {
+    list.iter().map(|b| parse_id(b)).collect()
+}
+
+fn handle(shared: &Shared, conn: &Conn, client: ClientId, req: pb::Request) -> Outcome {
+    match handle_inner(shared, conn, client, req) {
+        Ok(o) => o,
+        Err(msg) => Outcome::Fatal(msg),
+    }
+}
+
+fn handle_inner(shared: &Shared, conn: &Conn, client: ClientId, req: pb::Request) -> Result<Outcome, String> {
+    let Some(kind) = req.kind else {
+        return Err("empty request".into());
+    };
+    let reply = match kind {
+        Q::Hello(_) => return Err("Hello sent twice".into()),
+        Q::Create(c) => {
+            let id = parse_id(&c.id)?;
+            match create(shared, conn, client, id, c.data_size, &c.metadata, c.primary) {
+                Ok(loc) => R::Created(loc.into()),
+                Err(e) => create_error(e),
+            }
+        }
+        Q::Put(p) => {
+            let id = parse_id(&p.id)?;
+            match create(shared, conn, client, id, p.data.len() as u64, &p.metadata, p.primary) {
+                Ok(loc) => {
+                    write(shared, loc, 0, &p.data);
+                    let mut t = shared.table.lock();
+                    let sealed = t.seal(client, &id);
+                    shared.notify(&t);
+                    match sealed {
+                        Ok(()) => R::Ok(pb::Ok {}),
+                        Err(e) => state_error(e),
+                    }
+                }
+                Err(e) => create_error(e),
+            }
+        }
+        Q::Seal(s) => {
+            let id = parse_id(&s.id)?;
+            let mut t = shared.table.lock();
+            let r = t.seal(client, &id);
+            shared.notify(&t);
+            r.map_or_else(state_error, |()| R::Ok(pb::Ok {}))
+        }
+        Q::Abort(a) => {
+            let id = parse_id(&a.id)?;
+            let mut t = shared.table.lock();
+            let r = t.abort(client, &id);
+            shared.notify(&t);
+            r.map_or_else(state_error, |()| R::Ok(pb::Ok {}))
+        }
+        Q::Get(g) => {
+            let ids = parse_ids(&g.ids)?;
+            let timeout = u64::try_from(g.timeout_ms).ok().map(Duration::from_millis);
+            match get(shared, conn, client, &ids, timeout) {
+                Some(results) => R::Get(pb::GetReply { results }),
+                None => return Ok(Outcome::Silent), // the client hung up while waiting
+            }
+        }
+        Q::Release(r) => {
+            let ids = parse_ids(&r.ids)?;
+            let mut t = shared.table.lock();
+            for id in &ids {
+                if !t.release(client, id) {
+                    return Err(format!("release of {id}, which this client does not hold"));
+                }
+            }
+            shared.notify(&t);
+            return Ok(Outcome::Silent);
+        }
+        Q::Delete(d) => {
+            let ids = parse_ids(&d.ids)?;
+            let mut t = shared.table.lock();
+            let deleted = ids.iter().map(|id| t.delete(id)).collect();
+            shared.notify(&t);
+            R::Delete(pb::DeleteReply { deleted })
+        }
+        Q::Contains(c) => {
+            let id = parse_id(&c.id)?;
+            R::Contains(shared.table.lock().contains(&id))
+        }
+        Q::List(_) => R::List(pb::ListReply {
+            objects: shared.table.lock().list(),
+        }),
+        Q::Memory(_) => R::Memory(shared.table.lock().memory_report()),
+    };
+    Ok(Outcome::Reply(reply))
+}
+
+/// Creates an object, waiting up to the configured timeout for memory if the
+/// store is full, and writes its metadata.
+fn create(
+    shared: &Shared,
+    conn: &Conn,
+    client: ClientId,
+    id: ObjectId,
+    data_size: u64,
+    metadata: &[u8],
+    primary: bool,
+) -> Result<Location, CreateError> {
+    let deadline = Instant::now() + shared.config.create_timeout;
+    let mut t = shared.table.lock();
+    let loc = loop {
+        match t.create(client, id, data_size, metadata.len() as u64, primary) {
+            Err(CreateError::Full(msg)) => {
+                let peer_gone = parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up());
+                if peer_gone || !shared.wait(&mut t, Some(deadline)) {
+                    return Err(CreateError::Full(msg));
+                }
+            }
+            other => break other?,
+        }
+    };
+    drop(t);
+    write(shared, loc, loc.data_size, metadata);
+    Ok(loc)
+}
+
+/// Copies `bytes` into an object being created, at `at` bytes into its block.
+fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let seg = &shared.segments[loc.segment as usize];
+    // The table allocated this block inside the segment, so the range is in bounds.
+    if let Ok(mut region) = seg.mapping().writable(loc.offset + at, bytes.len() as u64) {
+        region.copy_from_slice(bytes);
+    }
+}
+
+/// Waits until every id is readable or the timeout passes, then pins and
+/// returns what is there. `None` if the client hung up while waiting.
+fn get(
+    shared: &Shared,
+    conn: &Conn,
+    client: ClientId,
+    ids: &[ObjectId],
+    timeout: Option<Duration>,
+) -> Option<Vec<pb::GetResult>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut t = shared.table.lock();
+    loop {
+        if ids.iter().all(|id| t.contains(id)) {
+            break;
+        }
+        if !shared.wait(&mut t, deadline) {
+            break;
+        }
+        if parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up()) {
+            return None;
+        }
+    }
+    Some(
+        ids.iter()
+            .map(|id| pb::GetResult {
+                location: t.get(client, id).map(Into::into),
+            })
+            .collect(),
+    )
+}

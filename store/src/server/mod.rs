@@ -1,0 +1,310 @@
+//! The store daemon: segments, the object table behind one mutex, and a thread
+//! per client connection.
+//!
+//! Why threads and one lock: a request's work under the lock is a hash lookup
+//! and an allocator step (well under a microsecond, never a syscall or a copy),
+//! so the lock is rarely contended; a thread per connection can spin on its own
+//! socket for the next request and answer it without any cross-thread handoff,
+//! which on a 2-core machine costs more than the whole request. Waiting (a get
+//! for an object not yet sealed, a create waiting for space) parks on one
+//! condition variable with a bounded timeout.
+
+mod conn;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+
+use crate::segment::Segment;
+use crate::size::ByteSize;
+use crate::table::Table;
+use crate::wire::DEFAULT_SPIN;
+
+/// Largest single segment: objects are addressed in 64-byte units by u32 in
+/// places, and a few segments keep any one mapping reasonable.
+pub const MAX_SEGMENT: u64 = 64 << 30;
+
+/// How a store daemon runs.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The Unix socket clients connect to.
+    pub socket: PathBuf,
+    /// Capacity in bytes: the total size of the shared-memory segments.
+    pub memory: u64,
+    /// Touch every page at start, so puts never pay page faults.
+    pub prefault: bool,
+    /// How long a create waits for other clients to release memory before
+    /// failing with `ObjectStoreFull`.
+    pub create_timeout: Duration,
+    /// How long a connection thread polls for the next request before blocking.
+    pub spin: Duration,
+    /// Fraction of capacity eviction frees at least, once it has to run.
+    pub eviction_batch: f64,
+}
+
+impl StoreConfig {
+    /// A config with defaults for everything but the socket and the size.
+    pub fn new(socket: impl Into<PathBuf>, memory: u64) -> Self {
+        Self {
+            socket: socket.into(),
+            memory,
+            prefault: false,
+            create_timeout: Duration::from_secs(1),
+            spin: DEFAULT_SPIN,
+            eviction_batch: 0.05,
+        }
+    }
+}
+
+/// Why a store could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Capacity too small to hold anything.
+    #[error("store memory of {0} is too small; use at least 1MiB")]
+    TooSmall(ByteSize),
+    /// Another daemon answers on the socket.
+    #[error("another store is already listening on {0}; stop it or choose another --socket")]
+    InUse(PathBuf),
+    /// Creating the segments failed.
+    #[error("cannot create {size} of shared memory: {source}; lower --memory")]
+    Memory {
+        /// Requested size.
+        size: ByteSize,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Binding the socket failed.
+    #[error("cannot listen on {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+pub(crate) struct Shared {
+    table: Mutex<Table>,
+    cond: Condvar,
+    /// Threads parked on `cond`; changed only while holding `table`.
+    waiters: AtomicUsize,
+    segments: Vec<Segment>,
+    config: StoreConfig,
+    shutdown: AtomicBool,
+    conns: Mutex<HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>>,
+}
+
+impl Shared {
+    /// Wakes waiting gets and creates if any: called after anything that can
+    /// make an object readable or memory free, with the table lock held.
+    fn notify(&self, _held: &MutexGuard<'_, Table>) {
+        if self.waiters.load(Ordering::Relaxed) > 0 {
+            self.cond.notify_all();
+        }
+    }
+
+    /// Parks on the condition until notified, `deadline`, or a 100 ms tick
+    /// (so waiters notice shutdown and dead peers). Returns false once the
+    /// deadline has passed.
+    fn wait(&self, guard: &mut MutexGuard<'_, Table>, deadline: Option<Instant>) -> bool {
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) || self.shutdown.load(Ordering::Relaxed) {
+            return false;
+        }
+        let tick = now + Duration::from_millis(100);
+        let until = deadline.map_or(tick, |d| d.min(tick));
+        self.waiters.fetch_add(1, Ordering::Relaxed);
+        self.cond.wait_until(guard, until);
+        self.waiters.fetch_sub(1, Ordering::Relaxed);
+        true
+    }
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// A running store daemon. Dropping it (or [`StoreHandle::shutdown`]) stops
+/// it: clients are disconnected and the socket is removed.
+#[derive(Debug)]
+pub struct StoreHandle {
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// Starts a store daemon serving `config.socket` on background threads.
+pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
+    if config.memory < (1 << 20) {
+        return Err(StartError::TooSmall(ByteSize(config.memory)));
+    }
+    let began = Instant::now();
+    let mut segments = Vec::new();
+    let mut left = config.memory;
+    while left > 0 {
+        let size = left.min(MAX_SEGMENT);
+        let seg = Segment::create(segments.len() as u32, size as usize, config.prefault).map_err(|source| {
+            StartError::Memory {
+                size: ByteSize(config.memory),
+                source,
+            }
+        })?;
+        segments.push(seg);
+        left -= size;
+    }
+    let sizes: Vec<u64> = segments.iter().map(|s| s.size() as u64).collect();
+    let batch = (config.memory as f64 * config.eviction_batch.clamp(0.0, 1.0)) as u64;
+    let listener = bind(&config.socket)?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        capacity = %ByteSize(config.memory),
+        segments = segments.len(),
+        prefault = config.prefault,
+        setup_ms = began.elapsed().as_millis() as u64,
+        "store listening"
+    );
+    let shared = Arc::new(Shared {
+        table: Mutex::new(Table::new(&sizes, batch)),
+        cond: Condvar::new(),
+        waiters: AtomicUsize::new(0),
+        segments,
+        config,
+        shutdown: AtomicBool::new(false),
+        conns: Mutex::new(HashMap::new()),
+    });
+    let s = Arc::clone(&shared);
+    let accept = std::thread::Builder::new()
+        .name("arca-accept".into())
+        .spawn(move || accept_loop(s, listener))
+        .map_err(|source| StartError::Socket {
+            path: shared.config.socket.clone(),
+            source,
+        })?;
+    Ok(StoreHandle {
+        shared,
+        accept: Some(accept),
+    })
+}
+
+fn bind(path: &Path) -> Result<UnixListener, StartError> {
+    let err = |source| StartError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        // A directory we create is private: only this user can reach the store.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() && UnixStream::connect(path).is_ok() {
+            return Err(StartError::InUse(path.to_path_buf()));
+        }
+        if meta.file_type().is_socket() {
+            tracing::info!(socket = %path.display(), "removing stale socket of a store that is gone");
+            std::fs::remove_file(path).map_err(err)?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let mut next = 0u64;
+    for stream in listener.incoming() {
+        if shared.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                // EMFILE and friends: back off instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        next += 1;
+        let key = next;
+        let Ok(clone) = stream.try_clone() else { continue };
+        // Registered before the thread starts, so its own removal always finds it.
+        shared.conns.lock().insert(key, (clone, None));
+        let s = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("arca-conn-{key}"))
+            .stack_size(256 << 10)
+            .spawn(move || {
+                conn::serve(&s, stream);
+                s.conns.lock().remove(&key);
+            });
+        match spawned {
+            Ok(h) => {
+                // If the thread already finished, its entry is gone and it is
+                // simply detached.
+                if let Some(entry) = shared.conns.lock().get_mut(&key) {
+                    entry.1 = Some(h);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot start a connection thread: {e}");
+                shared.conns.lock().remove(&key);
+            }
+        }
+    }
+}
+
+impl StoreHandle {
+    /// The socket clients connect to.
+    pub fn socket(&self) -> &Path {
+        &self.shared.config.socket
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.shared.config.memory
+    }
+
+    /// Runs the table's consistency checks (tests and stress runs).
+    pub fn check_invariants(&self) {
+        self.shared.table.lock().check_invariants();
+    }
+
+    /// Stops accepting, disconnects every client, joins their threads and
+    /// removes the socket.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(accept) = self.accept.take() else { return };
+        self.shared.shutdown.store(true, Ordering::Release);
+        // Wake the blocking accept with a connection of our own.
+        let _ = UnixStream::connect(&self.shared.config.socket);
+        let _ = accept.join();
+        let conns: Vec<_> = self.shared.conns.lock().drain().collect();
+        for (_, (stream, handle)) in conns {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            if let Some(h) = handle {
+                let _ = h.join();
+            }
+        }
+        let _ = std::fs::remove_file(&self.shared.config.socket);
+        tracing::info!(socket = %self.shared.config.socket.display(), "store stopped");
+    }
+}
+
+impl Drop for StoreHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
