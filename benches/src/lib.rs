@@ -1,0 +1,43 @@
+//! Arca's benchmark workloads, run by `arca bench <area>`, and the physical
+//! limits they are read against (measured in the same run).
+//!
+//! Metric names follow `ray microbenchmark` where the workload is the same.
+
+mod limits;
+mod report;
+mod store;
+
+use std::path::PathBuf;
+
+pub use limits::memcpy_gbps;
+pub use report::{Metric, Report};
+pub use store::{ClientArgs, client_main};
+
+/// A benchmark area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Area {
+    /// The object store: put/get calls and bandwidth, single and multi client.
+    Store,
+}
+
+/// Settings shared by the workloads.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// A running store to use; an embedded one is started if `None`.
+    pub socket: Option<PathBuf>,
+    /// Capacity of the embedded store.
+    pub memory: u64,
+    /// Seconds per workload.
+    pub seconds: f64,
+    /// Processes for the multi-client workloads.
+    pub clients: usize,
+    /// This binary, re-run as `arca bench-client` for multi-client workloads.
+    pub exe: PathBuf,
+}
+
+/// Runs one area's workloads.
+pub fn run(area: Area, opts: &BenchOptions) -> anyhow::Result<Report> {
+    match area {
+        Area::Store => store::run(opts),
+    }
+}

@@ -1,0 +1,34 @@
+//! arca-client: what a user process links to talk to the node's object store.
+//!
+//! Objects are written and read directly in shared memory: `get` returns an
+//! [`ObjectBuffer`] that points into the store's segment (no copy, whatever
+//! the size), keeps the object pinned until dropped, and converts without
+//! copying into `bytes::Bytes`, an Arrow buffer, Arrow record batches or a
+//! typed [`Tensor`].
+//!
+//! ```no_run
+//! use arca_client::StoreClient;
+//! use std::time::Duration;
+//!
+//! let store = StoreClient::connect("/tmp/arca/store.sock")?;
+//! let id = store.put(b"hello")?;
+//! let buf = store.get_one(id, Some(Duration::from_secs(1)))?;
+//! assert_eq!(&buf[..], b"hello");
+//! # Ok::<(), arca_client::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod arrow;
+mod buffer;
+mod client;
+mod error;
+mod tensor;
+
+pub use arca_proto::store::{ClientInfo, MemoryReport, ObjectInfo, ObjectState, PinInfo, StoreTotals};
+pub use arca_store::{ByteSize, ObjectId};
+pub use arrow::ARROW_METADATA;
+pub use buffer::{ObjectBuffer, ObjectWriter};
+pub use client::{ClientOptions, INLINE_MAX, PutOptions, StoreClient};
+pub use error::{Error, Result};
+pub use tensor::{Element, Tensor};

@@ -121,9 +121,37 @@ impl Conn {
         self.send_with_fds(msg, &[])
     }
 
-    /// Encodes and sends one frame, attaching `fds` to its first byte.
+    /// Encodes one frame to go out with the next [`Conn::send`], so that
+    /// one-way messages ride along with a request in a single write.
+    pub fn queue<M: Message>(&mut self, msg: &M) -> io::Result<()> {
+        encode_frame(msg, &mut self.wbuf)
+    }
+
+    /// Sends everything queued, if anything.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        self.send_queued(&[])
+    }
+
+    /// Encodes and sends one frame (after anything queued), attaching `fds`
+    /// to the first byte sent.
     pub fn send_with_fds<M: Message>(&mut self, msg: &M, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         encode_frame(msg, &mut self.wbuf)?;
+        self.send_queued(fds)
+    }
+
+    fn send_queued(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let result = self.write_all(fds);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 4 * READ_CHUNK {
+            self.wbuf.shrink_to(4096);
+        }
+        result
+    }
+
+    fn write_all(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
         let mut sent = 0;
         while sent < self.wbuf.len() {
@@ -279,11 +307,10 @@ impl Conn {
     }
 }
 
-/// Encodes `msg` as one frame (length prefix + body) into `buf`.
+/// Appends `msg` as one frame (length prefix + body) to `buf`.
 pub fn encode_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = msg.encoded_len();
     let len32 = u32::try_from(len).map_err(|_| io::Error::other(format!("message of {len} bytes is too large for one frame")))?;
-    buf.clear();
     buf.reserve(4 + len);
     buf.extend_from_slice(&len32.to_le_bytes());
     msg.encode(buf).map_err(io::Error::other)?;

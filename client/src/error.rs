@@ -1,0 +1,98 @@
+//! Errors from the store client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arca_proto::store as pb;
+use arca_store::ObjectId;
+
+/// Anything a store call can fail with. The text says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No store answers at the socket.
+    #[error("cannot connect to the store at {path}: {source}; is `arca store --socket {path}` running?", path = .path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No room, even after evicting everything evictable and waiting.
+    #[error("{0}")]
+    ObjectStoreFull(String),
+    /// The id is taken.
+    #[error("{0}")]
+    ObjectExists(String),
+    /// Larger than the whole store.
+    #[error("{0}")]
+    ObjectTooLarge(String),
+    /// No such object (or not in the state the call needs).
+    #[error("{0}")]
+    NotFound(String),
+    /// Seal or abort of an object this client is not creating.
+    #[error("{0}")]
+    InvalidState(String),
+    /// `get` gave up waiting.
+    #[error("timed out after {timeout:?} waiting for object {id}; it was never put, or not sealed yet")]
+    GetTimeout {
+        /// The first object that did not appear.
+        id: ObjectId,
+        /// How long the call waited.
+        timeout: Duration,
+    },
+    /// The object holds something other than what was asked for.
+    #[error("object {id} is not {expected}: {detail}")]
+    WrongKind {
+        /// The object.
+        id: ObjectId,
+        /// What the caller asked for (an Arrow stream, a tensor of some dtype).
+        expected: String,
+        /// What was found.
+        detail: String,
+    },
+    /// Arrow could not encode or decode.
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
+    /// The daemon went away.
+    #[error("lost the connection to the store: {0}; the daemon stopped or crashed")]
+    Disconnected(String),
+    /// The daemon said something this client does not understand, or the
+    /// reverse (different Arca versions).
+    #[error("store protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    pub(crate) fn from_reply(e: pb::Error) -> Self {
+        use pb::ErrorCode as C;
+        let m = e.message;
+        match C::try_from(e.code).unwrap_or(C::Unspecified) {
+            C::ObjectStoreFull => Self::ObjectStoreFull(m),
+            C::ObjectExists => Self::ObjectExists(m),
+            C::ObjectTooLarge => Self::ObjectTooLarge(m),
+            C::ObjectNotFound => Self::NotFound(m),
+            C::InvalidState => Self::InvalidState(m),
+            C::InvalidRequest | C::VersionMismatch | C::Unspecified => Self::Protocol(m),
+        }
+    }
+}
+
+impl From<arca_store::wire::RecvError> for Error {
+    fn from(e: arca_store::wire::RecvError) -> Self {
+        use arca_store::wire::RecvError as E;
+        match e {
+            E::Closed | E::Truncated | E::Io(_) => Self::Disconnected(e.to_string()),
+            other => Self::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Self::Disconnected(e.to_string())
+    }
+}
+
+/// Shorthand for results of store calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

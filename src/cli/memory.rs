@@ -1,0 +1,140 @@
+//! `arca memory`: what is in a store and what holds it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use arca_client::{ByteSize, ClientOptions, MemoryReport, ObjectId, ObjectState, StoreClient};
+use serde_json::json;
+
+#[derive(Debug, clap::Args)]
+pub struct MemoryArgs {
+    /// The store's socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Show at most this many objects (largest first); 0 shows all.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+pub fn run(a: MemoryArgs) -> anyhow::Result<()> {
+    let opts = ClientOptions {
+        name: "arca memory".into(),
+        ..ClientOptions::default()
+    };
+    let client = StoreClient::connect_with(&a.socket, opts)?;
+    let report = client.memory()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&report))?);
+    } else {
+        print!("{}", render(&report, a.limit, client.client_id()));
+    }
+    Ok(())
+}
+
+fn state(s: i32) -> &'static str {
+    match ObjectState::try_from(s) {
+        Ok(ObjectState::Creating) => "creating",
+        Ok(ObjectState::Sealed) => "sealed",
+        Ok(ObjectState::Deleting) => "deleting",
+        _ => "unknown",
+    }
+}
+
+fn hex(id: &[u8]) -> String {
+    ObjectId::from_slice(id).map_or_else(|_| "?".into(), |i| i.to_hex())
+}
+
+fn age(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..120_000 => format!("{:.1}s", ms as f64 / 1e3),
+        120_000..7_200_000 => format!("{}m", ms / 60_000),
+        _ => format!("{}h", ms / 3_600_000),
+    }
+}
+
+fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
+    let t = r.totals.clone().unwrap_or_default();
+    let b = |n: u64| ByteSize(n).to_string();
+    let mut out = format!(
+        "capacity {}  used {} ({:.1}%)  objects {}\n  pinned {}  primary {}  creating {}  evictable {}  free {}\n  since start: {} objects created, {} evicted ({})\n",
+        b(t.capacity),
+        b(t.allocated),
+        100.0 * t.allocated as f64 / t.capacity.max(1) as f64,
+        t.objects,
+        b(t.pinned),
+        b(t.primary),
+        b(t.creating),
+        b(t.evictable),
+        b(t.capacity.saturating_sub(t.allocated)),
+        t.created_objects,
+        t.evicted_objects,
+        b(t.evicted_bytes),
+    );
+    out += "\nclients\n";
+    out += &format!("  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n", "CLIENT", "PID", "NAME", "PINNED", "PRIMARY", "CREATING", "CONNECTED");
+    for c in r.clients.iter().filter(|c| c.client != me) {
+        out += &format!(
+            "  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n",
+            c.client,
+            c.pid,
+            truncate(&c.name, 20),
+            b(c.pinned_bytes),
+            b(c.primary_bytes),
+            b(c.creating_bytes),
+            age(c.connected_ms)
+        );
+    }
+    let pids: HashMap<u64, u32> = r.clients.iter().map(|c| (c.client, c.pid)).collect();
+    let shown = if limit == 0 { r.objects.len() } else { limit.min(r.objects.len()) };
+    out += &format!("\nobjects (largest first, {shown} of {})\n", r.objects.len());
+    out += &format!("  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n", "ID", "SIZE", "STATE", "PINNED BY (pid x n)", "PRIMARY PID", "AGE");
+    for o in r.objects.iter().take(shown) {
+        let pins: Vec<String> = o.pins.iter().map(|p| format!("{}x{}", p.pid, p.count)).collect();
+        let primary = if o.primary_client == 0 { "-".to_string() } else { pids.get(&o.primary_client).copied().unwrap_or(o.primary_pid).to_string() };
+        out += &format!(
+            "  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n",
+            hex(&o.id),
+            b(o.data_size + o.metadata_size),
+            state(o.state),
+            if pins.is_empty() { "-".into() } else { truncate(&pins.join(","), 22) },
+            primary,
+            age(o.age_ms)
+        );
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('~')).collect()
+    }
+}
+
+fn to_json(r: &MemoryReport) -> serde_json::Value {
+    let t = r.totals.clone().unwrap_or_default();
+    json!({
+        "totals": {
+            "capacity": t.capacity, "allocated": t.allocated, "pinned": t.pinned,
+            "primary": t.primary, "creating": t.creating, "evictable": t.evictable,
+            "objects": t.objects, "created_objects": t.created_objects,
+            "evicted_objects": t.evicted_objects, "evicted_bytes": t.evicted_bytes,
+        },
+        "clients": r.clients.iter().map(|c| json!({
+            "client": c.client, "pid": c.pid, "name": c.name, "pinned": c.pinned_bytes,
+            "primary": c.primary_bytes, "creating": c.creating_bytes, "connected_ms": c.connected_ms,
+        })).collect::<Vec<_>>(),
+        "objects": r.objects.iter().map(|o| json!({
+            "id": hex(&o.id), "data_size": o.data_size, "metadata_size": o.metadata_size,
+            "allocated": o.allocated, "state": state(o.state),
+            "pins": o.pins.iter().map(|p| json!({"client": p.client, "pid": p.pid, "count": p.count})).collect::<Vec<_>>(),
+            "primary_pid": if o.primary_client == 0 { None } else { Some(o.primary_pid) },
+            "creator_pid": o.creator_pid, "age_ms": o.age_ms,
+        })).collect::<Vec<_>>(),
+    })
+}

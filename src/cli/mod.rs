@@ -1,0 +1,92 @@
+//! Subcommands of the `arca` binary.
+
+mod memory;
+mod store;
+mod tour;
+
+use std::path::PathBuf;
+
+use arca_store::ByteSize;
+use clap::{Parser, Subcommand};
+
+/// Arca: a shared-memory object store (Ray Core in Rust).
+#[derive(Debug, Parser)]
+#[command(name = "arca", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a standalone store daemon in the foreground (Ctrl-C stops it).
+    Store(store::StoreArgs),
+    /// List the objects in a store, who pins them, and the totals.
+    Memory(memory::MemoryArgs),
+    /// Run benchmark workloads and print them next to this machine's limits.
+    Bench(BenchArgs),
+    /// A short tour on an embedded store: put, get, zero-copy arrays, eviction.
+    Tour(tour::TourArgs),
+    /// Internal: a benchmark client process started by `arca bench`.
+    #[command(hide = true)]
+    BenchClient(arca_bench::ClientArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Which workloads: `store`.
+    area: arca_bench::Area,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Use a running store instead of starting an embedded one.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Memory of the embedded store.
+    #[arg(long, default_value = "3GiB")]
+    memory: ByteSize,
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Client processes for the multi-client workloads.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+}
+
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Store(a) => store::run(a),
+        Command::Memory(a) => memory::run(a),
+        Command::Tour(a) => tour::run(a),
+        Command::Bench(a) => {
+            let opts = arca_bench::BenchOptions {
+                socket: a.socket,
+                memory: a.memory.0,
+                seconds: a.seconds,
+                clients: a.clients,
+                exe: std::env::current_exe()?,
+            };
+            let report = arca_bench::run(a.area, &opts)?;
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            Ok(())
+        }
+        Command::BenchClient(a) => arca_bench::client_main(&a),
+    }
+}
