@@ -41,7 +41,11 @@ impl Report {
         let w = self.metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
         let mut out = String::new();
         for m in &self.metrics {
-            let v = if m.value >= 100.0 { format!("{:.0}", m.value) } else { format!("{:.2}", m.value) };
+            let v = if m.value >= 100.0 {
+                format!("{:.0}", m.value)
+            } else {
+                format!("{:.2}", m.value)
+            };
             out += &format!("{:<w$}  {:>12}  {}\n", m.name, v, m.unit);
         }
         out

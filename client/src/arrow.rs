@@ -10,11 +10,11 @@
 use std::io::Write;
 use std::time::Duration;
 
+use arca_store::ObjectId;
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{ArrowError, SchemaRef};
-use arca_store::ObjectId;
 
 use crate::client::StoreClient;
 use crate::error::{Error, Result};
@@ -26,7 +26,11 @@ fn options() -> std::result::Result<IpcWriteOptions, ArrowError> {
     IpcWriteOptions::try_new(64, false, arrow_ipc::MetadataVersion::V5)
 }
 
-fn encode<W: Write>(w: W, schema: &SchemaRef, batches: &[RecordBatch]) -> std::result::Result<W, ArrowError> {
+fn encode<W: Write>(
+    w: W,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> std::result::Result<W, ArrowError> {
     let mut writer = StreamWriter::try_new_with_options(w, schema, options()?)?;
     for b in batches {
         writer.write(b)?;
@@ -56,20 +60,31 @@ impl StoreClient {
     }
 
     /// Puts batches sharing one schema as one object.
-    pub fn put_record_batches(&self, schema: &SchemaRef, batches: &[RecordBatch], primary: bool) -> Result<ObjectId> {
+    pub fn put_record_batches(
+        &self,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        primary: bool,
+    ) -> Result<ObjectId> {
         let size = encode(Counter(0), schema, batches)?.0;
         let id = ObjectId::random();
         let mut w = self.create(id, size, ARROW_METADATA, primary)?;
         let rest = encode(&mut w[..], schema, batches)?;
         if !rest.is_empty() {
-            return Err(Error::Protocol("arrow encoding changed size between passes".into()));
+            return Err(Error::Protocol(
+                "arrow encoding changed size between passes".into(),
+            ));
         }
         w.seal()
     }
 
     /// Gets the batches of an Arrow object; their buffers point into shared
     /// memory and keep the object pinned while any of them lives.
-    pub fn get_record_batches(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Vec<RecordBatch>> {
+    pub fn get_record_batches(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Vec<RecordBatch>> {
         let obj = self.get_one(id, timeout)?;
         if obj.metadata() != ARROW_METADATA {
             return Err(Error::WrongKind {

@@ -57,7 +57,11 @@ impl Held {
 impl ObjectBuffer {
     pub(crate) fn new(pin: Pin, bytes: SharedBytes, data_len: usize) -> Self {
         Self {
-            inner: Arc::new(Held { bytes, data_len, pin }),
+            inner: Arc::new(Held {
+                bytes,
+                data_len,
+                pin,
+            }),
         }
     }
 

@@ -10,7 +10,7 @@ use arca_proto::store::reply::Kind as R;
 use arca_proto::store::request::Kind as Q;
 use arca_store::ObjectId;
 use arca_store::segment::Mapping;
-use arca_store::wire::{Conn, DEFAULT_SPIN, MAX_REPLY_FRAME, PROTOCOL_VERSION};
+use arca_store::wire::{Conn, DEFAULT_SPIN, MAX_REPLY_FRAME, PROTOCOL_VERSION, Side};
 use parking_lot::Mutex;
 
 use crate::buffer::{ObjectBuffer, ObjectWriter};
@@ -33,7 +33,9 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         let name = std::env::args().next().and_then(|a| {
-            Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned())
+            Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
         });
         Self {
             name: name.unwrap_or_else(|| "client".into()),
@@ -97,7 +99,7 @@ impl StoreClient {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut conn = Conn::new(stream, opts.spin);
+        let mut conn = Conn::new(stream, Side::Client, opts.spin);
         let hello = pb::Request {
             kind: Some(Q::Hello(pb::Hello {
                 version: PROTOCOL_VERSION,
@@ -110,7 +112,11 @@ impl StoreClient {
         let hello = match reply.kind {
             Some(R::Hello(h)) => h,
             Some(R::Error(e)) => return Err(Error::from_reply(e)),
-            other => return Err(Error::Protocol(format!("expected a Hello reply, got {other:?}"))),
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected a Hello reply, got {other:?}"
+                )));
+            }
         };
         let fds = conn.take_fds();
         if fds.len() != hello.segments.len() {
@@ -180,7 +186,13 @@ impl StoreClient {
 
     /// Reserves `data_size` bytes for an object that the caller writes in
     /// place (through the returned writer) and then seals.
-    pub fn create(&self, id: ObjectId, data_size: u64, metadata: &[u8], primary: bool) -> Result<ObjectWriter> {
+    pub fn create(
+        &self,
+        id: ObjectId,
+        data_size: u64,
+        metadata: &[u8],
+        primary: bool,
+    ) -> Result<ObjectWriter> {
         let create = Q::Create(pb::Create {
             id: id_bytes(&id),
             data_size,
@@ -191,14 +203,21 @@ impl StoreClient {
             R::Created(loc) => loc,
             other => return Err(unexpected(other)),
         };
-        let region = self.mapping(loc.segment)?.writable(loc.offset, loc.data_size).map_err(|e| Error::Protocol(e.to_string()))?;
+        let region = self
+            .mapping(loc.segment)?
+            .writable(loc.offset, loc.data_size)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         Ok(ObjectWriter::new(self.clone(), id, region))
     }
 
     /// Gets objects, waiting up to `timeout` (forever if `None`) for those not
     /// yet sealed. Each returned buffer points into shared memory and pins its
     /// object until dropped; `None` marks an object that did not appear in time.
-    pub fn get(&self, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Option<ObjectBuffer>>> {
+    pub fn get(
+        &self,
+        ids: &[ObjectId],
+        timeout: Option<Duration>,
+    ) -> Result<Vec<Option<ObjectBuffer>>> {
         let get = Q::Get(pb::Get {
             ids: ids.iter().map(id_bytes).collect(),
             timeout_ms: timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64),
@@ -244,21 +263,31 @@ impl StoreClient {
 
     fn buffer(&self, id: ObjectId, loc: &pb::Location) -> Result<ObjectBuffer> {
         let guard = crate::buffer::Pin::new(self.clone(), id);
-        let len = loc.data_size.checked_add(loc.metadata_size).ok_or_else(|| Error::Protocol("object size overflows".into()))?;
-        let bytes = self.mapping(loc.segment)?.readable(loc.offset, len).map_err(|e| Error::Protocol(e.to_string()))?;
+        let len = loc
+            .data_size
+            .checked_add(loc.metadata_size)
+            .ok_or_else(|| Error::Protocol("object size overflows".into()))?;
+        let bytes = self
+            .mapping(loc.segment)?
+            .readable(loc.offset, len)
+            .map_err(|e| Error::Protocol(e.to_string()))?;
         Ok(ObjectBuffer::new(guard, bytes, loc.data_size as usize))
     }
 
     fn mapping(&self, segment: u32) -> Result<&Arc<Mapping>> {
-        self.inner
-            .segments
-            .get(segment as usize)
-            .ok_or_else(|| Error::Protocol(format!("the store named segment {segment}, which it never sent")))
+        self.inner.segments.get(segment as usize).ok_or_else(|| {
+            Error::Protocol(format!(
+                "the store named segment {segment}, which it never sent"
+            ))
+        })
     }
 
     /// Whether the object exists and is sealed.
     pub fn contains(&self, id: ObjectId) -> Result<bool> {
-        match self.inner.call(Q::Contains(pb::Contains { id: id_bytes(&id) }))? {
+        match self
+            .inner
+            .call(Q::Contains(pb::Contains { id: id_bytes(&id) }))?
+        {
             R::Contains(b) => Ok(b),
             other => Err(unexpected(other)),
         }
@@ -315,7 +344,10 @@ impl StoreClient {
         self.inner.releases.lock().push(id);
         if let Some(mut conn) = self.inner.conn.try_lock() {
             // A failed send means the daemon is gone, and with it every pin.
-            let _ = self.inner.queue_releases(&mut conn).and_then(|()| conn.flush());
+            let _ = self
+                .inner
+                .queue_releases(&mut conn)
+                .and_then(|()| conn.flush());
         }
     }
 }

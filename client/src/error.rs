@@ -34,7 +34,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidState(String),
     /// `get` gave up waiting.
-    #[error("timed out after {timeout:?} waiting for object {id}; it was never put, or not sealed yet")]
+    #[error(
+        "timed out after {timeout:?} waiting for object {id}; it was never put, or not sealed yet"
+    )]
     GetTimeout {
         /// The first object that did not appear.
         id: ObjectId,

@@ -25,7 +25,9 @@ mod client;
 mod error;
 mod tensor;
 
-pub use arca_proto::store::{ClientInfo, MemoryReport, ObjectInfo, ObjectState, PinInfo, StoreTotals};
+pub use arca_proto::store::{
+    ClientInfo, MemoryReport, ObjectInfo, ObjectState, PinInfo, StoreTotals,
+};
 pub use arca_store::{ByteSize, ObjectId};
 pub use arrow::ARROW_METADATA;
 pub use buffer::{ObjectBuffer, ObjectWriter};

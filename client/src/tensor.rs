@@ -80,7 +80,12 @@ fn metadata<T: Element>(shape: &[usize]) -> String {
         *s = step;
         step *= n;
     }
-    format!("{PREFIX}dtype={} shape={} strides={}", T::DTYPE, join(shape), join(&strides))
+    format!(
+        "{PREFIX}dtype={} shape={} strides={}",
+        T::DTYPE,
+        join(shape),
+        join(&strides)
+    )
 }
 
 struct Parsed {
@@ -135,15 +140,23 @@ impl StoreClient {
     }
 
     /// Gets a tensor of element type `T`, read in place from shared memory.
-    pub fn get_tensor<T: Element>(&self, id: ObjectId, timeout: Option<Duration>) -> Result<Tensor<T>> {
+    pub fn get_tensor<T: Element>(
+        &self,
+        id: ObjectId,
+        timeout: Option<Duration>,
+    ) -> Result<Tensor<T>> {
         let buffer = self.get_one(id, timeout)?;
         let wrong = |detail: String| Error::WrongKind {
             id,
             expected: format!("a tensor of {}", T::DTYPE),
             detail,
         };
-        let p = parse(buffer.metadata())
-            .ok_or_else(|| wrong(format!("metadata is {:?}", String::from_utf8_lossy(buffer.metadata()))))?;
+        let p = parse(buffer.metadata()).ok_or_else(|| {
+            wrong(format!(
+                "metadata is {:?}",
+                String::from_utf8_lossy(buffer.metadata())
+            ))
+        })?;
         if p.dtype != T::DTYPE {
             return Err(wrong(format!("its dtype is {}", p.dtype)));
         }
@@ -157,11 +170,17 @@ impl StoreClient {
             .shape
             .iter()
             .zip(&strides)
-            .try_fold(0usize, |acc, (&n, &s)| acc.checked_add(n.checked_sub(1)?.checked_mul(s)?));
+            .try_fold(0usize, |acc, (&n, &s)| {
+                acc.checked_add(n.checked_sub(1)?.checked_mul(s)?)
+            });
         let count = buffer.data().len() / elem;
         let fits = p.shape.contains(&0) || last.is_some_and(|l| l < count);
         if buffer.data().len() % elem != 0 || !fits {
-            return Err(wrong(format!("{} bytes do not hold shape {:?}", buffer.data().len(), p.shape)));
+            return Err(wrong(format!(
+                "{} bytes do not hold shape {:?}",
+                buffer.data().len(),
+                p.shape
+            )));
         }
         if bytemuck::try_cast_slice::<u8, T>(buffer.data()).is_err() {
             return Err(wrong("its data is not aligned for the dtype".into()));
@@ -184,7 +203,10 @@ mod tests {
         let m = metadata::<f64>(&[2, 3]);
         assert_eq!(m, "arca:tensor dtype=f64 shape=2,3 strides=24,8");
         let p = parse(m.as_bytes()).unwrap();
-        assert_eq!((p.dtype.as_str(), p.shape, p.byte_strides), ("f64", vec![2, 3], vec![24, 8]));
+        assert_eq!(
+            (p.dtype.as_str(), p.shape, p.byte_strides),
+            ("f64", vec![2, 3], vec![24, 8])
+        );
         assert!(parse(b"arca:tensor dtype=f64 shape=x strides=8").is_none());
         assert!(parse(b"something else").is_none());
     }

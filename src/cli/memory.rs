@@ -75,7 +75,10 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
         b(t.evicted_bytes),
     );
     out += "\nclients\n";
-    out += &format!("  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n", "CLIENT", "PID", "NAME", "PINNED", "PRIMARY", "CREATING", "CONNECTED");
+    out += &format!(
+        "  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n",
+        "CLIENT", "PID", "NAME", "PINNED", "PRIMARY", "CREATING", "CONNECTED"
+    );
     for c in r.clients.iter().filter(|c| c.client != me) {
         out += &format!(
             "  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n",
@@ -89,18 +92,43 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
         );
     }
     let pids: HashMap<u64, u32> = r.clients.iter().map(|c| (c.client, c.pid)).collect();
-    let shown = if limit == 0 { r.objects.len() } else { limit.min(r.objects.len()) };
-    out += &format!("\nobjects (largest first, {shown} of {})\n", r.objects.len());
-    out += &format!("  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n", "ID", "SIZE", "STATE", "PINNED BY (pid x n)", "PRIMARY PID", "AGE");
+    let shown = if limit == 0 {
+        r.objects.len()
+    } else {
+        limit.min(r.objects.len())
+    };
+    out += &format!(
+        "\nobjects (largest first, {shown} of {})\n",
+        r.objects.len()
+    );
+    out += &format!(
+        "  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n",
+        "ID", "SIZE", "STATE", "PINNED BY (pid x n)", "PRIMARY PID", "AGE"
+    );
     for o in r.objects.iter().take(shown) {
-        let pins: Vec<String> = o.pins.iter().map(|p| format!("{}x{}", p.pid, p.count)).collect();
-        let primary = if o.primary_client == 0 { "-".to_string() } else { pids.get(&o.primary_client).copied().unwrap_or(o.primary_pid).to_string() };
+        let pins: Vec<String> = o
+            .pins
+            .iter()
+            .map(|p| format!("{}x{}", p.pid, p.count))
+            .collect();
+        let primary = if o.primary_client == 0 {
+            "-".to_string()
+        } else {
+            pids.get(&o.primary_client)
+                .copied()
+                .unwrap_or(o.primary_pid)
+                .to_string()
+        };
         out += &format!(
             "  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n",
             hex(&o.id),
             b(o.data_size + o.metadata_size),
             state(o.state),
-            if pins.is_empty() { "-".into() } else { truncate(&pins.join(","), 22) },
+            if pins.is_empty() {
+                "-".into()
+            } else {
+                truncate(&pins.join(","), 22)
+            },
             primary,
             age(o.age_ms)
         );

@@ -19,12 +19,17 @@ pub struct TourArgs {
 const SECOND: Option<Duration> = Some(Duration::from_secs(1));
 
 fn inside(c: &StoreClient, ptr: *const u8) -> bool {
-    c.segments().iter().any(|m| m.address_range().contains(&(ptr as usize)))
+    c.segments()
+        .iter()
+        .any(|m| m.address_range().contains(&(ptr as usize)))
 }
 
 pub fn run(a: TourArgs) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("arca-tour-{}", std::process::id()));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let result = tour(&dir, a.memory.0);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -33,7 +38,11 @@ pub fn run(a: TourArgs) -> anyhow::Result<()> {
 fn tour(dir: &std::path::Path, memory: u64) -> anyhow::Result<()> {
     let socket = dir.join("store.sock");
     let store = start(StoreConfig::new(&socket, memory))?;
-    println!("1. Started an embedded store: {} of shared memory, socket {}", ByteSize(memory), socket.display());
+    println!(
+        "1. Started an embedded store: {} of shared memory, socket {}",
+        ByteSize(memory),
+        socket.display()
+    );
     let c = StoreClient::connect(&socket)?;
 
     let id = c.put(b"hello, arca")?;
@@ -63,15 +72,37 @@ fn tour(dir: &std::path::Path, memory: u64) -> anyhow::Result<()> {
 
     let n = 1_000_000i64;
     let batch = RecordBatch::try_from_iter([
-        ("id", Arc::new(Int64Array::from_iter_values(0..n)) as Arc<dyn Array>),
-        ("x", Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 * 0.5))) as _),
-        ("name", Arc::new(StringArray::from_iter_values((0..n).map(|i| format!("row{i}")))) as _),
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..n)) as Arc<dyn Array>,
+        ),
+        (
+            "x",
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|i| i as f64 * 0.5),
+            )) as _,
+        ),
+        (
+            "name",
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("row{i}")),
+            )) as _,
+        ),
     ])?;
     let arrow_id = c.put_record_batch(&batch)?;
     let batches = c.get_record_batches(arrow_id, SECOND)?;
-    let xs = batches[0].column(1).as_any().downcast_ref::<Float64Array>().context("column x")?;
+    let xs = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .context("column x")?;
     let sum: f64 = xs.values().iter().sum();
-    let zero_copy = batches[0].columns().iter().all(|col| col.to_data().buffers().iter().all(|b| inside(&c, b.as_ptr())));
+    let zero_copy = batches[0].columns().iter().all(|col| {
+        col.to_data()
+            .buffers()
+            .iter()
+            .all(|b| inside(&c, b.as_ptr()))
+    });
     println!(
         "4. Arrow: a batch of {} rows x {} columns round-tripped; sum(x) = {sum}; every buffer points into shared memory: {zero_copy}",
         batches[0].num_rows(),
@@ -79,7 +110,9 @@ fn tour(dir: &std::path::Path, memory: u64) -> anyhow::Result<()> {
     );
     drop(batches);
 
-    let m: Vec<f64> = (0..1000 * 1000).map(|i| if i % 1001 == 0 { 1.0 } else { 0.0 }).collect();
+    let m: Vec<f64> = (0..1000 * 1000)
+        .map(|i| if i % 1001 == 0 { 1.0 } else { 0.0 })
+        .collect();
     let tid = c.put_tensor(&m, &[1000, 1000])?;
     let tensor = c.get_tensor::<f64>(tid, SECOND)?;
     let trace: f64 = (0..1000).filter_map(|i| tensor.get(&[i, i])).sum();
@@ -98,8 +131,13 @@ fn tour(dir: &std::path::Path, memory: u64) -> anyhow::Result<()> {
         ..PutOptions::default()
     };
     let count = (2 * memory / chunk.len() as u64) as usize;
-    let ids: Vec<_> = (0..count).map(|_| c.put_with(&chunk, &cache)).collect::<Result<_, _>>()?;
-    let kept = ids.iter().filter(|&&i| c.contains(i).unwrap_or(false)).count();
+    let ids: Vec<_> = (0..count)
+        .map(|_| c.put_with(&chunk, &cache))
+        .collect::<Result<_, _>>()?;
+    let kept = ids
+        .iter()
+        .filter(|&&i| c.contains(i).unwrap_or(false))
+        .count();
     let report = c.memory()?;
     let totals = report.totals.unwrap_or_default();
     println!(
@@ -118,7 +156,10 @@ fn tour(dir: &std::path::Path, memory: u64) -> anyhow::Result<()> {
             Err(e) => return Err(e.into()),
         }
     };
-    println!("7. Primary copies are never evicted: after {} puts of 8 MiB, the next fails with:\n   {err}", held.len());
+    println!(
+        "7. Primary copies are never evicted: after {} puts of 8 MiB, the next fails with:\n   {err}",
+        held.len()
+    );
     c.delete_many(&held)?;
 
     let t = c.memory()?.totals.unwrap_or_default();

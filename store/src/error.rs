@@ -34,6 +34,8 @@ pub enum StateError {
     #[error("object {0} does not exist")]
     NotFound(ObjectId),
     /// The object is not one this client is creating.
-    #[error("object {0} is not being created by this client (already sealed, or created by another client)")]
+    #[error(
+        "object {0} is not being created by this client (already sealed, or created by another client)"
+    )]
     NotCreating(ObjectId),
 }

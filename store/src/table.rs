@@ -168,9 +168,18 @@ impl Table {
         primary: bool,
     ) -> Result<Location, CreateError> {
         if let Some(e) = self.objects.get(&id) {
-            return Err(if e.deleted { CreateError::Deleting(id) } else { CreateError::Exists(id) });
+            return Err(if e.deleted {
+                CreateError::Deleting(id)
+            } else {
+                CreateError::Exists(id)
+            });
         }
-        let largest = self.allocators.iter().map(Allocator::size).max().unwrap_or(0);
+        let largest = self
+            .allocators
+            .iter()
+            .map(Allocator::size)
+            .max()
+            .unwrap_or(0);
         let total = data_size.checked_add(metadata_size);
         let block = match total.and_then(block_len) {
             Some(b) if b <= largest => b,
@@ -278,7 +287,10 @@ impl Table {
 
     /// Pins `id` for `client` and returns where it is, if it is readable now.
     pub fn get(&mut self, client: ClientId, id: &ObjectId) -> Option<Location> {
-        let e = self.objects.get_mut(id).filter(|e| e.sealed && !e.deleted)?;
+        let e = self
+            .objects
+            .get_mut(id)
+            .filter(|e| e.sealed && !e.deleted)?;
         let c = self.clients.get_mut(&client)?;
         e.pins += 1;
         *c.pins.entry(*id).or_default() += 1;
@@ -412,7 +424,11 @@ impl Table {
     /// Every object, largest first.
     pub fn list(&self) -> Vec<pb::ObjectInfo> {
         let now = Instant::now();
-        let mut v: Vec<_> = self.objects.iter().map(|(id, e)| self.object_info(id, e, now)).collect();
+        let mut v: Vec<_> = self
+            .objects
+            .iter()
+            .map(|(id, e)| self.object_info(id, e, now))
+            .collect();
         v.sort_by(|a, b| b.allocated.cmp(&a.allocated).then_with(|| a.id.cmp(&b.id)));
         v
     }
@@ -425,7 +441,9 @@ impl Table {
             .iter()
             .map(|(&cid, c)| {
                 let bytes = |ids: &mut dyn Iterator<Item = &ObjectId>| -> u64 {
-                    ids.filter_map(|id| self.objects.get(id)).map(|e| e.block).sum()
+                    ids.filter_map(|id| self.objects.get(id))
+                        .map(|e| e.block)
+                        .sum()
                 };
                 pb::ClientInfo {
                     client: cid,
@@ -450,9 +468,18 @@ impl Table {
     fn full_message(&self, wanted: u64) -> String {
         let t = self.totals();
         let free: u64 = self.allocators.iter().map(Allocator::free_bytes).sum();
-        let largest_free = self.allocators.iter().map(Allocator::largest_free).max().unwrap_or(0);
+        let largest_free = self
+            .allocators
+            .iter()
+            .map(Allocator::largest_free)
+            .max()
+            .unwrap_or(0);
         let report = self.memory_report();
-        let pinners: Vec<&pb::ClientInfo> = report.clients.iter().filter(|c| c.pinned_bytes > 0).collect();
+        let pinners: Vec<&pb::ClientInfo> = report
+            .clients
+            .iter()
+            .filter(|c| c.pinned_bytes > 0)
+            .collect();
         let mut msg = format!(
             "object store full: cannot allocate {} of {} ({} free, largest free block {}): {} pinned by {} client{}",
             ByteSize(wanted),
@@ -464,7 +491,12 @@ impl Table {
             if pinners.len() == 1 { "" } else { "s" },
         );
         if let Some(top) = pinners.iter().max_by_key(|c| c.pinned_bytes) {
-            msg += &format!(" (largest: pid {} {:?}, {})", top.pid, top.name, ByteSize(top.pinned_bytes));
+            msg += &format!(
+                " (largest: pid {} {:?}, {})",
+                top.pid,
+                top.name,
+                ByteSize(top.pinned_bytes)
+            );
         }
         msg += &format!(
             ", {} held as primary copies, {} being created, {} evictable; \
@@ -491,8 +523,15 @@ impl Table {
         let mut used = vec![0u64; self.allocators.len()];
         let mut evictable = 0;
         for (id, e) in &self.objects {
-            assert_eq!(e.pins, pins.get(id).copied().unwrap_or(0), "pin count of {id}");
-            assert!(!(e.deleted && e.pins == 0), "deleted unpinned object {id} not freed");
+            assert_eq!(
+                e.pins,
+                pins.get(id).copied().unwrap_or(0),
+                "pin count of {id}"
+            );
+            assert!(
+                !(e.deleted && e.pins == 0),
+                "deleted unpinned object {id} not freed"
+            );
             used[e.loc.segment as usize] += e.block;
             if e.evictable() {
                 evictable += e.block;
@@ -516,7 +555,13 @@ mod tests {
         ObjectId::from_bytes([n; 20])
     }
 
-    fn put(t: &mut Table, c: ClientId, n: u8, size: u64, primary: bool) -> Result<Location, CreateError> {
+    fn put(
+        t: &mut Table,
+        c: ClientId,
+        n: u8,
+        size: u64,
+        primary: bool,
+    ) -> Result<Location, CreateError> {
         let loc = t.create(c, id(n), size, 0, primary)?;
         t.seal(c, &id(n)).unwrap();
         Ok(loc)
@@ -529,15 +574,24 @@ mod tests {
         t.create(c, id(1), 100, 10, false).unwrap();
         assert!(!t.contains(&id(1)));
         assert_eq!(t.get(c, &id(1)), None, "unsealed objects are not readable");
-        assert!(matches!(t.create(c, id(1), 1, 0, false), Err(CreateError::Exists(_))));
+        assert!(matches!(
+            t.create(c, id(1), 1, 0, false),
+            Err(CreateError::Exists(_))
+        ));
         t.seal(c, &id(1)).unwrap();
         assert!(matches!(t.seal(c, &id(1)), Err(StateError::NotCreating(_))));
         assert!(t.contains(&id(1)));
         let loc = t.get(c, &id(1)).unwrap();
         assert_eq!((loc.data_size, loc.metadata_size), (100, 10));
         assert!(t.delete(&id(1)));
-        assert!(!t.contains(&id(1)), "deleted objects are gone for readers at once");
-        assert!(matches!(t.create(c, id(1), 1, 0, false), Err(CreateError::Deleting(_))));
+        assert!(
+            !t.contains(&id(1)),
+            "deleted objects are gone for readers at once"
+        );
+        assert!(matches!(
+            t.create(c, id(1), 1, 0, false),
+            Err(CreateError::Deleting(_))
+        ));
         assert!(t.release(c, &id(1)));
         t.check_invariants();
         assert_eq!(t.totals().allocated, 0, "freed on the last release");
@@ -549,7 +603,10 @@ mod tests {
         let a = t.connect(1, "a".into());
         let b = t.connect(2, "b".into());
         t.create(a, id(1), 1000, 0, true).unwrap();
-        assert!(matches!(t.abort(b, &id(1)), Err(StateError::NotCreating(_))));
+        assert!(matches!(
+            t.abort(b, &id(1)),
+            Err(StateError::NotCreating(_))
+        ));
         t.abort(a, &id(1)).unwrap();
         assert_eq!(t.totals().allocated, 0);
         put(&mut t, a, 2, 1000, true).unwrap();
@@ -562,7 +619,11 @@ mod tests {
         assert_eq!(tot.pinned, 1024, "b still pins object 2");
         t.disconnect(b);
         t.check_invariants();
-        assert_eq!(t.totals().evictable, 1024, "unpinned after both left, still cached");
+        assert_eq!(
+            t.totals().evictable,
+            1024,
+            "unpinned after both left, still cached"
+        );
     }
 
     #[test]
@@ -601,7 +662,9 @@ mod tests {
         put(&mut t, c, 5, 2 * KIB, false).unwrap();
         assert!(t.contains(&id(1)) && t.contains(&id(2)));
         let err = t.create(c, id(6), 3 * KIB, 0, false).unwrap_err();
-        let CreateError::Full(msg) = err else { panic!("{err:?}") };
+        let CreateError::Full(msg) = err else {
+            panic!("{err:?}")
+        };
         assert!(msg.contains("pid 7"), "{msg}");
         assert!(msg.contains("raise --memory"), "{msg}");
         t.check_invariants();
@@ -617,7 +680,10 @@ mod tests {
         // Half the store is evictable but no two free blocks are adjacent: a 2 KiB create
         // cannot fit until evictions leave a contiguous hole, which never happens here
         // because every other block is primary. A 1 KiB create does fit.
-        assert!(matches!(t.create(c, id(20), 2 * KIB, 0, false), Err(CreateError::Full(_))));
+        assert!(matches!(
+            t.create(c, id(20), 2 * KIB, 0, false),
+            Err(CreateError::Full(_))
+        ));
         put(&mut t, c, 21, KIB, false).unwrap();
         // Deleting the primaries lets eviction build contiguous space again.
         for n in (0..8).step_by(2) {
@@ -631,8 +697,14 @@ mod tests {
     fn too_large_and_overflow() {
         let mut t = Table::new(&[4 * KIB], 0);
         let c = t.connect(1, "a".into());
-        assert!(matches!(t.create(c, id(1), 4 * KIB + 1, 0, false), Err(CreateError::TooLarge { .. })));
-        assert!(matches!(t.create(c, id(1), u64::MAX, 10, false), Err(CreateError::TooLarge { .. })));
+        assert!(matches!(
+            t.create(c, id(1), 4 * KIB + 1, 0, false),
+            Err(CreateError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            t.create(c, id(1), u64::MAX, 10, false),
+            Err(CreateError::TooLarge { .. })
+        ));
         put(&mut t, c, 1, 4 * KIB, false).unwrap();
     }
 }

@@ -69,8 +69,28 @@ pub enum RecvError {
     Io(#[from] io::Error),
 }
 
-/// Threads of this process currently spinning in [`Conn::recv`].
-static SPINNERS: AtomicUsize = AtomicUsize::new(0);
+/// Which end of a connection this is. Each end has its own budget of
+/// spinning threads, so an embedded daemon and a client in one process do not
+/// starve each other's spinning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The store daemon's end.
+    Daemon,
+    /// A client's end.
+    Client,
+}
+
+impl Side {
+    /// Threads of this process currently spinning in [`Conn::recv`] on this side.
+    fn spinners(self) -> &'static AtomicUsize {
+        static DAEMON: AtomicUsize = AtomicUsize::new(0);
+        static CLIENT: AtomicUsize = AtomicUsize::new(0);
+        match self {
+            Side::Daemon => &DAEMON,
+            Side::Client => &CLIENT,
+        }
+    }
+}
 
 fn spin_limit() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -91,6 +111,7 @@ pub struct Conn {
     wbuf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
     spin: Duration,
+    side: Side,
     /// The read buffer grew for one large frame; shrink it once that frame is consumed.
     shrink_pending: bool,
 }
@@ -98,7 +119,7 @@ pub struct Conn {
 impl Conn {
     /// Wraps a connected stream; `spin` bounds how long a receive polls
     /// before blocking (zero never polls).
-    pub fn new(stream: UnixStream, spin: Duration) -> Self {
+    pub fn new(stream: UnixStream, side: Side, spin: Duration) -> Self {
         Self {
             stream,
             rbuf: vec![0; READ_CHUNK],
@@ -107,6 +128,7 @@ impl Conn {
             wbuf: Vec::with_capacity(4096),
             fds: VecDeque::new(),
             spin,
+            side,
             shrink_pending: false,
         }
     }
@@ -157,8 +179,18 @@ impl Conn {
         while sent < self.wbuf.len() {
             let iov = [IoSlice::new(&self.wbuf[sent..])];
             let rights = [ControlMessage::ScmRights(&raw)];
-            let cmsgs: &[ControlMessage<'_>] = if sent == 0 && !raw.is_empty() { &rights } else { &[] };
-            match sendmsg::<()>(self.stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            let cmsgs: &[ControlMessage<'_>] = if sent == 0 && !raw.is_empty() {
+                &rights
+            } else {
+                &[]
+            };
+            match sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            ) {
                 Ok(n) => sent += n,
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -239,7 +271,8 @@ impl Conn {
     }
 
     fn read_spinning(&mut self) -> io::Result<usize> {
-        if !self.spin.is_zero() && SPINNERS.fetch_add(1, Ordering::AcqRel) < spin_limit() {
+        let spinners = self.side.spinners();
+        if !self.spin.is_zero() && spinners.fetch_add(1, Ordering::AcqRel) < spin_limit() {
             let deadline = Instant::now() + self.spin;
             let result = loop {
                 match self.read_once(MsgFlags::MSG_DONTWAIT) {
@@ -252,12 +285,12 @@ impl Conn {
                     other => break Some(other),
                 }
             };
-            SPINNERS.fetch_sub(1, Ordering::AcqRel);
+            spinners.fetch_sub(1, Ordering::AcqRel);
             if let Some(r) = result {
                 return r;
             }
         } else if !self.spin.is_zero() {
-            SPINNERS.fetch_sub(1, Ordering::AcqRel);
+            spinners.fetch_sub(1, Ordering::AcqRel);
         }
         loop {
             match self.read_once(MsgFlags::empty()) {
@@ -271,7 +304,12 @@ impl Conn {
         let fd = self.stream.as_raw_fd();
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut self.rbuf[self.end..])];
-        let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), flags | MsgFlags::MSG_CMSG_CLOEXEC)?;
+        let msg = recvmsg::<()>(
+            fd,
+            &mut iov,
+            Some(&mut cmsg),
+            flags | MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
         let n = msg.bytes;
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(fds) = c {
@@ -310,7 +348,9 @@ impl Conn {
 /// Appends `msg` as one frame (length prefix + body) to `buf`.
 pub fn encode_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) -> io::Result<()> {
     let len = msg.encoded_len();
-    let len32 = u32::try_from(len).map_err(|_| io::Error::other(format!("message of {len} bytes is too large for one frame")))?;
+    let len32 = u32::try_from(len).map_err(|_| {
+        io::Error::other(format!("message of {len} bytes is too large for one frame"))
+    })?;
     buf.reserve(4 + len);
     buf.extend_from_slice(&len32.to_le_bytes());
     msg.encode(buf).map_err(io::Error::other)?;

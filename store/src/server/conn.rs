@@ -14,7 +14,7 @@ use super::Shared;
 use crate::error::{CreateError, StateError};
 use crate::id::ObjectId;
 use crate::table::{ClientId, Location};
-use crate::wire::{Conn, MAX_REQUEST_FRAME, PROTOCOL_VERSION, RecvError};
+use crate::wire::{Conn, MAX_REQUEST_FRAME, PROTOCOL_VERSION, RecvError, Side};
 
 /// What handling one request produced.
 enum Outcome {
@@ -55,8 +55,10 @@ fn send(conn: &mut Conn, kind: R) -> bool {
 
 /// Serves one connection until it closes, then releases everything it held.
 pub(super) fn serve(shared: &Shared, stream: UnixStream) {
-    let peer_pid = getsockopt(&stream, PeerCredentials).map(|c| c.pid() as u32).ok();
-    let mut conn = Conn::new(stream, shared.config.spin);
+    let peer_pid = getsockopt(&stream, PeerCredentials)
+        .map(|c| c.pid() as u32)
+        .ok();
+    let mut conn = Conn::new(stream, Side::Daemon, shared.config.spin);
     let Some(client) = handshake(shared, &mut conn, peer_pid) else {
         return;
     };
@@ -70,7 +72,10 @@ pub(super) fn serve(shared: &Shared, stream: UnixStream) {
             }
             Err(e) => {
                 tracing::warn!(client, pid = peer_pid, "dropping client: {e}");
-                send(&mut conn, error(pb::ErrorCode::InvalidRequest, e.to_string()));
+                send(
+                    &mut conn,
+                    error(pb::ErrorCode::InvalidRequest, e.to_string()),
+                );
                 break;
             }
         };
@@ -100,9 +105,17 @@ pub(super) fn serve(shared: &Shared, stream: UnixStream) {
 
 fn handshake(shared: &Shared, conn: &mut Conn, peer_pid: Option<u32>) -> Option<ClientId> {
     let hello = match conn.recv::<pb::Request>(MAX_REQUEST_FRAME) {
-        Ok(pb::Request { kind: Some(Q::Hello(h)) }) => h,
+        Ok(pb::Request {
+            kind: Some(Q::Hello(h)),
+        }) => h,
         Ok(_) => {
-            send(conn, error(pb::ErrorCode::InvalidRequest, "the first message must be Hello"));
+            send(
+                conn,
+                error(
+                    pb::ErrorCode::InvalidRequest,
+                    "the first message must be Hello",
+                ),
+            );
             return None;
         }
         Err(RecvError::Closed) => return None,
@@ -163,7 +176,12 @@ fn handle(shared: &Shared, conn: &Conn, client: ClientId, req: pb::Request) -> O
     }
 }
 
-fn handle_inner(shared: &Shared, conn: &Conn, client: ClientId, req: pb::Request) -> Result<Outcome, String> {
+fn handle_inner(
+    shared: &Shared,
+    conn: &Conn,
+    client: ClientId,
+    req: pb::Request,
+) -> Result<Outcome, String> {
     let Some(kind) = req.kind else {
         return Err("empty request".into());
     };
@@ -171,14 +189,30 @@ fn handle_inner(shared: &Shared, conn: &Conn, client: ClientId, req: pb::Request
         Q::Hello(_) => return Err("Hello sent twice".into()),
         Q::Create(c) => {
             let id = parse_id(&c.id)?;
-            match create(shared, conn, client, id, c.data_size, &c.metadata, c.primary) {
+            match create(
+                shared,
+                conn,
+                client,
+                id,
+                c.data_size,
+                &c.metadata,
+                c.primary,
+            ) {
                 Ok(loc) => R::Created(loc.into()),
                 Err(e) => create_error(e),
             }
         }
         Q::Put(p) => {
             let id = parse_id(&p.id)?;
-            match create(shared, conn, client, id, p.data.len() as u64, &p.metadata, p.primary) {
+            match create(
+                shared,
+                conn,
+                client,
+                id,
+                p.data.len() as u64,
+                &p.metadata,
+                p.primary,
+            ) {
                 Ok(loc) => {
                     write(shared, loc, 0, &p.data);
                     let mut t = shared.table.lock();

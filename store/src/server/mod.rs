@@ -131,7 +131,9 @@ impl Shared {
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -153,12 +155,12 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     let mut left = config.memory;
     while left > 0 {
         let size = left.min(MAX_SEGMENT);
-        let seg = Segment::create(segments.len() as u32, size as usize, config.prefault).map_err(|source| {
-            StartError::Memory {
+        let seg = Segment::create(segments.len() as u32, size as usize, config.prefault).map_err(
+            |source| StartError::Memory {
                 size: ByteSize(config.memory),
                 source,
-            }
-        })?;
+            },
+        )?;
         segments.push(seg);
         left -= size;
     }
@@ -201,9 +203,16 @@ fn bind(path: &Path) -> Result<UnixListener, StartError> {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
         // A directory we create is private: only this user can reach the store.
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() && UnixStream::connect(path).is_ok() {
@@ -236,7 +245,9 @@ fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         };
         next += 1;
         let key = next;
-        let Ok(clone) = stream.try_clone() else { continue };
+        let Ok(clone) = stream.try_clone() else {
+            continue;
+        };
         // Registered before the thread starts, so its own removal always finds it.
         shared.conns.lock().insert(key, (clone, None));
         let s = Arc::clone(&shared);
@@ -286,7 +297,9 @@ impl StoreHandle {
     }
 
     fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else { return };
+        let Some(accept) = self.accept.take() else {
+            return;
+        };
         self.shared.shutdown.store(true, Ordering::Release);
         // Wake the blocking accept with a connection of our own.
         let _ = UnixStream::connect(&self.shared.config.socket);
