@@ -57,7 +57,7 @@ fn age(ms: u64) -> String {
 }
 
 fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
-    let t = r.totals.clone().unwrap_or_default();
+    let t = r.totals.unwrap_or_default();
     let b = |n: u64| ByteSize(n).to_string();
     let mut out = format!(
         "capacity {}  used {} ({:.1}%)  objects {}\n  pinned {}  primary {}  creating {}  evictable {}  free {}\n  since start: {} objects created, {} evicted ({})\n",
@@ -145,7 +145,7 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn to_json(r: &MemoryReport) -> serde_json::Value {
-    let t = r.totals.clone().unwrap_or_default();
+    let t = r.totals.unwrap_or_default();
     json!({
         "totals": {
             "capacity": t.capacity, "allocated": t.allocated, "pinned": t.pinned,

@@ -56,9 +56,16 @@ struct BenchArgs {
     clients: usize,
 }
 
-pub fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => "info",
+/// Logs to stderr. The daemon logs at info by default; the other commands
+/// print their own output and log only warnings unless asked.
+pub fn init_logging(cli: &Cli) {
+    let quiet = if matches!(cli.command, Command::Store(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let level = match cli.verbose {
+        0 => quiet,
         1 => "debug",
         _ => "trace",
     };

@@ -62,7 +62,7 @@ impl Allocator {
 
     /// Allocates `len` bytes (a multiple of [`ALIGN`]) and returns the offset.
     pub fn allocate(&mut self, len: u64) -> Option<u64> {
-        debug_assert!(len > 0 && len % ALIGN == 0);
+        debug_assert!(len > 0 && len.is_multiple_of(ALIGN));
         let &(size, offset) = self.by_size.range((len, 0)..).next()?;
         self.remove(offset, size);
         if size > len {

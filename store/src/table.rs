@@ -325,10 +325,10 @@ impl Table {
             return false;
         };
         e.deleted = true;
-        if let Some(p) = e.primary.take() {
-            if let Some(c) = self.clients.get_mut(&p) {
-                c.primaries.remove(id);
-            }
+        if let Some(p) = e.primary.take()
+            && let Some(c) = self.clients.get_mut(&p)
+        {
+            c.primaries.remove(id);
         }
         self.settle(id);
         true
@@ -475,33 +475,35 @@ impl Table {
             .max()
             .unwrap_or(0);
         let report = self.memory_report();
-        let pinners: Vec<&pb::ClientInfo> = report
-            .clients
-            .iter()
-            .filter(|c| c.pinned_bytes > 0)
-            .collect();
-        let mut msg = format!(
-            "object store full: cannot allocate {} of {} ({} free, largest free block {}): {} pinned by {} client{}",
+        let holders = |bytes: fn(&pb::ClientInfo) -> u64, what: &str| -> String {
+            let held: Vec<&pb::ClientInfo> =
+                report.clients.iter().filter(|c| bytes(c) > 0).collect();
+            let total: u64 = held.iter().map(|c| bytes(c)).sum();
+            let mut s = format!(
+                "{} {what} by {} client{}",
+                ByteSize(total),
+                held.len(),
+                if held.len() == 1 { "" } else { "s" }
+            );
+            if let Some(top) = held.iter().max_by_key(|c| bytes(c)) {
+                s += &format!(
+                    " (largest: pid {} {:?}, {})",
+                    top.pid,
+                    top.name,
+                    ByteSize(bytes(top))
+                );
+            }
+            s
+        };
+        let msg = format!(
+            "object store full: cannot allocate {} of {} ({} free, largest free block {}): {}, {}, {} being created, {} evictable; \
+             release references (drop buffers), delete objects, or raise --memory",
             ByteSize(wanted),
             ByteSize(t.capacity),
             ByteSize(free),
             ByteSize(largest_free),
-            ByteSize(t.pinned),
-            pinners.len(),
-            if pinners.len() == 1 { "" } else { "s" },
-        );
-        if let Some(top) = pinners.iter().max_by_key(|c| c.pinned_bytes) {
-            msg += &format!(
-                " (largest: pid {} {:?}, {})",
-                top.pid,
-                top.name,
-                ByteSize(top.pinned_bytes)
-            );
-        }
-        msg += &format!(
-            ", {} held as primary copies, {} being created, {} evictable; \
-             release references (drop buffers), delete objects, or raise --memory",
-            ByteSize(t.primary),
+            holders(|c| c.pinned_bytes, "pinned"),
+            holders(|c| c.primary_bytes, "held as primary copies"),
             ByteSize(t.creating),
             ByteSize(t.evictable),
         );

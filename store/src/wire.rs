@@ -357,9 +357,12 @@ pub fn encode_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
+/// A frame's body and the bytes after it.
+pub type Split<'a> = (&'a [u8], &'a [u8]);
+
 /// Splits one frame off the front of `bytes`: `Ok(Some((body, rest)))`, or
 /// `Ok(None)` if more bytes are needed. The decoder the fuzz target exercises.
-pub fn split_frame(bytes: &[u8], max: usize) -> Result<Option<(&[u8], &[u8])>, RecvError> {
+pub fn split_frame(bytes: &[u8], max: usize) -> Result<Option<Split<'_>>, RecvError> {
     let Some(len) = frame_len(bytes) else {
         return Ok(None);
     };

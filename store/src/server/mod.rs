@@ -100,8 +100,12 @@ pub(crate) struct Shared {
     segments: Vec<Segment>,
     config: StoreConfig,
     shutdown: AtomicBool,
-    conns: Mutex<HashMap<u64, (UnixStream, Option<JoinHandle<()>>)>>,
+    conns: Mutex<HashMap<u64, Connection>>,
 }
+
+/// A live connection: a clone of its stream (to shut it down on stop) and its
+/// thread, once started.
+type Connection = (UnixStream, Option<JoinHandle<()>>);
 
 impl Shared {
     /// Wakes waiting gets and creates if any: called after anything that can
