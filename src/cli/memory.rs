@@ -22,6 +22,7 @@ pub struct MemoryArgs {
 pub fn run(a: MemoryArgs) -> anyhow::Result<()> {
     let opts = ClientOptions {
         name: "arca memory".into(),
+        populate: false,
         ..ClientOptions::default()
     };
     let client = StoreClient::connect_with(&a.socket, opts)?;
