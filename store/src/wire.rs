@@ -380,3 +380,319 @@ fn frame_len(bytes: &[u8]) -> Option<usize> {
     let prefix: [u8; 4] = bytes.get(..4)?.try_into().ok()?;
     Some(u32::from_le_bytes(prefix) as usize)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The deterministic half of `fuzz/fuzz_targets/frame_decoder.rs`: seeded
+    //! valid and mutated streams through [`split_frame`], every frame decoded
+    //! as a request, so CI checks the decoder without libFuzzer.
+
+    use super::*;
+    use arca_proto::store as pb;
+    use arca_proto::store::request::Kind;
+    use bytes::Bytes;
+
+    /// splitmix64: a tiny seeded generator, so every run sees the same inputs.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn bytes(&mut self, max: usize) -> Vec<u8> {
+            let n = self.below(max + 1);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+
+        /// Mostly well-formed 20-byte ids, sometimes not.
+        fn id(&mut self) -> Bytes {
+            if self.below(8) == 0 {
+                return self.bytes(40).into();
+            }
+            let mut id = [0u8; 20];
+            id.iter_mut().for_each(|b| *b = self.next() as u8);
+            Bytes::copy_from_slice(&id)
+        }
+
+        fn ids(&mut self) -> Vec<Bytes> {
+            (0..self.below(5)).map(|_| self.id()).collect()
+        }
+    }
+
+    fn random_request(rng: &mut Rng) -> pb::Request {
+        let kind = match rng.below(12) {
+            0 => Kind::Hello(pb::Hello {
+                version: rng.next() as u32 % 3,
+                pid: rng.next() as u32,
+                name: String::from_utf8_lossy(&rng.bytes(16)).into_owned(),
+            }),
+            1 => Kind::Create(pb::Create {
+                id: rng.id(),
+                data_size: rng.next() >> rng.below(64),
+                metadata: rng.bytes(32).into(),
+                primary: rng.below(2) == 0,
+            }),
+            2 => Kind::Seal(pb::Seal { id: rng.id() }),
+            3 => Kind::Abort(pb::Abort { id: rng.id() }),
+            4 => Kind::Put(pb::Put {
+                id: rng.id(),
+                data: rng.bytes(200).into(),
+                metadata: rng.bytes(16).into(),
+                primary: rng.below(2) == 0,
+            }),
+            5 => Kind::Get(pb::Get {
+                ids: rng.ids(),
+                timeout_ms: rng.next() as i64 >> rng.below(64),
+            }),
+            6 => Kind::Release(pb::Release { ids: rng.ids() }),
+            7 => Kind::Delete(pb::Delete { ids: rng.ids() }),
+            8 => Kind::Contains(pb::Contains { id: rng.id() }),
+            9 => Kind::List(pb::List {}),
+            10 => Kind::Memory(pb::Memory {}),
+            // An empty request is valid protobuf; the daemon rejects it later.
+            _ => return pb::Request { kind: None },
+        };
+        pb::Request { kind: Some(kind) }
+    }
+
+    fn random_stream(rng: &mut Rng) -> (Vec<pb::Request>, Vec<u8>) {
+        let requests: Vec<pb::Request> =
+            (0..1 + rng.below(6)).map(|_| random_request(rng)).collect();
+        let mut bytes = Vec::new();
+        for r in &requests {
+            encode_frame(r, &mut bytes).unwrap();
+        }
+        (requests, bytes)
+    }
+
+    /// One of the edits a fuzzer makes, applied to `bytes`.
+    fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>) {
+        let at = rng.below(bytes.len() + 1);
+        match rng.below(7) {
+            0 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
+            1 if at < bytes.len() => bytes[at] = rng.next() as u8,
+            2 => {
+                let junk = rng.bytes(8);
+                bytes.splice(at..at, junk);
+            }
+            3 => {
+                let end = (at + rng.below(8)).min(bytes.len());
+                bytes.drain(at..end);
+            }
+            4 => bytes.truncate(at),
+            5 if at + 4 <= bytes.len() => {
+                // A length prefix (or any four bytes) replaced by an interesting length.
+                let len: u32 = match rng.below(5) {
+                    0 => 0,
+                    1 => MAX_REQUEST_FRAME as u32,
+                    2 => MAX_REQUEST_FRAME as u32 + 1,
+                    3 => u32::MAX,
+                    _ => rng.below(64) as u32,
+                };
+                bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            _ => {
+                let end = (at + rng.below(16)).min(bytes.len());
+                let copy = bytes[at..end].to_vec();
+                let to = rng.below(bytes.len() + 1);
+                bytes.splice(to..to, copy);
+            }
+        }
+    }
+
+    /// How a stream of frames ended.
+    #[derive(Debug, PartialEq)]
+    enum End {
+        /// Every byte was a whole frame.
+        Clean,
+        /// The last frame is incomplete.
+        NeedMore,
+        /// A length prefix over the limit.
+        TooLarge,
+    }
+
+    /// Splits `bytes` into frames and decodes each as a request, the way the
+    /// daemon reads its socket, checking [`split_frame`]'s contract on the way.
+    fn split_all(bytes: &[u8]) -> (Vec<Result<pb::Request, prost::DecodeError>>, End) {
+        let mut decoded = Vec::new();
+        let mut rest = bytes;
+        loop {
+            match split_frame(rest, MAX_REQUEST_FRAME) {
+                Ok(Some((body, tail))) => {
+                    let announced = frame_len(rest).unwrap();
+                    assert_eq!(body.len(), announced);
+                    assert_eq!(4 + body.len() + tail.len(), rest.len());
+                    decoded.push(pb::Request::decode(body));
+                    rest = tail;
+                }
+                Ok(None) if rest.is_empty() => return (decoded, End::Clean),
+                Ok(None) => {
+                    if let Some(len) = frame_len(rest) {
+                        assert!(len > rest.len() - 4, "a whole frame was not split off");
+                    }
+                    return (decoded, End::NeedMore);
+                }
+                Err(RecvError::TooLarge { len, max }) => {
+                    assert!(len > max && max == MAX_REQUEST_FRAME);
+                    return (decoded, End::TooLarge);
+                }
+                Err(e) => panic!("split_frame failed with {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn valid_streams_split_into_the_requests_sent() {
+        let mut rng = Rng(1);
+        for _ in 0..1000 {
+            let (requests, bytes) = random_stream(&mut rng);
+            let (decoded, end) = split_all(&bytes);
+            assert_eq!(end, End::Clean);
+            let decoded: Vec<pb::Request> = decoded.into_iter().map(Result::unwrap).collect();
+            assert_eq!(decoded, requests);
+            // Cut anywhere: the whole frames before the cut, then "need more"
+            // unless the cut falls between frames.
+            let cut = rng.below(bytes.len());
+            let ends: Vec<usize> = requests
+                .iter()
+                .scan(0, |at, r| {
+                    *at += 4 + r.encoded_len();
+                    Some(*at)
+                })
+                .collect();
+            let whole = ends.iter().filter(|&&e| e <= cut).count();
+            let at_boundary = cut == 0 || ends.contains(&cut);
+            let (decoded, end) = split_all(&bytes[..cut]);
+            assert_eq!(
+                end,
+                if at_boundary {
+                    End::Clean
+                } else {
+                    End::NeedMore
+                }
+            );
+            assert_eq!(decoded.len(), whole);
+            for (d, r) in decoded.into_iter().zip(&requests) {
+                assert_eq!(&d.unwrap(), r);
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_and_mutated_frames_never_panic() {
+        let mut rng = Rng(2);
+        let (mut frames, mut errors) = (0, 0);
+        for i in 0..4000 {
+            let bytes = if i % 4 == 0 {
+                rng.bytes(300)
+            } else {
+                let (_, mut bytes) = random_stream(&mut rng);
+                for _ in 0..1 + rng.below(4) {
+                    mutate(&mut rng, &mut bytes);
+                }
+                bytes
+            };
+            let (decoded, _) = split_all(&bytes);
+            frames += decoded.len();
+            errors += decoded.iter().filter(|d| d.is_err()).count();
+            // Whatever decoded re-encodes to a request that decodes the same.
+            for req in decoded.into_iter().flatten() {
+                assert_eq!(pb::Request::decode(req.encode_to_vec().as_slice()), Ok(req));
+            }
+        }
+        // The mutations reach both outcomes of decoding.
+        assert!(
+            frames > 4000 && errors > 100,
+            "{frames} frames, {errors} errors"
+        );
+    }
+
+    #[test]
+    fn length_limit_is_inclusive() {
+        let at_limit = (MAX_REQUEST_FRAME as u32).to_le_bytes();
+        assert!(matches!(
+            split_frame(&at_limit, MAX_REQUEST_FRAME),
+            Ok(None)
+        ));
+        let over = (MAX_REQUEST_FRAME as u32 + 1).to_le_bytes();
+        assert!(matches!(
+            split_frame(&over, MAX_REQUEST_FRAME),
+            Err(RecvError::TooLarge { len, max }) if len == MAX_REQUEST_FRAME + 1 && max == MAX_REQUEST_FRAME
+        ));
+        assert!(matches!(split_frame(&[0, 0, 0], 0), Ok(None)));
+        let (body, rest) = split_frame(&[0, 0, 0, 0, 9], 0).unwrap().unwrap();
+        assert_eq!((body, rest), (&[][..], &[9][..]));
+    }
+
+    /// [`Conn::recv_frame`] (what the daemon really reads with) and
+    /// [`split_frame`] agree on the same bytes, including frames larger than
+    /// the read buffer, which make it grow and then shrink back.
+    #[test]
+    fn conn_reads_the_frames_split_frame_splits() {
+        let mut rng = Rng(3);
+        let mut requests = Vec::new();
+        let mut bytes = Vec::new();
+        for i in 0..60 {
+            let r = if i % 20 == 7 {
+                let data = vec![i as u8; READ_CHUNK * 5 + rng.below(1000)];
+                pb::Request {
+                    kind: Some(Kind::Put(pb::Put {
+                        id: rng.id(),
+                        data: data.into(),
+                        ..Default::default()
+                    })),
+                }
+            } else {
+                random_request(&mut rng)
+            };
+            encode_frame(&r, &mut bytes).unwrap();
+            requests.push(r);
+        }
+        let (split, end) = split_all(&bytes);
+        assert_eq!(end, End::Clean);
+        for truncated in [false, true] {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            // A watchdog: a lost frame fails the test instead of hanging it.
+            ours.set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            let sent = if truncated {
+                bytes[..bytes.len() - 3].to_vec()
+            } else {
+                bytes.clone()
+            };
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                let mut theirs = theirs;
+                // Uneven writes, so frames arrive split across reads.
+                for chunk in sent.chunks(70_001) {
+                    theirs.write_all(chunk).unwrap();
+                }
+            });
+            let mut conn = Conn::new(ours, Side::Daemon, Duration::ZERO);
+            for (i, expected) in split.iter().enumerate() {
+                if truncated && i == split.len() - 1 {
+                    break;
+                }
+                let got: pb::Request = conn.recv(MAX_REQUEST_FRAME).unwrap();
+                assert_eq!(&got, expected.as_ref().unwrap(), "frame {i}");
+            }
+            writer.join().unwrap();
+            let last = conn.recv::<pb::Request>(MAX_REQUEST_FRAME);
+            if truncated {
+                assert!(matches!(last, Err(RecvError::Truncated)), "{last:?}");
+            } else {
+                assert!(matches!(last, Err(RecvError::Closed)), "{last:?}");
+                assert_eq!(conn.rbuf.len(), READ_CHUNK, "the read buffer shrank back");
+            }
+        }
+    }
+}
