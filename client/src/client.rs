@@ -138,7 +138,8 @@ impl StoreClient {
             .zip(fds)
             .map(|(info, fd)| {
                 let file = std::fs::File::from(fd);
-                Mapping::map(&file, info.size as usize, info.prefaulted && opts.populate).map(Arc::new)
+                Mapping::map(&file, info.size as usize, info.prefaulted && opts.populate)
+                    .map(Arc::new)
             })
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Self {

@@ -65,7 +65,6 @@ impl Mapping {
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.raw.as_mut_ptr()
     }
-
 }
 
 /// A range outside a segment: a location from the daemon that does not fit the

@@ -207,7 +207,10 @@ impl Conn {
 
     /// Receives the bytes of one frame (without its length prefix).
     pub fn recv_frame(&mut self, max: usize) -> Result<&[u8], RecvError> {
-        if self.shrink_pending && self.start == self.end {
+        // Give back a buffer that grew for one large frame, once what is still
+        // buffered fits the normal size again.
+        if self.shrink_pending && self.end - self.start <= READ_CHUNK {
+            self.compact();
             self.rbuf.truncate(READ_CHUNK);
             self.rbuf.shrink_to_fit();
             self.shrink_pending = false;
@@ -237,9 +240,9 @@ impl Conn {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            // The frame's bytes must stay valid until the next call: shrink then.
-            self.shrink_pending = self.rbuf.len() > 4 * READ_CHUNK;
         }
+        // The frame's bytes must stay valid until the next call: shrink then.
+        self.shrink_pending = self.rbuf.len() > 4 * READ_CHUNK;
         Ok(&self.rbuf[frame])
     }
 
