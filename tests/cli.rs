@@ -270,7 +270,6 @@ fn the_socket_lives_in_a_private_directory() {
 }
 
 #[test]
-#[ignore = "bug: the connect error repeats the OS error after the hint (anyhow prints the `source` chain)"]
 fn connect_error_names_the_cause_once_and_ends_with_the_fix() {
     let dir = TempDir::new();
     let sock = dir.path().join("nothing.sock");

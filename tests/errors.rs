@@ -288,7 +288,6 @@ fn a_waiting_create_succeeds_when_another_client_frees_memory() {
 }
 
 #[test]
-#[ignore = "bug: with --memory not a multiple of 64 the Hello reply's capacity exceeds what the store can hold (client says 1048577, memory report 1048576, and create(capacity) fails with \"object of 1.0 MiB is larger than the store (1.0 MiB)\")"]
 fn reported_capacity_is_what_the_store_can_hold() {
     let d = Daemon::start("1048577");
     let c = d.client();

@@ -403,13 +403,11 @@ fn kill_blocked_child(role_env: &[(&str, String)], extra: &[&str]) {
 }
 
 #[test]
-#[ignore = "bug: Conn::peer_hung_up never sees a hang-up (nix revents() is None when POLLRDHUP is set), so a get waiting for a dead client runs to its timeout"]
 fn client_killed_while_blocked_in_get_is_forgotten() {
     kill_blocked_child(&[], &[]);
 }
 
 #[test]
-#[ignore = "bug: Conn::peer_hung_up never sees a hang-up (nix revents() is None when POLLRDHUP is set), so a create waiting for memory for a dead client runs to --create-timeout-ms"]
 fn client_killed_while_blocked_in_create_is_forgotten() {
     kill_blocked_child(
         &[(HELD_VAR, MIB.to_string())],

@@ -101,9 +101,9 @@ impl StoreClient {
     /// Connects with options.
     pub fn connect_with(socket: impl AsRef<Path>, opts: ClientOptions) -> Result<Self> {
         let path = socket.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| Error::Connect {
+        let stream = UnixStream::connect(path).map_err(|cause| Error::Connect {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let mut conn = Conn::new(stream, Side::Client, opts.spin);
         let hello = pb::Request {
@@ -366,15 +366,26 @@ impl Inner {
         self.queue_releases(&mut conn)?;
         conn.send(&pb::Request { kind: Some(kind) })?;
         let reply: pb::Reply = conn.recv(MAX_REPLY_FRAME)?;
-        // Buffers dropped by other threads while we waited.
-        if !self.releases.lock().is_empty() {
-            self.queue_releases(&mut conn)?;
-            conn.flush()?;
-        }
+        drop(conn);
+        // Buffers dropped by other threads while we held the connection: their
+        // `try_lock` failed before we let go, so their releases are queued by now.
+        self.flush_if_idle();
         match reply.kind {
             Some(R::Error(e)) => Err(Error::from_reply(e)),
             Some(k) => Ok(k),
             None => Err(Error::Protocol("empty reply".into())),
+        }
+    }
+
+    /// Sends queued releases if any and the connection is free; a busy
+    /// connection's holder flushes them when it lets go.
+    fn flush_if_idle(&self) {
+        if self.releases.lock().is_empty() {
+            return;
+        }
+        if let Some(mut conn) = self.conn.try_lock() {
+            // A failed send means the daemon is gone, and with it every pin.
+            let _ = self.queue_releases(&mut conn).and_then(|()| conn.flush());
         }
     }
 

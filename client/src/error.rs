@@ -11,12 +11,12 @@ use arca_store::ObjectId;
 #[non_exhaustive]
 pub enum Error {
     /// No store answers at the socket.
-    #[error("cannot connect to the store at {path}: {source}; is `arca store --socket {path}` running?", path = .path.display())]
+    #[error("cannot connect to the store at {path}: {cause}; is `arca store --socket {path}` running?", path = .path.display())]
     Connect {
         /// The socket path.
         path: PathBuf,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, not a `source`, so it prints once).
+        cause: std::io::Error,
     },
     /// No room, even after evicting everything evictable and waiting.
     #[error("{0}")]

@@ -24,6 +24,9 @@ pub enum CreateError {
     /// Nothing left to evict and not enough free space.
     #[error("{0}")]
     Full(String),
+    /// The client is not connected (a daemon bug if it ever shows).
+    #[error("client {0} is not connected")]
+    UnknownClient(u64),
 }
 
 /// Why a seal or abort failed.

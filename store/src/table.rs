@@ -167,6 +167,10 @@ impl Table {
         metadata_size: u64,
         primary: bool,
     ) -> Result<Location, CreateError> {
+        // An object of nobody could never be sealed, aborted or evicted.
+        if !self.clients.contains_key(&client) {
+            return Err(CreateError::UnknownClient(client));
+        }
         if let Some(e) = self.objects.get(&id) {
             return Err(if e.deleted {
                 CreateError::Deleting(id)
@@ -883,6 +887,7 @@ mod tests {
             .is_none_or(|b| b > largest);
         let r = t.create(c, id, size, metadata, primary);
         match (&r, before) {
+            (Err(CreateError::UnknownClient(_)), _) => assert!(!m.connected.contains(&c)),
             (Err(CreateError::Deleting(_)), Some(pb::ObjectState::Deleting)) => {}
             (Err(CreateError::Exists(_)), Some(s)) => assert!(s != pb::ObjectState::Deleting),
             (Err(CreateError::TooLarge { .. }), None) => assert!(too_large),
@@ -899,11 +904,10 @@ mod tests {
                 assert!(!too_large);
                 assert_eq!((loc.data_size, loc.metadata_size), (size, metadata));
                 m.locs.insert(id, *loc);
-                if m.connected.contains(&c) {
-                    m.creating.insert((c, id));
-                    if primary {
-                        m.primaries.insert(id, c);
-                    }
+                assert!(m.connected.contains(&c), "create by unknown client {c}");
+                m.creating.insert((c, id));
+                if primary {
+                    m.primaries.insert(id, c);
                 }
             }
             (r, before) => panic!("create of {id} (was {before:?}) returned {r:?}"),

@@ -335,14 +335,15 @@ impl Conn {
     /// data): lets a daemon thread waiting on a condition notice a dead client.
     pub fn peer_hung_up(&self) -> bool {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        // nix has no name for POLLRDHUP (the peer shut down its side), only the bit.
-        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-        let mut fds = [PollFd::new(self.stream.as_fd(), rdhup)];
+        // Only POLLIN is asked for: the kernel always adds POLLHUP for a closed
+        // peer, and asking for POLLRDHUP (a bit nix has no name for) would make
+        // nix's `revents()` give up on the whole result.
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) => false,
-            Ok(_) => fds[0]
-                .revents()
-                .is_some_and(|r| r.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Ok(_) => fds[0].revents().is_none_or(|r| {
+                r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+            }),
             Err(_) => true,
         }
     }

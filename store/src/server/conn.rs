@@ -37,6 +37,7 @@ fn create_error(e: CreateError) -> R {
         CreateError::Exists(_) | CreateError::Deleting(_) => pb::ErrorCode::ObjectExists,
         CreateError::TooLarge { .. } => pb::ErrorCode::ObjectTooLarge,
         CreateError::Full(_) => pb::ErrorCode::ObjectStoreFull,
+        CreateError::UnknownClient(_) => pb::ErrorCode::InvalidState,
     };
     error(code, e.to_string())
 }
@@ -139,7 +140,7 @@ fn handshake(shared: &Shared, conn: &mut Conn, peer_pid: Option<u32>) -> Option<
         kind: Some(R::Hello(pb::HelloReply {
             version: PROTOCOL_VERSION,
             client_id: client,
-            capacity: shared.config.memory,
+            capacity: shared.capacity,
             segments: shared
                 .segments
                 .iter()

@@ -75,20 +75,20 @@ pub enum StartError {
     #[error("another store is already listening on {0}; stop it or choose another --socket")]
     InUse(PathBuf),
     /// Creating the segments failed.
-    #[error("cannot create {size} of shared memory: {source}; lower --memory")]
+    #[error("cannot create {size} of shared memory: {cause}; lower --memory")]
     Memory {
         /// Requested size.
         size: ByteSize,
-        /// The OS error.
-        source: io::Error,
+        /// The OS error (in the message, not a `source`, so it prints once).
+        cause: io::Error,
     },
     /// Binding the socket failed.
-    #[error("cannot listen on {path}: {source}")]
+    #[error("cannot listen on {path}: {cause}", path = .path.display())]
     Socket {
         /// The socket path.
         path: PathBuf,
-        /// The OS error.
-        source: io::Error,
+        /// The OS error (in the message, not a `source`, so it prints once).
+        cause: io::Error,
     },
 }
 
@@ -98,6 +98,8 @@ pub(crate) struct Shared {
     /// Threads parked on `cond`; changed only while holding `table`.
     waiters: AtomicUsize,
     segments: Vec<Segment>,
+    /// What the store can hold: the segments' sizes, each rounded down to 64 bytes.
+    capacity: u64,
     config: StoreConfig,
     shutdown: AtomicBool,
     conns: Mutex<HashMap<u64, Connection>>,
@@ -160,9 +162,9 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     while left > 0 {
         let size = left.min(MAX_SEGMENT);
         let seg = Segment::create(segments.len() as u32, size as usize, config.prefault).map_err(
-            |source| StartError::Memory {
+            |cause| StartError::Memory {
                 size: ByteSize(config.memory),
-                source,
+                cause,
             },
         )?;
         segments.push(seg);
@@ -179,8 +181,10 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
         setup_ms = began.elapsed().as_millis() as u64,
         "store listening"
     );
+    let table = Table::new(&sizes, batch);
     let shared = Arc::new(Shared {
-        table: Mutex::new(Table::new(&sizes, batch)),
+        capacity: table.capacity(),
+        table: Mutex::new(table),
         cond: Condvar::new(),
         waiters: AtomicUsize::new(0),
         segments,
@@ -192,9 +196,9 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     let accept = std::thread::Builder::new()
         .name("arca-accept".into())
         .spawn(move || accept_loop(s, listener))
-        .map_err(|source| StartError::Socket {
+        .map_err(|cause| StartError::Socket {
             path: shared.config.socket.clone(),
-            source,
+            cause,
         })?;
     Ok(StoreHandle {
         shared,
@@ -203,9 +207,9 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
 }
 
 fn bind(path: &Path) -> Result<UnixListener, StartError> {
-    let err = |source| StartError::Socket {
+    let err = |cause| StartError::Socket {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     if let Some(dir) = path
         .parent()
@@ -284,9 +288,9 @@ impl StoreHandle {
         &self.shared.config.socket
     }
 
-    /// Capacity in bytes.
+    /// What the store can hold, in bytes.
     pub fn capacity(&self) -> u64 {
-        self.shared.config.memory
+        self.shared.capacity
     }
 
     /// Runs the table's consistency checks (tests and stress runs).
