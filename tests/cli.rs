@@ -169,7 +169,10 @@ fn start_up_failures_exit_1_with_one_error_line() {
     drop(c);
     d.stop();
 
-    // Spilling is not built yet: a clear refusal rather than a silent ignore.
+    // A spill directory that cannot be made (under a regular file): one line
+    // that names it and says what to do.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
     let out = run_arca(&[
         "store",
         "--socket",
@@ -177,10 +180,14 @@ fn start_up_failures_exit_1_with_one_error_line() {
         "--memory",
         "16MiB",
         "--spill-dir",
-        dir.path().to_str().unwrap(),
+        file.join("spill").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    one_error_line(&out);
+    let line = one_error_line(&out);
+    assert!(
+        line.contains("--spill-dir") && line.contains("a-file"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -374,7 +374,7 @@ fn kill_blocked_child(role_env: &[(&str, String)], extra: &[&str]) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let r = c.memory().unwrap();
-        let t = r.totals.unwrap();
+        let t = r.totals.clone().unwrap();
         let others = common::other_clients(&r, &c);
         if others.is_empty()
             && t.pinned == 0

@@ -236,6 +236,11 @@ impl StoreClient {
         let mut out = Vec::with_capacity(ids.len());
         let mut bad = None;
         for (id, r) in ids.iter().zip(results) {
+            if !r.error.is_empty() {
+                bad.get_or_insert(Error::Unreadable(r.error));
+                out.push(None);
+                continue;
+            }
             let Some(loc) = r.location else {
                 out.push(None);
                 continue;

@@ -43,6 +43,11 @@ pub enum Error {
         /// How long the call waited.
         timeout: Duration,
     },
+    /// The object exists but cannot be read: its spilled copy failed its
+    /// checksum or could not be read back, or there is no room to restore it.
+    /// The message names the object and the spill file.
+    #[error("{0}")]
+    Unreadable(String),
     /// The object holds something other than what was asked for.
     #[error("object {id} is not {expected}: {detail}")]
     WrongKind {

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use arca_client::{ByteSize, ClientOptions, MemoryReport, ObjectId, ObjectState, StoreClient};
+use arca_client::{
+    ByteSize, ClientOptions, MemoryReport, ObjectId, ObjectInfo, ObjectState, StoreClient,
+};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -44,6 +46,18 @@ fn state(s: i32) -> &'static str {
     }
 }
 
+/// Where the bytes are: memory, disk (spilled), or both; "unreadable" if
+/// the spilled copy failed its checks.
+fn place(o: &ObjectInfo) -> &'static str {
+    match (o.error.is_empty(), o.in_memory, o.on_disk) {
+        (false, _, _) => "unreadable",
+        (true, true, true) => "memory+disk",
+        (true, true, false) => "memory",
+        (true, false, true) => "disk",
+        (true, false, false) => "restoring",
+    }
+}
+
 fn hex(id: &[u8]) -> String {
     ObjectId::from_slice(id).map_or_else(|_| "?".into(), |i| i.to_hex())
 }
@@ -58,7 +72,7 @@ fn age(ms: u64) -> String {
 }
 
 fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
-    let t = r.totals.unwrap_or_default();
+    let t = r.totals.clone().unwrap_or_default();
     let b = |n: u64| ByteSize(n).to_string();
     let mut out = format!(
         "capacity {}  used {} ({:.1}%)  objects {}\n  pinned {}  primary {}  creating {}  evictable {}  free {}\n  since start: {} objects created, {} evicted ({})\n",
@@ -75,6 +89,33 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
         t.evicted_objects,
         b(t.evicted_bytes),
     );
+    if !t.spill_dir.is_empty() {
+        let rate = |bytes: u64, secs: f64| {
+            if secs > 0.0 {
+                format!("{:.2} GB/s", bytes as f64 / secs / 1e9)
+            } else {
+                "-".into()
+            }
+        };
+        out += &format!(
+            "spill {}\n  on disk only: {} objects, {}  files: {}, {} on disk\n  since start: spilled {} objects ({}, {}), restored {} ({}, {}), {} failed spills\n",
+            t.spill_dir,
+            t.spilled_objects,
+            b(t.spilled_bytes),
+            t.spill_files,
+            b(t.spill_disk_bytes),
+            t.spilled_total_objects,
+            b(t.spilled_total_bytes),
+            rate(t.spilled_total_bytes, t.spill_seconds),
+            t.restored_total_objects,
+            b(t.restored_total_bytes),
+            rate(t.restored_total_bytes, t.restore_seconds),
+            t.failed_spills,
+        );
+        if !t.spill_stopped.is_empty() {
+            out += &format!("  SPILLING STOPPED: {}\n", t.spill_stopped);
+        }
+    }
     out += "\nclients\n";
     out += &format!(
         "  {:>6} {:>8} {:<20} {:>11} {:>11} {:>11} {:>9}\n",
@@ -121,10 +162,11 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
                 .to_string()
         };
         out += &format!(
-            "  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n",
+            "  {:<40} {:>11} {:>9} {:<11} {:<22} {:>12} {:>8}\n",
             hex(&o.id),
             b(o.data_size + o.metadata_size),
             state(o.state),
+            place(o),
             if pins.is_empty() {
                 "-".into()
             } else {
@@ -146,13 +188,20 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 fn to_json(r: &MemoryReport) -> serde_json::Value {
-    let t = r.totals.unwrap_or_default();
+    let t = r.totals.clone().unwrap_or_default();
     json!({
         "totals": {
             "capacity": t.capacity, "allocated": t.allocated, "pinned": t.pinned,
             "primary": t.primary, "creating": t.creating, "evictable": t.evictable,
             "objects": t.objects, "created_objects": t.created_objects,
             "evicted_objects": t.evicted_objects, "evicted_bytes": t.evicted_bytes,
+            "spill": if t.spill_dir.is_empty() { serde_json::Value::Null } else { json!({
+                "dir": t.spill_dir, "objects_on_disk_only": t.spilled_objects, "bytes_on_disk_only": t.spilled_bytes,
+                "files": t.spill_files, "disk_bytes": t.spill_disk_bytes,
+                "spilled_objects": t.spilled_total_objects, "spilled_bytes": t.spilled_total_bytes, "spill_seconds": t.spill_seconds,
+                "restored_objects": t.restored_total_objects, "restored_bytes": t.restored_total_bytes, "restore_seconds": t.restore_seconds,
+                "failed_spills": t.failed_spills, "stopped": if t.spill_stopped.is_empty() { None } else { Some(&t.spill_stopped) },
+            })},
         },
         "clients": r.clients.iter().map(|c| json!({
             "client": c.client, "pid": c.pid, "name": c.name, "pinned": c.pinned_bytes,
@@ -163,7 +212,9 @@ fn to_json(r: &MemoryReport) -> serde_json::Value {
             "allocated": o.allocated, "state": state(o.state),
             "pins": o.pins.iter().map(|p| json!({"client": p.client, "pid": p.pid, "count": p.count})).collect::<Vec<_>>(),
             "primary_pid": if o.primary_client == 0 { None } else { Some(o.primary_pid) },
-            "creator_pid": o.creator_pid, "age_ms": o.age_ms,
+            "creator_pid": o.creator_pid, "age_ms": o.age_ms, "where": place(o),
+            "spill_file": if o.spill_file.is_empty() { None } else { Some(&o.spill_file) },
+            "error": if o.error.is_empty() { None } else { Some(&o.error) },
         })).collect::<Vec<_>>(),
     })
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arca_store::ByteSize;
 use arca_store::server::{StoreConfig, start};
+use arca_store::spill::SpillConfig;
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Debug, clap::Args)]
@@ -28,15 +29,33 @@ pub struct StoreArgs {
     /// (0 never polls: lowest CPU use, slower small calls).
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
-    /// Spill directory (issue #3: spilling is not implemented yet).
+    /// Where to spill primary copies when memory runs short [default: a
+    /// `spill` folder beside the socket]. Files left there by a store that
+    /// died are removed at start.
     #[arg(long)]
     spill_dir: Option<PathBuf>,
+    /// Never spill: once primary copies fill memory, creates fail with ObjectStoreFull.
+    #[arg(long, conflicts_with_all = ["spill_dir", "spill_threshold", "spill_max_fill", "spill_max_bytes"])]
+    no_spill: bool,
+    /// Spill when pinned and primary bytes in memory pass this fraction of --memory.
+    #[arg(long, default_value_t = 0.8, value_parser = fraction)]
+    spill_threshold: f64,
+    /// Stop spilling when the spill directory's filesystem is fuller than this fraction.
+    #[arg(long, default_value_t = 0.95, value_parser = fraction)]
+    spill_max_fill: f64,
+    /// Most bytes of spill files at once (a quota below the filesystem's limit).
+    #[arg(long)]
+    spill_max_bytes: Option<ByteSize>,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a fraction between 0 and 1")),
+    }
 }
 
 pub fn run(a: StoreArgs) -> anyhow::Result<()> {
-    if a.spill_dir.is_some() {
-        anyhow::bail!("--spill-dir: spilling is not implemented yet in this build; run without it");
-    }
     // Block the stop signals before any thread starts, so every thread
     // inherits the mask and only `wait` below receives them.
     let mut stop = SigSet::empty();
@@ -47,6 +66,17 @@ pub fn run(a: StoreArgs) -> anyhow::Result<()> {
     config.prefault = a.prefault;
     config.create_timeout = Duration::from_millis(a.create_timeout_ms);
     config.spin = Duration::from_micros(a.spin_us);
+    if !a.no_spill {
+        let dir = a.spill_dir.unwrap_or_else(|| {
+            let parent = a.socket.parent().filter(|p| !p.as_os_str().is_empty());
+            parent.unwrap_or(std::path::Path::new(".")).join("spill")
+        });
+        let mut spill = SpillConfig::new(dir);
+        spill.threshold = a.spill_threshold;
+        spill.max_fill = a.spill_max_fill;
+        spill.max_bytes = a.spill_max_bytes.map_or(u64::MAX, |b| b.0);
+        config.spill = Some(spill);
+    }
     let store = start(config)?;
     let sig = stop.wait().context("waiting for a signal")?;
     tracing::info!("received {sig:?}, shutting down");

@@ -49,6 +49,11 @@ impl Lru {
         Some((id, b))
     }
 
+    /// The least recently used object, left in place.
+    pub fn peek(&self) -> Option<(ObjectId, u64)> {
+        self.order.peek_lru().map(|(&id, &b)| (id, b))
+    }
+
     /// Bytes that eviction could free right now.
     pub fn bytes(&self) -> u64 {
         self.bytes

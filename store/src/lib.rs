@@ -24,6 +24,7 @@ pub mod id;
 pub mod segment;
 pub mod server;
 pub mod size;
+pub mod spill;
 pub mod table;
 pub mod view;
 pub mod wire;

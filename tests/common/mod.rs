@@ -178,13 +178,19 @@ impl Daemon {
         Self::spawn(TempDir::new(), socket.to_path_buf(), memory, extra)
     }
 
+    /// Spilling is off unless `extra` has a `--spill-*` flag: most tests
+    /// check what a store does once primary copies fill its memory.
     fn spawn(dir: TempDir, socket: PathBuf, memory: &str, extra: &[&str]) -> Self {
         let stderr = dir.path().join("daemon.stderr");
+        let spills = extra
+            .iter()
+            .any(|a| a.starts_with("--spill") || *a == "--no-spill");
         let child = Command::new(arca_bin())
             .arg("store")
             .arg("--socket")
             .arg(&socket)
             .args(["--memory", memory])
+            .args(if spills { &[][..] } else { &["--no-spill"][..] })
             .args(extra)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -1,5 +1,6 @@
 //! One client connection: the handshake, then requests until it closes.
 
+use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -11,12 +12,15 @@ use arca_proto::store::request::Kind as Q;
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::Shared;
+use super::spill::restore;
 use crate::error::{CreateError, StateError};
 use crate::id::ObjectId;
-use crate::table::{ClientId, Location};
+use crate::table::{ClientId, Location, RestoreStep};
 use crate::wire::{Conn, MAX_REQUEST_FRAME, PROTOCOL_VERSION, RecvError, Side};
 
-/// What handling one request produced.
+/// What handling one request produced. Lives on the stack for one request;
+/// boxing the large reply variant would allocate on every reply instead.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Reply(R),
     /// One-way request: nothing to send.
@@ -99,8 +103,7 @@ pub(super) fn serve(shared: &Shared, stream: UnixStream) {
     }
     let mut t = shared.table.lock();
     t.disconnect(client);
-    shared.notify(&t);
-    drop(t);
+    shared.done(t);
     tracing::debug!(client, pid = peer_pid, "client disconnected");
 }
 
@@ -218,7 +221,7 @@ fn handle_inner(
                     write(shared, loc, 0, &p.data);
                     let mut t = shared.table.lock();
                     let sealed = t.seal(client, &id);
-                    shared.notify(&t);
+                    shared.done(t);
                     match sealed {
                         Ok(()) => R::Ok(pb::Ok {}),
                         Err(e) => state_error(e),
@@ -231,14 +234,14 @@ fn handle_inner(
             let id = parse_id(&s.id)?;
             let mut t = shared.table.lock();
             let r = t.seal(client, &id);
-            shared.notify(&t);
+            shared.done(t);
             r.map_or_else(state_error, |()| R::Ok(pb::Ok {}))
         }
         Q::Abort(a) => {
             let id = parse_id(&a.id)?;
             let mut t = shared.table.lock();
             let r = t.abort(client, &id);
-            shared.notify(&t);
+            shared.done(t);
             r.map_or_else(state_error, |()| R::Ok(pb::Ok {}))
         }
         Q::Get(g) => {
@@ -257,14 +260,14 @@ fn handle_inner(
                     return Err(format!("release of {id}, which this client does not hold"));
                 }
             }
-            shared.notify(&t);
+            shared.done(t);
             return Ok(Outcome::Silent);
         }
         Q::Delete(d) => {
             let ids = parse_ids(&d.ids)?;
             let mut t = shared.table.lock();
             let deleted = ids.iter().map(|id| t.delete(id)).collect();
-            shared.notify(&t);
+            shared.done(t);
             R::Delete(pb::DeleteReply { deleted })
         }
         Q::Contains(c) => {
@@ -279,8 +282,12 @@ fn handle_inner(
     Ok(Outcome::Reply(reply))
 }
 
-/// Creates an object, waiting up to the configured timeout for memory if the
-/// store is full, and writes its metadata.
+/// How long a create or restore keeps waiting while spilling makes room.
+const SPILL_WAIT: Duration = Duration::from_secs(60);
+
+/// Creates an object, waiting for memory if the store is full: for spilling
+/// to make room (while it can), or for other clients to release memory (up to
+/// the configured timeout). Then writes its metadata.
 fn create(
     shared: &Shared,
     conn: &Conn,
@@ -290,11 +297,22 @@ fn create(
     metadata: &[u8],
     primary: bool,
 ) -> Result<Location, CreateError> {
-    let deadline = Instant::now() + shared.config.create_timeout;
+    let start = Instant::now();
     let mut t = shared.table.lock();
     let loc = loop {
         match t.create(client, id, data_size, metadata.len() as u64, primary) {
             Err(CreateError::Full(msg)) => {
+                let spilling = t.can_spill();
+                if spilling {
+                    t.request_space(data_size.saturating_add(metadata.len() as u64));
+                    shared.spill_cond.notify_all();
+                }
+                let deadline = start
+                    + if spilling {
+                        SPILL_WAIT
+                    } else {
+                        shared.config.create_timeout
+                    };
                 let peer_gone = parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up());
                 if peer_gone || !shared.wait(&mut t, Some(deadline)) {
                     return Err(CreateError::Full(msg));
@@ -320,8 +338,10 @@ fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
     }
 }
 
-/// Waits until every id is readable or the timeout passes, then pins and
-/// returns what is there. `None` if the client hung up while waiting.
+/// Waits until every id is readable or the timeout passes, restoring spilled
+/// objects on the way (each connection restores its own, so several gets
+/// restore in parallel), then pins and returns what is there. `None` if the
+/// client hung up while waiting.
 fn get(
     shared: &Shared,
     conn: &Conn,
@@ -329,10 +349,49 @@ fn get(
     ids: &[ObjectId],
     timeout: Option<Duration>,
 ) -> Option<Vec<pb::GetResult>> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let start = Instant::now();
+    let deadline = timeout.map(|t| start + t);
+    let mut failed: HashMap<ObjectId, String> = HashMap::new();
     let mut t = shared.table.lock();
     loop {
-        if ids.iter().all(|id| t.contains(id)) {
+        let mut ready = true;
+        let mut job = None;
+        for id in ids {
+            match t.begin_restore(id) {
+                RestoreStep::Ready => {}
+                RestoreStep::Failed(msg) => {
+                    failed.insert(*id, msg);
+                }
+                RestoreStep::Missing | RestoreStep::Wait => ready = false,
+                RestoreStep::NoSpace
+                    if !t.can_spill() && start.elapsed() >= shared.config.create_timeout =>
+                {
+                    let msg = format!(
+                        "object {id} is spilled and there is no room to restore it: {}",
+                        t.no_room_message(id)
+                    );
+                    failed.insert(*id, msg);
+                }
+                RestoreStep::NoSpace => {
+                    ready = false;
+                    shared.spill_cond.notify_all();
+                }
+                RestoreStep::Start(j) => {
+                    job = Some(j);
+                    break;
+                }
+            }
+        }
+        if let Some(job) = job {
+            drop(t);
+            let began = Instant::now();
+            let result = restore(shared, &job);
+            t = shared.table.lock();
+            t.finish_restore(&job.id, result, began.elapsed());
+            shared.notify(&t);
+            continue;
+        }
+        if ready {
             break;
         }
         if !shared.wait(&mut t, deadline) {
@@ -342,11 +401,19 @@ fn get(
             return None;
         }
     }
-    Some(
-        ids.iter()
-            .map(|id| pb::GetResult {
+    let results = ids
+        .iter()
+        .map(|id| match failed.get(id) {
+            Some(msg) => pb::GetResult {
+                location: None,
+                error: msg.clone(),
+            },
+            None => pb::GetResult {
                 location: t.get(client, id).map(Into::into),
-            })
-            .collect(),
-    )
+                error: String::new(),
+            },
+        })
+        .collect();
+    shared.done(t);
+    Some(results)
 }

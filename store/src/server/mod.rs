@@ -10,6 +10,7 @@
 //! condition variable with a bounded timeout.
 
 mod conn;
+mod spill;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +26,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::segment::Segment;
 use crate::size::ByteSize;
+use crate::spill::{SpillConfig, SpillFiles};
 use crate::table::Table;
 use crate::wire::DEFAULT_SPIN;
 
@@ -48,6 +50,10 @@ pub struct StoreConfig {
     pub spin: Duration,
     /// Fraction of capacity eviction frees at least, once it has to run.
     pub eviction_batch: f64,
+    /// Spill primary copies to disk when memory runs short; `None` never
+    /// spills (creates then fail with `ObjectStoreFull` once primary copies
+    /// fill the store).
+    pub spill: Option<SpillConfig>,
 }
 
 impl StoreConfig {
@@ -60,6 +66,7 @@ impl StoreConfig {
             create_timeout: Duration::from_secs(1),
             spin: DEFAULT_SPIN,
             eviction_batch: 0.05,
+            spill: None,
         }
     }
 }
@@ -82,6 +89,14 @@ pub enum StartError {
         /// The OS error (in the message, not a `source`, so it prints once).
         cause: io::Error,
     },
+    /// The spill directory is unusable.
+    #[error("cannot use spill directory {path}: {cause}; choose another --spill-dir", path = .path.display())]
+    SpillDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error (in the message, not a `source`, so it prints once).
+        cause: io::Error,
+    },
     /// Binding the socket failed.
     #[error("cannot listen on {path}: {cause}", path = .path.display())]
     Socket {
@@ -95,6 +110,8 @@ pub enum StartError {
 pub(crate) struct Shared {
     table: Mutex<Table>,
     cond: Condvar,
+    /// Wakes the spill workers.
+    spill_cond: Condvar,
     /// Threads parked on `cond`; changed only while holding `table`.
     waiters: AtomicUsize,
     segments: Vec<Segment>,
@@ -103,6 +120,7 @@ pub(crate) struct Shared {
     config: StoreConfig,
     shutdown: AtomicBool,
     conns: Mutex<HashMap<u64, Connection>>,
+    spill_workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// A live connection: a clone of its stream (to shut it down on stop) and its
@@ -115,6 +133,24 @@ impl Shared {
     fn notify(&self, _held: &MutexGuard<'_, Table>) {
         if self.waiters.load(Ordering::Relaxed) > 0 {
             self.cond.notify_all();
+        }
+    }
+
+    /// Ends a change to the table: wakes waiters and, if spilling is wanted,
+    /// a spill worker; then drops the lock and unlinks spill files that lost
+    /// their last record (a syscall that may wait on the disk, so never under
+    /// the lock).
+    fn done(&self, mut t: MutexGuard<'_, Table>) {
+        self.notify(&t);
+        if t.spill_wanted() > 0 {
+            self.spill_cond.notify_one();
+        }
+        let dead = t.take_dead_files();
+        drop(t);
+        for f in dead {
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!("cannot remove spill file {}: {e}", f.display());
+            }
         }
     }
 
@@ -173,25 +209,53 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     let sizes: Vec<u64> = segments.iter().map(|s| s.size() as u64).collect();
     let batch = (config.memory as f64 * config.eviction_batch.clamp(0.0, 1.0)) as u64;
     let listener = bind(&config.socket)?;
+    let table = match &config.spill {
+        None => Table::new(&sizes, batch),
+        Some(sc) => match SpillFiles::open(sc.clone()) {
+            Ok(files) => Table::with_spill(&sizes, batch, files),
+            Err(cause) => {
+                let _ = std::fs::remove_file(&config.socket);
+                return Err(StartError::SpillDir {
+                    path: sc.dir.clone(),
+                    cause,
+                });
+            }
+        },
+    };
     tracing::info!(
         socket = %config.socket.display(),
         capacity = %ByteSize(config.memory),
         segments = segments.len(),
         prefault = config.prefault,
+        spill_dir = %config.spill.as_ref().map_or("off".into(), |s| s.dir.display().to_string()),
         setup_ms = began.elapsed().as_millis() as u64,
         "store listening"
     );
-    let table = Table::new(&sizes, batch);
     let shared = Arc::new(Shared {
         capacity: table.capacity(),
         table: Mutex::new(table),
         cond: Condvar::new(),
+        spill_cond: Condvar::new(),
         waiters: AtomicUsize::new(0),
         segments,
         config,
         shutdown: AtomicBool::new(false),
         conns: Mutex::new(HashMap::new()),
+        spill_workers: Mutex::new(Vec::new()),
     });
+    if shared.config.spill.is_some() {
+        for i in 0..spill::WORKERS {
+            let s = Arc::clone(&shared);
+            let h = std::thread::Builder::new()
+                .name(format!("arca-spill-{i}"))
+                .spawn(move || spill::worker(s))
+                .map_err(|cause| StartError::Socket {
+                    path: shared.config.socket.clone(),
+                    cause,
+                })?;
+            shared.spill_workers.lock().push(h);
+        }
+    }
     let s = Arc::clone(&shared);
     let accept = std::thread::Builder::new()
         .name("arca-accept".into())
@@ -318,6 +382,10 @@ impl StoreHandle {
             if let Some(h) = handle {
                 let _ = h.join();
             }
+        }
+        self.shared.spill_cond.notify_all();
+        for h in self.shared.spill_workers.lock().drain(..) {
+            let _ = h.join();
         }
         let _ = std::fs::remove_file(&self.shared.config.socket);
         tracing::info!(socket = %self.shared.config.socket.display(), "store stopped");
