@@ -5,11 +5,12 @@
 
 mod limits;
 mod report;
+mod spill;
 mod store;
 
 use std::path::PathBuf;
 
-pub use limits::memcpy_gbps;
+pub use limits::{disk_gbps, memcpy_gbps};
 pub use report::{Metric, Report};
 pub use store::{ClientArgs, client_main};
 
@@ -18,6 +19,9 @@ pub use store::{ClientArgs, client_main};
 pub enum Area {
     /// The object store: put/get calls and bandwidth, single and multi client.
     Store,
+    /// Spilling: spill and restore bandwidth beside the disk's, and the
+    /// latency of getting a spilled object.
+    Spill,
 }
 
 /// Settings shared by the workloads.
@@ -33,11 +37,14 @@ pub struct BenchOptions {
     pub clients: usize,
     /// This binary, re-run as `arca bench-client` for multi-client workloads.
     pub exe: PathBuf,
+    /// Where the spill benchmark spills (a temporary folder if `None`).
+    pub spill_dir: Option<PathBuf>,
 }
 
 /// Runs one area's workloads.
 pub fn run(area: Area, opts: &BenchOptions) -> anyhow::Result<Report> {
     match area {
         Area::Store => store::run(opts),
+        Area::Spill => spill::run(opts),
     }
 }

@@ -37,7 +37,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// Which workloads: `store`.
+    /// Which workloads: `store` or `spill`.
     area: arca_bench::Area,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -54,6 +54,9 @@ struct BenchArgs {
     /// Client processes for the multi-client workloads.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Where `bench spill` spills [default: the temp directory].
+    #[arg(long)]
+    spill_dir: Option<PathBuf>,
 }
 
 /// Logs to stderr. The daemon logs at info by default; the other commands
@@ -90,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 seconds: a.seconds,
                 clients: a.clients,
                 exe: std::env::current_exe()?,
+                spill_dir: a.spill_dir,
             };
             let report = arca_bench::run(a.area, &opts)?;
             if a.json {

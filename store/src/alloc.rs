@@ -71,6 +71,33 @@ impl Allocator {
         Some(offset)
     }
 
+    /// Allocates `len` bytes starting on a multiple of `align` (a power of two,
+    /// at least [`ALIGN`]), giving the gap before it back. Falls back to
+    /// [`Allocator::allocate`] when no range has room for the gap too, so
+    /// alignment never makes a create fail.
+    pub fn allocate_aligned(&mut self, len: u64, align: u64) -> Option<u64> {
+        debug_assert!(align.is_power_of_two() && align >= ALIGN);
+        let want = len + align - ALIGN;
+        // The smallest range that fits `len` may already start aligned.
+        for &(size, offset) in self.by_size.range((len, 0)..) {
+            let start = offset.next_multiple_of(align);
+            if start + len <= offset + size {
+                self.remove(offset, size);
+                if start > offset {
+                    self.insert(offset, start - offset);
+                }
+                if start + len < offset + size {
+                    self.insert(start + len, offset + size - start - len);
+                }
+                return Some(start);
+            }
+            if size >= want {
+                break; // every later range is at least this big: it would have fit
+            }
+        }
+        self.allocate(len)
+    }
+
     /// Returns `[offset, offset + len)` to the free space, merging it with free
     /// neighbours. The range must have come from [`Allocator::allocate`].
     pub fn free(&mut self, offset: u64, len: u64) {
@@ -160,6 +187,23 @@ mod tests {
         a.free(blocks[6], ALIGN);
         assert_eq!(a.allocate(ALIGN), Some(blocks[1]));
         assert_eq!(a.largest_free(), 3 * ALIGN);
+    }
+
+    #[test]
+    fn aligned_allocations_start_aligned_and_leave_no_gap_behind() {
+        let mut a = Allocator::new(64 * 1024);
+        let small = a.allocate(ALIGN).unwrap();
+        let big = a.allocate_aligned(8 * 1024, 4096).unwrap();
+        assert_eq!((small, big % 4096), (0, 0));
+        a.check_invariants();
+        assert_eq!(a.free_bytes(), 64 * 1024 - ALIGN - 8 * 1024);
+        a.free(big, 8 * 1024);
+        a.free(small, ALIGN);
+        assert_eq!(a.largest_free(), 64 * 1024);
+        // No range can hold the gap: the unaligned fallback still serves it.
+        let mut a = Allocator::new(4096 + ALIGN);
+        a.allocate(ALIGN).unwrap();
+        assert_eq!(a.allocate_aligned(4096, 4096), Some(ALIGN));
     }
 
     #[test]

@@ -1,5 +1,12 @@
-//! The on-disk format of a spilled object: a 64-byte header, then the data,
-//! then the metadata. Many records share one spill file, one after another.
+//! The on-disk format of a spilled object. Many records share one spill file,
+//! one after another, each starting on a 512-byte sector so that spill files
+//! can be written and read with direct I/O:
+//!
+//! | bytes | content |
+//! | ----- | ------- |
+//! | 0..512 | header sector: the 64-byte header below, then zeros |
+//! | 512..512+n | body: the object's data, then its metadata (n bytes) |
+//! | to the next multiple of 512 | zeros |
 //!
 //! Header layout (all integers little-endian):
 //!
@@ -7,7 +14,7 @@
 //! | ------ | ----- |
 //! | 0..8   | magic `ARCASPL\0` |
 //! | 8..10  | format version (1) |
-//! | 10..12 | header length (64) |
+//! | 10..12 | header sector length (512): the body starts this far into the record |
 //! | 12..32 | object id (20 bytes) |
 //! | 32..40 | data size |
 //! | 40..48 | metadata size |
@@ -21,8 +28,10 @@
 
 use crate::id::ObjectId;
 
-/// Length of a record header.
+/// Length of the encoded header.
 pub const HEADER_LEN: usize = 64;
+/// Records, and the body inside each, start on this boundary.
+pub const SECTOR: u64 = 512;
 const MAGIC: [u8; 8] = *b"ARCASPL\0";
 const VERSION: u16 = 1;
 
@@ -86,7 +95,7 @@ impl Header {
         let mut h = [0u8; HEADER_LEN];
         h[0..8].copy_from_slice(&MAGIC);
         h[8..10].copy_from_slice(&VERSION.to_le_bytes());
-        h[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        h[10..12].copy_from_slice(&(SECTOR as u16).to_le_bytes());
         h[12..32].copy_from_slice(self.id.as_bytes());
         h[32..40].copy_from_slice(&self.data_size.to_le_bytes());
         h[40..48].copy_from_slice(&self.metadata_size.to_le_bytes());
@@ -109,7 +118,7 @@ impl Header {
         let version = u16::from_le_bytes([h[8], h[9]]);
         if magic != MAGIC
             || version != VERSION
-            || usize::from(u16::from_le_bytes([h[10], h[11]])) != HEADER_LEN
+            || u64::from(u16::from_le_bytes([h[10], h[11]])) != SECTOR
         {
             return Err(RecordError::Format { magic, version });
         }
@@ -140,9 +149,14 @@ impl Header {
         }
     }
 
-    /// Bytes of the whole record on disk.
+    /// Bytes of the body (data then metadata).
+    pub fn body_len(&self) -> u64 {
+        self.data_size + self.metadata_size
+    }
+
+    /// Bytes of the whole record on disk: header sector, body, padding.
     pub fn record_len(&self) -> u64 {
-        HEADER_LEN as u64 + self.data_size + self.metadata_size
+        SECTOR + self.body_len().next_multiple_of(SECTOR)
     }
 }
 
@@ -167,7 +181,7 @@ mod tests {
         let bytes = h.encode();
         assert_eq!(Header::decode(&bytes, &h), Ok(h));
         assert_eq!(h.verify_body(&body), Ok(()));
-        assert_eq!(h.record_len(), 64 + 30);
+        assert_eq!(h.record_len(), 1024);
     }
 
     #[test]

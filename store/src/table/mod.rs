@@ -24,6 +24,10 @@ use crate::spill::{DiskLoc, SpillFiles};
 
 pub use spill::{CompactJob, RestoreJob, RestoreStep, SpillJob};
 
+/// Blocks this large start on a page boundary.
+const LARGE_BLOCK: u64 = 64 << 10;
+const PAGE: u64 = 4096;
+
 /// A connected client, numbered by the daemon from 1.
 pub type ClientId = u64;
 
@@ -309,11 +313,18 @@ impl Table {
         })
     }
 
-    /// Finds `block` bytes, evicting as long as anything is evictable.
+    /// Finds `block` bytes, evicting as long as anything is evictable. Large
+    /// blocks start on a page, so spilling can write them with direct I/O
+    /// straight from shared memory.
     fn allocate(&mut self, block: u64) -> Option<(u32, u64)> {
         loop {
             for (i, a) in self.allocators.iter_mut().enumerate() {
-                if let Some(off) = a.allocate(block) {
+                let off = if block >= LARGE_BLOCK {
+                    a.allocate_aligned(block, PAGE)
+                } else {
+                    a.allocate(block)
+                };
+                if let Some(off) = off {
                     return Some((i as u32, off));
                 }
             }
