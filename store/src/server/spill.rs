@@ -57,6 +57,15 @@ pub(super) fn worker(shared: Arc<Shared>) {
             }
             Work::Compact(job) => {
                 let written = compact(&job);
+                if let Ok((locs, len)) = &written {
+                    tracing::info!(
+                        from = %job.old_path.display(),
+                        to = %job.path.display(),
+                        records = locs.len(),
+                        bytes = len,
+                        "compacted a mostly-dead spill file"
+                    );
+                }
                 let mut t = shared.table.lock();
                 t.finish_compaction(job, written);
                 shared.done(t);

@@ -107,15 +107,19 @@ impl Table {
         self.spill_demand = self.spill_demand.max(bytes);
     }
 
-    /// Picks least recently used primary copies, about `target` bytes (at
-    /// most one file's worth, unless a single object is larger), and marks
-    /// them as spilling. `None` if there is nothing to do or spilling is stopped.
+    /// Picks least recently used primary copies, about `target` bytes but at
+    /// least a tenth of capacity (so that steady puts spill in batches of tens
+    /// of MiB, not an object at a time), at most one file's worth unless a
+    /// single object is larger, and marks them as spilling. `None` if there is
+    /// nothing to do or spilling is stopped.
     pub fn start_spill(&mut self, target: u64) -> Option<SpillJob> {
+        let capacity = self.capacity();
         let spill = self.spill.as_mut()?;
         if self.spill_lru.is_empty() {
             return None;
         }
         let max_file = spill.config().file_size;
+        let target = target.max(capacity / 10);
         let (file, path, room) = spill.start_file().ok()?;
         let mut objects = Vec::new();
         let mut bytes = 0;
