@@ -144,8 +144,8 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
         r.objects.len()
     );
     out += &format!(
-        "  {:<40} {:>11} {:>9} {:<22} {:>12} {:>8}\n",
-        "ID", "SIZE", "STATE", "PINNED BY (pid x n)", "PRIMARY PID", "AGE"
+        "  {:<40} {:>11} {:>9} {:<11} {:<22} {:>12} {:>8}\n",
+        "ID", "SIZE", "STATE", "WHERE", "PINNED BY (pid x n)", "PRIMARY PID", "AGE"
     );
     for o in r.objects.iter().take(shown) {
         let pins: Vec<String> = o
