@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use arca_client::{ObjectId, StoreClient, StoreTotals};
+use arca_client::{ObjectId, ObjectInfo, StoreClient, StoreTotals};
 use arca_store::server::{StoreConfig, start};
 use arca_store::spill::SpillConfig;
 
@@ -16,6 +16,15 @@ const OBJECT: usize = 64 << 20;
 /// Memory of the store; the workload puts four times as much.
 const MEMORY: u64 = 512 << 20;
 const GET: Option<Duration> = Some(Duration::from_secs(120));
+
+/// Ids of the objects the store lists that satisfy `keep`.
+fn ids_where(listed: &[ObjectInfo], keep: impl Fn(&ObjectInfo) -> bool) -> Vec<ObjectId> {
+    listed
+        .iter()
+        .filter(|o| keep(o))
+        .filter_map(|o| ObjectId::from_slice(&o.id).ok())
+        .collect()
+}
 
 fn totals(c: &StoreClient) -> anyhow::Result<StoreTotals> {
     c.memory()?.totals.context("the store sent no totals")
@@ -86,18 +95,10 @@ fn workload(opts: &BenchOptions, dir: &std::path::Path) -> anyhow::Result<Report
     // Restore: free memory by deleting what is in memory, then get spilled
     // objects from two clients at once until memory is full again.
     let listed = c.list()?;
-    let in_memory: Vec<ObjectId> = listed
-        .iter()
-        .filter(|o| o.in_memory)
-        .filter_map(|o| ObjectId::from_slice(&o.id).ok())
-        .collect();
+    let in_memory = ids_where(&listed, |o| o.in_memory);
     c.delete_many(&in_memory)?;
-    let spilled_ids: Vec<ObjectId> = listed
-        .iter()
-        .filter(|o| !o.in_memory && o.on_disk)
-        .filter_map(|o| ObjectId::from_slice(&o.id).ok())
-        .take(fill - 1)
-        .collect();
+    let mut spilled_ids = ids_where(&listed, |o| !o.in_memory && o.on_disk);
+    spilled_ids.truncate(fill - 1);
     let before = totals(&c)?;
     let t = Instant::now();
     let halves: Vec<Vec<ObjectId>> = spilled_ids
@@ -136,13 +137,8 @@ fn workload(opts: &BenchOptions, dir: &std::path::Path) -> anyhow::Result<Report
 
     // Latency of one get of a spilled 64 MiB object, with room in memory.
     c.delete_many(&spilled_ids)?;
-    let still_spilled: Vec<ObjectId> = c
-        .list()?
-        .iter()
-        .filter(|o| !o.in_memory && o.on_disk)
-        .filter_map(|o| ObjectId::from_slice(&o.id).ok())
-        .take(4)
-        .collect();
+    let mut still_spilled = ids_where(&c.list()?, |o| !o.in_memory && o.on_disk);
+    still_spilled.truncate(4);
     let mut spent = Duration::ZERO;
     for id in &still_spilled {
         let t = Instant::now();
@@ -157,11 +153,7 @@ fn workload(opts: &BenchOptions, dir: &std::path::Path) -> anyhow::Result<Report
             "ms",
         );
     }
-    let all: Vec<ObjectId> = c
-        .list()?
-        .iter()
-        .filter_map(|o| ObjectId::from_slice(&o.id).ok())
-        .collect();
+    let all = ids_where(&c.list()?, |_| true);
     c.delete_many(&all)?;
     drop(c);
     store.shutdown();

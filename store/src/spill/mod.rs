@@ -177,17 +177,9 @@ impl SpillFiles {
         Ok((file, self.path(file), room))
     }
 
-    /// Records a written file and its live records.
+    /// Records a spill file written with its live records.
     pub fn add_file(&mut self, file: u64, len: u64, records: u64, spent: Duration) {
-        self.files.insert(
-            file,
-            FileInfo {
-                len,
-                live_bytes: len,
-                live_records: records,
-            },
-        );
-        self.disk_bytes += len;
+        self.insert_file(file, len, records);
         self.stats.spilled_objects += records;
         self.stats.spilled_bytes += len;
         self.stats.spill_time += spent;
@@ -195,6 +187,10 @@ impl SpillFiles {
 
     /// Records a file written by compaction (not counted as spilling).
     pub fn add_compacted(&mut self, file: u64, len: u64, records: u64) {
+        self.insert_file(file, len, records);
+    }
+
+    fn insert_file(&mut self, file: u64, len: u64, records: u64) {
         self.files.insert(
             file,
             FileInfo {
