@@ -2,7 +2,7 @@
 //! as long as that daemon lives, so that a new daemon can tell which files
 //! belong to a dead one and remove them.
 //!
-//! `DIR/session-<pid>-<start ms>/lock` is held with an exclusive `flock` by the
+//! `DIR/session-<pid>-<start ms>-<n>/lock` is held with an exclusive `flock` by the
 //! live daemon; the kernel drops the lock when the daemon dies, however it
 //! dies. At start, every session directory whose lock can be taken belongs to
 //! a dead daemon and is removed (pid reuse cannot fool this).
@@ -45,7 +45,11 @@ impl Session {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let dir = root.join(format!("session-{}-{stamp}", std::process::id()));
+        // The counter keeps apart stores embedded in one process that start
+        // within the same millisecond.
+        static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("session-{}-{stamp}-{n}", std::process::id()));
         fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let lock = File::create(dir.join("lock"))?;
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
