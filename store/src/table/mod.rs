@@ -546,5 +546,7 @@ impl Table {
     }
 }
 
+#[cfg(any(test, feature = "model"))]
+pub mod model;
 #[cfg(test)]
 mod tests;
