@@ -444,8 +444,14 @@ impl ChildProc {
     /// Waits until the child calls [`signal_ready`], panicking if it exits
     /// first or takes longer than [`WAIT`].
     pub fn wait_ready(&mut self) {
+        self.wait_ready_within(WAIT);
+    }
+
+    /// [`ChildProc::wait_ready`] with another bound, for children with a
+    /// long job before they are ready.
+    pub fn wait_ready_within(&mut self, timeout: Duration) {
         let flag = self.dir.join(format!("{}.ready", self.name));
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now() + timeout;
         while !flag.exists() {
             let child = self.child.as_mut().expect("child reaped");
             if let Some(status) = child.try_wait().unwrap() {
@@ -457,7 +463,7 @@ impl ChildProc {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "child {} not ready within {WAIT:?}\n{}",
+                    "child {} not ready within {timeout:?}\n{}",
                     self.name,
                     self.output()
                 );
@@ -467,13 +473,18 @@ impl ChildProc {
     }
 
     /// Waits (bounded) for the child to finish its role successfully.
-    pub fn wait_success(mut self) {
+    pub fn wait_success(self) {
+        self.wait_success_within(WAIT);
+    }
+
+    /// [`ChildProc::wait_success`] with another bound.
+    pub fn wait_success_within(mut self, timeout: Duration) {
         let mut child = self.child.take().expect("child reaped");
-        let Some(status) = wait_timeout(&mut child, WAIT) else {
+        let Some(status) = wait_timeout(&mut child, timeout) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "child {} still running after {WAIT:?}; killed it\n{}",
+                "child {} still running after {timeout:?}; killed it\n{}",
                 self.name,
                 self.output()
             );
@@ -541,8 +552,14 @@ pub fn signal_ready() {
 
 /// Creates a flag file (atomically) that a child waits for.
 pub fn raise_flag(path: &Path) {
+    write_atomic(path, b"go");
+}
+
+/// Replaces `path` with `contents` in one step: a reader sees the old file
+/// or the new one, never a partly written one.
+pub fn write_atomic(path: &Path, contents: &[u8]) {
     let tmp = path.with_extension("tmp");
-    fs::write(&tmp, b"go").unwrap();
+    fs::write(&tmp, contents).unwrap();
     fs::rename(&tmp, path).unwrap();
 }
 
