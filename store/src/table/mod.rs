@@ -539,6 +539,19 @@ impl Table {
         }
         assert_eq!(evictable, self.lru.bytes());
         assert_eq!(spillable, self.spill_lru.bytes());
+        if let Some(s) = &self.spill {
+            let on_disk: u64 = self
+                .objects
+                .values()
+                .filter_map(|e| e.disk)
+                .map(|d| d.header.record_len())
+                .sum();
+            assert_eq!(
+                s.live_bytes(),
+                on_disk,
+                "live spill records and objects on disk disagree"
+            );
+        }
         for (a, used) in self.allocators.iter().zip(used) {
             a.check_invariants();
             assert_eq!(a.free_bytes() + used, a.size());
@@ -548,5 +561,7 @@ impl Table {
 
 #[cfg(any(test, feature = "model"))]
 pub mod model;
+#[cfg(test)]
+mod spill_tests;
 #[cfg(test)]
 mod tests;
