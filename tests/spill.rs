@@ -845,9 +845,6 @@ fn a_full_spill_disk_fails_creates_clearly_and_loses_nothing() {
 }
 
 #[test]
-#[ignore = "bug: --spill-max-bytes is exceeded: SpillFiles::start_file gives each new \
-            file `max_bytes - disk_bytes` of room, and disk_bytes does not count files \
-            still being written, so the two spill workers both get the same room"]
 fn the_spill_quota_is_never_exceeded() {
     let root = spill_root();
     let quota = 16 * MIB;
@@ -1147,9 +1144,6 @@ fn get_in_thread(
 }
 
 #[test]
-#[ignore = "bug: a get of spilled objects that do not fit in free memory together never \
-            completes: each restore evicts the object restored just before (on disk, \
-            unpinned, so evictable) instead of asking spilling for room, forever"]
 fn one_get_restores_several_spilled_objects_that_do_not_fit_in_free_memory_together() {
     let root = spill_root();
     let (d, _c, spilled) = store_short_of_memory_for_restores(&root);
@@ -1166,8 +1160,6 @@ fn one_get_restores_several_spilled_objects_that_do_not_fit_in_free_memory_toget
 }
 
 #[test]
-#[ignore = "bug: a get that keeps restoring objects ignores its timeout: get() in \
-            server/conn.rs checks the deadline only in a pass that starts no restore"]
 fn a_get_returns_by_its_timeout_even_while_it_keeps_restoring() {
     let root = spill_root();
     let (d, _c, spilled) = store_short_of_memory_for_restores(&root);

@@ -1,6 +1,5 @@
 //! One client connection: the handshake, then requests until it closes.
 
-use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::Ordering;
@@ -340,8 +339,10 @@ fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
 
 /// Waits until every id is readable or the timeout passes, restoring spilled
 /// objects on the way (each connection restores its own, so several gets
-/// restore in parallel), then pins and returns what is there. `None` if the
-/// client hung up while waiting.
+/// restore in parallel). Each object is pinned as soon as it is readable, so
+/// restoring the next one cannot evict it. Returns what is there, pinned; an
+/// unreadable object carries its error. `None` if the client hung up while
+/// waiting (its pins go with it).
 fn get(
     shared: &Shared,
     conn: &Conn,
@@ -351,29 +352,41 @@ fn get(
 ) -> Option<Vec<pb::GetResult>> {
     let start = Instant::now();
     let deadline = timeout.map(|t| start + t);
-    let mut failed: HashMap<ObjectId, String> = HashMap::new();
+    let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
+    let mut results = vec![pb::GetResult::default(); ids.len()];
+    let mut done = vec![false; ids.len()];
     let mut t = shared.table.lock();
     loop {
-        let mut ready = true;
         let mut job = None;
-        for id in ids {
+        for (i, id) in ids.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if let Some(loc) = t.get(client, id) {
+                results[i].location = Some(loc.into());
+                done[i] = true;
+                continue;
+            }
+            if past(deadline) {
+                continue; // no new restores once the time is up
+            }
             match t.begin_restore(id) {
-                RestoreStep::Ready => {}
+                RestoreStep::Ready => {} // pinned on the next pass
                 RestoreStep::Failed(msg) => {
-                    failed.insert(*id, msg);
+                    results[i].error = msg;
+                    done[i] = true;
                 }
-                RestoreStep::Missing | RestoreStep::Wait => ready = false,
+                RestoreStep::Missing | RestoreStep::Wait => {}
                 RestoreStep::NoSpace
                     if !t.can_spill() && start.elapsed() >= shared.config.create_timeout =>
                 {
-                    let msg = format!(
+                    results[i].error = format!(
                         "object {id} is spilled and there is no room to restore it: {}",
                         t.no_room_message(id)
                     );
-                    failed.insert(*id, msg);
+                    done[i] = true;
                 }
                 RestoreStep::NoSpace => {
-                    ready = false;
                     shared.spill_cond.notify_all();
                 }
                 RestoreStep::Start(j) => {
@@ -389,31 +402,16 @@ fn get(
             t = shared.table.lock();
             t.finish_restore(&job.id, result, began.elapsed());
             shared.notify(&t);
+            // The restored object is pinned on the next pass, under this same lock.
             continue;
         }
-        if ready {
-            break;
-        }
-        if !shared.wait(&mut t, deadline) {
+        if done.iter().all(|&d| d) || !shared.wait(&mut t, deadline) {
             break;
         }
         if parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up()) {
             return None;
         }
     }
-    let results = ids
-        .iter()
-        .map(|id| match failed.get(id) {
-            Some(msg) => pb::GetResult {
-                location: None,
-                error: msg.clone(),
-            },
-            None => pb::GetResult {
-                location: t.get(client, id).map(Into::into),
-                error: String::new(),
-            },
-        })
-        .collect();
     shared.done(t);
     Some(results)
 }

@@ -90,6 +90,8 @@ pub struct SpillFiles {
     files: HashMap<u64, FileInfo>,
     next_file: u64,
     disk_bytes: u64,
+    /// Room promised to files being written, not yet in `disk_bytes`.
+    reserved: u64,
     /// Why spilling is stopped, and until when, after a failed write.
     blocked: Option<(Instant, String)>,
     /// Files whose last record died, to unlink once the table lock is dropped.
@@ -117,6 +119,7 @@ impl SpillFiles {
             files: HashMap::new(),
             next_file: 1,
             disk_bytes: 0,
+            reserved: 0,
             blocked: None,
             dead_files: Vec::new(),
             stats: SpillStats::default(),
@@ -148,9 +151,14 @@ impl SpillFiles {
             }
             self.blocked = None;
         }
-        let quota_room = self.config.max_bytes.saturating_sub(self.disk_bytes);
+        // Files being written count against both limits: the filesystem does
+        // not show them yet, and two workers must not be promised the same room.
+        let quota_room = self
+            .config
+            .max_bytes
+            .saturating_sub(self.disk_bytes + self.reserved);
         let room = match fs_room(self.session.dir(), self.config.max_fill) {
-            Ok(fs_room) => quota_room.min(fs_room),
+            Ok(fs_room) => quota_room.min(fs_room.saturating_sub(self.reserved)),
             Err(why) => {
                 self.stop(why.clone());
                 return Err(why);
@@ -177,7 +185,24 @@ impl SpillFiles {
         Ok((file, self.path(file), room))
     }
 
-    /// Records a spill file written with its live records.
+    /// Promises `bytes` of the room `start_file` offered to a file being written.
+    pub fn reserve(&mut self, bytes: u64) {
+        self.reserved += bytes;
+    }
+
+    /// Gives back a promise once its file is written (or failed).
+    pub fn unreserve(&mut self, bytes: u64) {
+        self.reserved -= bytes;
+    }
+
+    /// Stops spilling because the next record does not fit the room left.
+    pub fn no_room(&mut self, record: u64, room: u64) {
+        self.stop(format!(
+            "no room for a {} spill record: {} left under the spill quota and disk fill limit",
+            crate::ByteSize(record),
+            crate::ByteSize(room)
+        ));
+    }
     pub fn add_file(&mut self, file: u64, len: u64, records: u64, spent: Duration) {
         self.insert_file(file, len, records);
         self.stats.spilled_objects += records;

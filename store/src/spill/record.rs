@@ -78,6 +78,11 @@ pub enum RecordError {
     BodyChecksum,
 }
 
+/// Bytes on disk of a record whose body is `body_len` bytes.
+pub fn record_len(body_len: u64) -> u64 {
+    SECTOR + body_len.next_multiple_of(SECTOR)
+}
+
 impl Header {
     /// The header for an object whose body (data then metadata) is `parts`.
     pub fn for_body(id: ObjectId, data_size: u64, metadata_size: u64, parts: &[&[u8]]) -> Self {
@@ -156,7 +161,7 @@ impl Header {
 
     /// Bytes of the whole record on disk: header sector, body, padding.
     pub fn record_len(&self) -> u64 {
-        SECTOR + self.body_len().next_multiple_of(SECTOR)
+        record_len(self.body_len())
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::{Io, Location, Table};
 use crate::id::ObjectId;
 use crate::spill::DiskLoc;
+use crate::spill::record::record_len;
 
 /// A batch of primary copies to write into one new spill file.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct SpillJob {
     pub room: u64,
     /// The objects, in memory, in the order to write them.
     pub objects: Vec<(ObjectId, Location)>,
+    /// Bytes of their records, reserved against the quota until done.
+    pub reserved: u64,
 }
 
 /// A spilled object to read back into the block allocated for it.
@@ -50,6 +53,8 @@ pub struct CompactJob {
     pub room: u64,
     /// The records to move.
     pub records: Vec<(ObjectId, DiskLoc)>,
+    /// Bytes of those records, reserved against the quota until done.
+    pub reserved: u64,
 }
 
 /// What a get must do about one object.
@@ -122,27 +127,39 @@ impl Table {
         let target = target.max(capacity / 10);
         let (file, path, room) = spill.start_file().ok()?;
         let mut objects = Vec::new();
-        let mut bytes = 0;
+        let (mut bytes, mut reserved) = (0, 0);
         while let Some((id, block)) = self.spill_lru.peek() {
             if !objects.is_empty() && (bytes >= target.min(max_file) || bytes + block > max_file) {
                 break;
             }
-            self.spill_lru.pop();
             let Some(e) = self.objects.get_mut(&id) else {
+                self.spill_lru.pop();
                 continue;
             };
+            let record = record_len(e.data_size + e.metadata_size);
+            if reserved + record > room {
+                if objects.is_empty() {
+                    spill.no_room(record, room);
+                    return None;
+                }
+                break;
+            }
+            self.spill_lru.pop();
             e.io = Io::Spilling;
             if let Some(loc) = e.loc() {
                 objects.push((id, loc));
                 bytes += block;
+                reserved += record;
             }
         }
+        spill.reserve(reserved);
         self.spills_in_flight += 1;
         Some(SpillJob {
             file,
             path,
             room,
             objects,
+            reserved,
         })
     }
 
@@ -158,6 +175,7 @@ impl Table {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
+        spill.unreserve(job.reserved);
         let locs = match written {
             Ok((locs, len)) => {
                 spill.add_file(job.file, len, locs.len() as u64, spent);
@@ -270,12 +288,18 @@ impl Table {
         let spill = self.spill.as_mut()?;
         let old_path = spill.path(old);
         let (file, path, room) = spill.start_file().ok()?;
+        let reserved: u64 = records.iter().map(|(_, d)| d.header.record_len()).sum();
+        if reserved > room {
+            return None;
+        }
+        spill.reserve(reserved);
         Some(CompactJob {
             old_path,
             file,
             path,
             room,
             records,
+            reserved,
         })
     }
 
@@ -289,6 +313,7 @@ impl Table {
         let Some(spill) = self.spill.as_mut() else {
             return;
         };
+        spill.unreserve(job.reserved);
         let (locs, len) = match written {
             Ok(w) => w,
             Err(why) => {
