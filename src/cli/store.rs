@@ -35,7 +35,7 @@ pub struct StoreArgs {
     #[arg(long)]
     spill_dir: Option<PathBuf>,
     /// Never spill: once primary copies fill memory, creates fail with ObjectStoreFull.
-    #[arg(long, conflicts_with_all = ["spill_dir", "spill_threshold", "spill_max_fill", "spill_max_bytes"])]
+    #[arg(long, conflicts_with_all = ["spill_dir", "spill_threshold", "spill_max_fill", "spill_max_bytes", "fallback_to_disk"])]
     no_spill: bool,
     /// Spill when pinned and primary bytes in memory pass this fraction of --memory.
     #[arg(long, default_value_t = 0.8, value_parser = fraction)]
@@ -46,6 +46,14 @@ pub struct StoreArgs {
     /// Most bytes of spill files at once (a quota below the filesystem's limit).
     #[arg(long)]
     spill_max_bytes: Option<ByteSize>,
+    /// Serve a primary create that memory cannot take (even after spilling)
+    /// from a memory-mapped file in the spill directory instead of failing.
+    #[arg(long)]
+    fallback_to_disk: bool,
+    /// Size of the fallback file (sparse: disk is used only as objects land
+    /// in it) [default: 4 times --memory].
+    #[arg(long, requires = "fallback_to_disk")]
+    fallback_size: Option<ByteSize>,
 }
 
 fn fraction(s: &str) -> Result<f64, String> {
@@ -76,6 +84,12 @@ pub fn run(a: StoreArgs) -> anyhow::Result<()> {
         spill.max_fill = a.spill_max_fill;
         spill.max_bytes = a.spill_max_bytes.map_or(u64::MAX, |b| b.0);
         config.spill = Some(spill);
+        if a.fallback_to_disk {
+            config.fallback = Some(
+                a.fallback_size
+                    .map_or(a.memory.0.saturating_mul(4), |s| s.0),
+            );
+        }
     }
     let store = start(config)?;
     let sig = stop.wait().context("waiting for a signal")?;

@@ -110,6 +110,26 @@ impl Segment {
         })
     }
 
+    /// A segment backed by a sparse file at `path` instead of memory: the
+    /// `--fallback-to-disk` segment. Disk blocks are used only as objects are
+    /// written into it; clients map it like any other segment.
+    pub fn create_file(path: &std::path::Path, size: usize) -> io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_len(size as u64)?;
+        let mapping = Mapping::map(&file, size, false)?;
+        Ok(Self {
+            file,
+            mapping: Arc::new(mapping),
+            prefaulted: false,
+        })
+    }
+
     /// Size in bytes.
     pub fn size(&self) -> usize {
         self.mapping.len()

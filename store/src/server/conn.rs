@@ -297,13 +297,14 @@ fn create(
     primary: bool,
 ) -> Result<Location, CreateError> {
     let start = Instant::now();
+    let meta_len = metadata.len() as u64;
     let mut t = shared.table.lock();
     let loc = loop {
-        match t.create(client, id, data_size, metadata.len() as u64, primary) {
+        match t.create(client, id, data_size, meta_len, primary) {
             Err(CreateError::Full(msg)) => {
                 let spilling = t.can_spill();
                 if spilling {
-                    t.request_space(data_size.saturating_add(metadata.len() as u64));
+                    t.request_space(data_size.saturating_add(meta_len));
                     shared.spill_cond.notify_all();
                 }
                 let deadline = start
@@ -312,6 +313,15 @@ fn create(
                     } else {
                         shared.config.create_timeout
                     };
+                // A primary copy memory cannot take goes to the fallback file,
+                // once spilling cannot make room in time (or at once, if it cannot at all).
+                let out_of_time = !spilling || Instant::now() >= deadline;
+                if primary
+                    && out_of_time
+                    && let Some(r) = t.create_fallback(client, id, data_size, meta_len)
+                {
+                    break r?;
+                }
                 let peer_gone = parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up());
                 if peer_gone || !shared.wait(&mut t, Some(deadline)) {
                     return Err(CreateError::Full(msg));

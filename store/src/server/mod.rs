@@ -54,6 +54,10 @@ pub struct StoreConfig {
     /// spills (creates then fail with `ObjectStoreFull` once primary copies
     /// fill the store).
     pub spill: Option<SpillConfig>,
+    /// With spilling on: a sparse file of this many bytes in the spill
+    /// directory serves primary creates that memory cannot, instead of
+    /// failing (`--fallback-to-disk`).
+    pub fallback: Option<u64>,
 }
 
 impl StoreConfig {
@@ -67,6 +71,7 @@ impl StoreConfig {
             spin: DEFAULT_SPIN,
             eviction_batch: 0.05,
             spill: None,
+            fallback: None,
         }
     }
 }
@@ -89,6 +94,11 @@ pub enum StartError {
         /// The OS error (in the message, not a `source`, so it prints once).
         cause: io::Error,
     },
+    /// `--fallback-to-disk` puts its file in the spill directory.
+    #[error(
+        "--fallback-to-disk needs spilling on (its file lives in the spill directory); drop --no-spill"
+    )]
+    FallbackWithoutSpill,
     /// The spill directory is unusable.
     #[error("cannot use spill directory {path}: {cause}; choose another --spill-dir", path = .path.display())]
     SpillDir {
@@ -192,6 +202,9 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     if config.memory < (1 << 20) {
         return Err(StartError::TooSmall(ByteSize(config.memory)));
     }
+    if config.fallback.is_some() && config.spill.is_none() {
+        return Err(StartError::FallbackWithoutSpill);
+    }
     let began = Instant::now();
     let mut segments = Vec::new();
     let mut left = config.memory;
@@ -209,18 +222,33 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     let sizes: Vec<u64> = segments.iter().map(|s| s.size() as u64).collect();
     let batch = (config.memory as f64 * config.eviction_batch.clamp(0.0, 1.0)) as u64;
     let listener = bind(&config.socket)?;
-    let table = match &config.spill {
-        None => Table::new(&sizes, batch),
-        Some(sc) => match SpillFiles::open(sc.clone()) {
-            Ok(files) => Table::with_spill(&sizes, batch, files),
-            Err(cause) => {
-                let _ = std::fs::remove_file(&config.socket);
-                return Err(StartError::SpillDir {
-                    path: sc.dir.clone(),
-                    cause,
-                });
+    let opened = match &config.spill {
+        None => Ok(Table::new(&sizes, batch)),
+        Some(sc) => SpillFiles::open(sc.clone()).and_then(|files| {
+            let fallback = files.fallback_path();
+            let table = Table::with_spill(&sizes, batch, files);
+            match config.fallback {
+                None => Ok(table),
+                Some(size) => {
+                    segments.push(Segment::create_file(&fallback, size as usize)?);
+                    Ok(table.with_fallback(size))
+                }
             }
-        },
+        }),
+    };
+    let table = match opened {
+        Ok(t) => t,
+        Err(cause) => {
+            let _ = std::fs::remove_file(&config.socket);
+            return Err(StartError::SpillDir {
+                path: config
+                    .spill
+                    .as_ref()
+                    .map(|s| s.dir.clone())
+                    .unwrap_or_default(),
+                cause,
+            });
+        }
     };
     tracing::info!(
         socket = %config.socket.display(),

@@ -136,6 +136,11 @@ impl SpillFiles {
         self.session.dir()
     }
 
+    /// Path of the disk-backed fallback segment (`--fallback-to-disk`).
+    pub fn fallback_path(&self) -> PathBuf {
+        self.session.dir().join("fallback")
+    }
+
     /// Path of spill file `file`.
     pub fn path(&self, file: u64) -> PathBuf {
         self.session.dir().join(format!("spill-{file:06}"))

@@ -84,6 +84,8 @@ struct Entry {
     created: Instant,
     /// Why the object cannot be read (its spill record failed its checks).
     error: Option<String>,
+    /// Its block is in the disk-backed fallback segment, not in memory.
+    fallback: bool,
 }
 
 impl Entry {
@@ -106,7 +108,11 @@ impl Entry {
     }
 
     fn idle_in_memory(&self) -> bool {
-        self.visible() && self.pins == 0 && self.mem.is_some() && self.io == Io::Idle
+        self.visible()
+            && self.pins == 0
+            && self.mem.is_some()
+            && self.io == Io::Idle
+            && !self.fallback
     }
 
     /// Memory that eviction may take: a cache copy (no primary), or a primary
@@ -156,6 +162,9 @@ pub struct Table {
     eviction_batch: u64,
     stats: Stats,
     spill: Option<SpillFiles>,
+    /// The disk-backed fallback segment's space (`--fallback-to-disk`); its
+    /// segment index is `allocators.len()`.
+    fallback: Option<Allocator>,
     /// Bytes that waiting creates and restores asked spilling to free.
     spill_demand: u64,
     spills_in_flight: usize,
@@ -176,6 +185,7 @@ impl Table {
             eviction_batch,
             stats: Stats::default(),
             spill: None,
+            fallback: None,
             spill_demand: 0,
             spills_in_flight: 0,
         }
@@ -189,7 +199,15 @@ impl Table {
         }
     }
 
-    /// Total bytes of all segments.
+    /// Adds a disk-backed fallback segment of `size` bytes, used for primary
+    /// copies that memory cannot take (see [`Table::create_fallback`]). It is
+    /// the segment after the memory segments.
+    pub fn with_fallback(mut self, size: u64) -> Self {
+        self.fallback = Some(Allocator::new(size));
+        self
+    }
+
+    /// Total bytes of the memory segments.
     pub fn capacity(&self) -> u64 {
         self.allocators.iter().map(Allocator::size).sum()
     }
@@ -250,6 +268,56 @@ impl Table {
         metadata_size: u64,
         primary: bool,
     ) -> Result<Location, CreateError> {
+        let block = self.check_new(client, id, data_size, metadata_size)?;
+        let Some(mem) = self.allocate(block) else {
+            return Err(CreateError::Full(self.full_message(block)));
+        };
+        Ok(self.insert(
+            client,
+            id,
+            (data_size, metadata_size),
+            block,
+            mem,
+            primary,
+            false,
+        ))
+    }
+
+    /// Creates a primary copy in the disk-backed fallback segment, for a
+    /// create that memory cannot serve. `None` if there is no fallback
+    /// segment or no room in it.
+    pub fn create_fallback(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Option<Result<Location, CreateError>> {
+        let block = match self.check_new(client, id, data_size, metadata_size) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(e)),
+        };
+        let offset = self.fallback.as_mut()?.allocate(block)?;
+        let mem = (self.allocators.len() as u32, offset);
+        Some(Ok(self.insert(
+            client,
+            id,
+            (data_size, metadata_size),
+            block,
+            mem,
+            true,
+            true,
+        )))
+    }
+
+    /// Checks that `client` may create `id` of this size; returns its block length.
+    fn check_new(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        data_size: u64,
+        metadata_size: u64,
+    ) -> Result<u64, CreateError> {
         // An object of nobody could never be sealed, aborted or evicted.
         if !self.clients.contains_key(&client) {
             return Err(CreateError::UnknownClient(client));
@@ -268,18 +336,26 @@ impl Table {
             .max()
             .unwrap_or(0);
         let total = data_size.checked_add(metadata_size);
-        let block = match total.and_then(block_len) {
-            Some(b) if b <= largest => b,
-            _ => {
-                return Err(CreateError::TooLarge {
-                    size: ByteSize(total.unwrap_or(u64::MAX)),
-                    capacity: ByteSize(largest),
-                });
-            }
-        };
-        let Some(mem) = self.allocate(block) else {
-            return Err(CreateError::Full(self.full_message(block)));
-        };
+        match total.and_then(block_len) {
+            Some(b) if b <= largest => Ok(b),
+            _ => Err(CreateError::TooLarge {
+                size: ByteSize(total.unwrap_or(u64::MAX)),
+                capacity: ByteSize(largest),
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site each in create and create_fallback
+    fn insert(
+        &mut self,
+        client: ClientId,
+        id: ObjectId,
+        (data_size, metadata_size): (u64, u64),
+        block: u64,
+        mem: (u32, u64),
+        primary: bool,
+        fallback: bool,
+    ) -> Location {
         self.objects.insert(
             id,
             Entry {
@@ -296,6 +372,7 @@ impl Table {
                 pins: 0,
                 created: Instant::now(),
                 error: None,
+                fallback,
             },
         );
         if let Some(c) = self.clients.get_mut(&client) {
@@ -305,12 +382,12 @@ impl Table {
             }
         }
         self.stats.created_objects += 1;
-        Ok(Location {
+        Location {
             segment: mem.0,
             offset: mem.1,
             data_size,
             metadata_size,
-        })
+        }
     }
 
     /// Finds `block` bytes, evicting as long as anything is evictable. Large
@@ -445,7 +522,7 @@ impl Table {
             return;
         };
         let idle = e.pins == 0 && e.io == Io::Idle;
-        let orphan_on_disk = e.sealed && e.primary.is_none() && e.mem.is_none();
+        let orphan_on_disk = e.sealed && e.primary.is_none() && (e.mem.is_none() || e.fallback);
         if idle && (e.deleted || orphan_on_disk) {
             self.free_entry(id);
             return;
@@ -468,11 +545,24 @@ impl Table {
         let Some(e) = self.objects.get_mut(id) else {
             return;
         };
-        if let Some((seg, off)) = e.mem.take() {
-            self.allocators[seg as usize].free(off, e.block);
+        if let Some(mem) = e.mem.take() {
+            let block = e.block;
+            self.free_block(mem, block);
         }
         self.lru.remove(id);
         self.spill_lru.remove(id);
+    }
+
+    /// Gives a block back to its memory segment or to the fallback segment.
+    fn free_block(&mut self, (seg, off): (u32, u64), block: u64) {
+        match self.allocators.get_mut(seg as usize) {
+            Some(a) => a.free(off, block),
+            None => {
+                if let Some(f) = self.fallback.as_mut() {
+                    f.free(off, block);
+                }
+            }
+        }
     }
 
     /// Removes an object and frees its memory and disk copy. An object with
@@ -490,8 +580,8 @@ impl Table {
         };
         self.lru.remove(id);
         self.spill_lru.remove(id);
-        if let Some((seg, off)) = e.mem {
-            self.allocators[seg as usize].free(off, e.block);
+        if let Some(mem) = e.mem {
+            self.free_block(mem, e.block);
         }
         if let (Some(disk), Some(spill)) = (&e.disk, &mut self.spill) {
             spill.kill(disk);
@@ -514,7 +604,7 @@ impl Table {
             }
         }
         let mut used = vec![0u64; self.allocators.len()];
-        let (mut evictable, mut spillable) = (0, 0);
+        let (mut evictable, mut spillable, mut fallback_used) = (0, 0, 0);
         for (id, e) in &self.objects {
             assert_eq!(
                 e.pins,
@@ -527,8 +617,10 @@ impl Table {
             );
             assert!(e.mem.is_some() || e.disk.is_some(), "{id} is nowhere");
             assert!(e.sealed || e.mem.is_some(), "unsealed {id} not in memory");
-            if let Some((seg, _)) = e.mem {
-                used[seg as usize] += e.block;
+            match e.mem {
+                Some(_) if e.fallback => fallback_used += e.block,
+                Some((seg, _)) => used[seg as usize] += e.block,
+                None => {}
             }
             if e.evictable() {
                 evictable += e.block;
@@ -552,7 +644,12 @@ impl Table {
                 "live spill records and objects on disk disagree"
             );
         }
-        for (a, used) in self.allocators.iter().zip(used) {
+        for (a, used) in self
+            .allocators
+            .iter()
+            .zip(used)
+            .chain(self.fallback.iter().map(|f| (f, fallback_used)))
+        {
             a.check_invariants();
             assert_eq!(a.free_bytes() + used, a.size());
         }

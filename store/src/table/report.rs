@@ -22,8 +22,11 @@ impl Table {
             created_objects: self.stats.created_objects,
             ..Default::default()
         };
+        t.fallback_capacity = self.fallback.as_ref().map_or(0, Allocator::size);
         for e in self.objects.values() {
-            if e.mem.is_some() {
+            if e.fallback {
+                t.fallback_bytes += e.block;
+            } else if e.mem.is_some() {
                 t.allocated += e.block;
                 if e.pins > 0 {
                     t.pinned += e.block;
@@ -72,6 +75,7 @@ impl Table {
         pins.sort_by_key(|p| p.client);
         let spill_file = match (&e.disk, &self.spill) {
             (Some(d), Some(s)) => s.path(d.file).display().to_string(),
+            (None, Some(s)) if e.fallback => s.fallback_path().display().to_string(),
             _ => String::new(),
         };
         pb::ObjectInfo {
@@ -92,8 +96,8 @@ impl Table {
             age_ms: now.duration_since(e.created).as_millis() as u64,
             creator_client: e.creator,
             creator_pid: pid(e.creator),
-            in_memory: e.mem.is_some() && e.io != Io::Restoring,
-            on_disk: e.disk.is_some(),
+            in_memory: e.mem.is_some() && e.io != Io::Restoring && !e.fallback,
+            on_disk: e.disk.is_some() || e.fallback,
             spill_file,
             error: e.error.clone().unwrap_or_default(),
         }
@@ -117,7 +121,7 @@ impl Table {
         let in_memory = |id: &ObjectId| {
             self.objects
                 .get(id)
-                .filter(|e| e.mem.is_some())
+                .filter(|e| e.mem.is_some() && !e.fallback)
                 .map(|e| e.block)
         };
         let mut clients: Vec<pb::ClientInfo> = self

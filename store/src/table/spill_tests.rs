@@ -91,7 +91,7 @@ struct Harness {
 impl Harness {
     fn new(dir: &std::path::Path) -> Self {
         let files = SpillFiles::open(SpillConfig::new(dir)).unwrap();
-        let mut t = Table::with_spill(&[16 << 10], 1 << 10, files);
+        let mut t = Table::with_spill(&[16 << 10], 1 << 10, files).with_fallback(8 << 10);
         let clients = (0..CLIENTS)
             .map(|i| t.connect(u32::from(i), format!("c{i}")))
             .collect();
@@ -115,7 +115,13 @@ impl Harness {
                 primary,
             } => {
                 let c = self.clients[usize::from(client)];
-                if t.create(c, id(n), u64::from(size), 7, primary).is_ok() {
+                let created = match t.create(c, id(n), u64::from(size), 7, primary) {
+                    Err(CreateError::Full(_)) if primary => t
+                        .create_fallback(c, id(n), u64::from(size), 7)
+                        .is_some_and(|r| r.is_ok()),
+                    r => r.is_ok(),
+                };
+                if created {
                     t.seal(c, &id(n)).unwrap();
                     if primary {
                         self.owned.insert(id(n), usize::from(client));
@@ -262,7 +268,7 @@ proptest! {
         h.drain_and_read_back();
         if std::env::var("ARCA_SPILL_MODEL_STATS").is_ok() {
             let t = h.t.totals();
-            eprintln!("spilled {} restored {} on-disk-only {}", t.spilled_total_objects, t.restored_total_objects, t.spilled_objects);
+            eprintln!("spilled {} restored {} on-disk-only {} in fallback {}", t.spilled_total_objects, t.restored_total_objects, t.spilled_objects, t.fallback_bytes);
         }
     }
 }
