@@ -112,6 +112,13 @@ fn render(r: &MemoryReport, limit: usize, me: u64) -> String {
             rate(t.restored_total_bytes, t.restore_seconds),
             t.failed_spills,
         );
+        if t.fallback_capacity > 0 {
+            out += &format!(
+                "  fallback file: {} of {} used by primary copies memory could not take\n",
+                b(t.fallback_bytes),
+                b(t.fallback_capacity)
+            );
+        }
         if !t.spill_stopped.is_empty() {
             out += &format!("  SPILLING STOPPED: {}\n", t.spill_stopped);
         }
@@ -201,6 +208,7 @@ fn to_json(r: &MemoryReport) -> serde_json::Value {
                 "spilled_objects": t.spilled_total_objects, "spilled_bytes": t.spilled_total_bytes, "spill_seconds": t.spill_seconds,
                 "restored_objects": t.restored_total_objects, "restored_bytes": t.restored_total_bytes, "restore_seconds": t.restore_seconds,
                 "failed_spills": t.failed_spills, "stopped": if t.spill_stopped.is_empty() { None } else { Some(&t.spill_stopped) },
+                "fallback_bytes": t.fallback_bytes, "fallback_capacity": t.fallback_capacity,
             })},
         },
         "clients": r.clients.iter().map(|c| json!({
