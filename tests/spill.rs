@@ -710,10 +710,9 @@ fn a_corrupt_or_truncated_spill_file_fails_only_its_object() {
 // ---------------------------------------------------------------------------
 // 3. Full disk
 
-#[test]
-fn a_full_spill_disk_fails_creates_clearly_and_loses_nothing() {
-    let root = spill_root();
-    let d = Daemon::start_with(
+/// A 32 MiB store whose spill files may take at most 16 MiB: the full-disk hook.
+fn store_with_16mib_spill_quota(root: &TempDir) -> Daemon {
+    Daemon::start_with(
         "32MiB",
         &[
             "--spill-dir",
@@ -723,7 +722,13 @@ fn a_full_spill_disk_fails_creates_clearly_and_loses_nothing() {
             "--create-timeout-ms",
             "200",
         ],
-    );
+    )
+}
+
+#[test]
+fn a_full_spill_disk_fails_creates_clearly_and_loses_nothing() {
+    let root = spill_root();
+    let d = store_with_16mib_spill_quota(&root);
     let c = d.client();
     let capacity = c.capacity();
     let session = session_dir(&c);
@@ -848,17 +853,7 @@ fn a_full_spill_disk_fails_creates_clearly_and_loses_nothing() {
 fn the_spill_quota_is_never_exceeded() {
     let root = spill_root();
     let quota = 16 * MIB;
-    let d = Daemon::start_with(
-        "32MiB",
-        &[
-            "--spill-dir",
-            arg(root.path()),
-            "--spill-max-bytes",
-            "16MiB",
-            "--create-timeout-ms",
-            "200",
-        ],
-    );
+    let d = store_with_16mib_spill_quota(&root);
     let c = d.client();
     let session = session_dir(&c);
     let mut holders = Vec::new();
