@@ -55,13 +55,6 @@ impl Mapping {
     }
 }
 
-impl SharedBytes {
-    /// The mapping this view points into.
-    pub fn mapping(&self) -> &Arc<Mapping> {
-        &self.mapping
-    }
-}
-
 impl Deref for SharedBytes {
     type Target = [u8];
 

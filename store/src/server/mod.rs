@@ -385,11 +385,6 @@ impl StoreHandle {
         self.shared.capacity
     }
 
-    /// Runs the table's consistency checks (tests and stress runs).
-    pub fn check_invariants(&self) {
-        self.shared.table.lock().check_invariants();
-    }
-
     /// Stops accepting, disconnects every client, joins their threads and
     /// removes the socket.
     pub fn shutdown(mut self) {

@@ -202,20 +202,20 @@ pub fn read_record(
     let header = with_stage(|stage| {
         // The header sector, and the body's last partial sector, come through
         // the staging buffer; with direct I/O every read is whole sectors.
-        read_exact_at(&file, &mut stage[..SECTOR as usize], offset)?;
+        file.read_exact_at(&mut stage[..SECTOR as usize], offset)?;
         let h: [u8; HEADER_LEN] = stage[..HEADER_LEN].try_into().map_err(io::Error::other)?;
         let header = Header::decode(&h, expected);
         let direct_body = direct && len >= DIRECT_MIN && aligned(dest);
         let staged_from = if direct_body { whole } else { 0 };
         if direct_body {
-            read_exact_at(&file, &mut dest[..whole], body)?;
+            file.read_exact_at(&mut dest[..whole], body)?;
         }
         // What is left, in staging-buffer-sized pieces of whole sectors.
         let mut at = staged_from;
         while at < len {
             let n = (len - at).min(STAGE);
             let padded = (n as u64).next_multiple_of(SECTOR) as usize;
-            read_exact_at(&file, &mut stage[..padded], body + at as u64)?;
+            file.read_exact_at(&mut stage[..padded], body + at as u64)?;
             dest[at..at + n].copy_from_slice(&stage[..n]);
             at += n;
         }
@@ -223,9 +223,4 @@ pub fn read_record(
     })??;
     header.verify_body(dest)?;
     Ok(())
-}
-
-/// `read_exact_at` that reports a short file as `UnexpectedEof` (a truncated record).
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    file.read_exact_at(buf, offset)
 }

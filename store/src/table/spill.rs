@@ -75,11 +75,6 @@ pub enum RestoreStep {
 }
 
 impl Table {
-    /// Whether this store spills.
-    pub fn spill_enabled(&self) -> bool {
-        self.spill.is_some()
-    }
-
     /// Bytes to spill now: what pinned and primary memory holds above the
     /// threshold, or what waiting creates and restores asked for, at most what
     /// can be spilled.
@@ -233,12 +228,12 @@ impl Table {
         };
         e.mem = Some(mem);
         e.io = Io::Restoring;
-        let loc = e.loc().unwrap_or(Location {
+        let loc = Location {
             segment: mem.0,
             offset: mem.1,
             data_size: e.data_size,
             metadata_size: e.metadata_size,
-        });
+        };
         RestoreStep::Start(RestoreJob {
             id: *id,
             path,
