@@ -1,7 +1,7 @@
 //! Compiles `proto/arca/*.proto` with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/arca/store.proto"];
+    let files = ["proto/arca/store.proto", "proto/arca/node.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,19 +1,29 @@
-//! Arca: a shared-memory object store and (soon) task runtime, Ray Core rebuilt in Rust.
-//!
-//! This facade re-exports the user API. Start a store with `arca store`, or
-//! embed one with [`store::server::start`], then connect a [`StoreClient`]:
+//! Arca: Ray Core rebuilt in Rust. A shared-memory object store on every
+//! node, a scheduler that runs remote functions and actors in worker
+//! processes, and ObjectRefs that pass results between them.
 //!
 //! ```no_run
-//! use arca::StoreClient;
+//! #[arca::remote]
+//! fn square(x: i64) -> i64 {
+//!     x * x
+//! }
 //!
-//! let store = StoreClient::connect("/tmp/arca/store.sock")?;
-//! let id = store.put(&[1, 2, 3])?;
-//! let buf = store.get_one(id, None)?; // points into shared memory
-//! assert_eq!(&buf[..], &[1, 2, 3]);
-//! # Ok::<(), arca::Error>(())
+//! fn main() -> Result<(), arca::Error> {
+//!     arca::init()?; // in a worker process, this runs tasks and never returns
+//!     let refs: Vec<_> = (0..4).map(square::remote).collect();
+//!     assert_eq!(arca::get_many(&refs)?, [0, 1, 4, 9]);
+//!     arca::shutdown();
+//!     Ok(())
+//! }
 //! ```
+//!
+//! The store alone: start it with `arca store`, or embed one with
+//! [`store::server::start`], then connect a [`StoreClient`] and read objects
+//! in place.
 
 #![forbid(unsafe_code)]
 
 pub use arca_client::*;
+pub use arca_macros::{actor, remote};
+pub use arca_scheduler as scheduler;
 pub use arca_store as store;

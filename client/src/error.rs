@@ -68,6 +68,50 @@ pub enum Error {
     /// reverse (different Arca versions).
     #[error("store protocol error: {0}")]
     Protocol(String),
+    /// A task returned an error or panicked (or an argument it depended on
+    /// did): the function that failed, its message and backtrace.
+    #[error("task {function} failed: {message}{}", if backtrace.is_empty() { String::new() } else { format!("\n{backtrace}") })]
+    TaskError {
+        /// The registered name of the function that failed.
+        function: String,
+        /// Its error or panic message.
+        message: String,
+        /// Where it panicked, if it did and backtraces were captured.
+        backtrace: String,
+    },
+    /// The task was cancelled with `arca::cancel`.
+    #[error("{0}")]
+    TaskCancelled(String),
+    /// The worker running the task died and no retries were left.
+    #[error("{0}")]
+    WorkerCrashed(String),
+    /// The actor is dead (killed, crashed without restarts left, or its
+    /// constructor failed).
+    #[error("{0}")]
+    ActorDied(String),
+    /// The task asks for more resources than the node has.
+    #[error("{0}")]
+    Unschedulable(String),
+    /// The object is gone: freed, or its owner exited.
+    #[error("{0}")]
+    ObjectLost(String),
+    /// The worker's program has no function by that name.
+    #[error("{0}")]
+    UnknownFunction(String),
+    /// A value could not be serialized or deserialized.
+    #[error("cannot (de)serialize a value: {0}")]
+    Serialization(String),
+    /// `arca::init()` was not called (or `arca::shutdown()` was).
+    #[error("Arca is not initialized in this process: call arca::init() at the start of main")]
+    NotInitialized,
+    /// `arca::init()` was called twice.
+    #[error(
+        "Arca is already initialized in this process; call arca::shutdown() before init() again"
+    )]
+    AlreadyInitialized,
+    /// The node could not be started or reached.
+    #[error("{0}")]
+    Node(String),
 }
 
 impl Error {

@@ -23,6 +23,7 @@ mod arrow;
 mod buffer;
 mod client;
 mod error;
+mod runtime;
 mod tensor;
 
 pub use arca_proto::store::{
@@ -33,4 +34,20 @@ pub use arrow::ARROW_METADATA;
 pub use buffer::{ObjectBuffer, ObjectWriter};
 pub use client::{ClientOptions, INLINE_MAX, PutOptions, StoreClient};
 pub use error::{Error, Result};
+pub use runtime::{
+    ActorHandle, Arg, Config, DEFAULT_MAX_RETRIES, ENV_ADDRESS, IntoArg, ObjectRef, TaskOptions,
+    cancel, get, get_many, get_many_timeout, get_timeout, init, init_with, is_initialized, kill,
+    memory, put, shutdown, status, store_client, wait,
+};
 pub use tensor::{Element, Tensor};
+
+/// What `#[arca::remote]` and `#[arca::actor]` expand to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::runtime::{
+        ActorConstructor, ActorMethod, ArgData, ArgsBuilder, Encoded, RemoteFunction, TaskFailure,
+        decode, encode, failure, result, returns, submit,
+    };
+    pub use inventory;
+    pub use serde;
+}

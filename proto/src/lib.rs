@@ -13,3 +13,10 @@
 pub mod store {
     include!(concat!(env!("OUT_DIR"), "/arca.store.rs"));
 }
+
+/// The node socket protocol (`proto/arca/node.proto`): drivers and workers to
+/// the local scheduler.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod node {
+    include!(concat!(env!("OUT_DIR"), "/arca.node.rs"));
+}

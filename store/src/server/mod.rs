@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use crate::ObjectId;
 use crate::segment::Segment;
 use crate::size::ByteSize;
 use crate::spill::{SpillConfig, SpillFiles};
-use crate::table::Table;
+use crate::table::{ClientId, Table};
 use crate::wire::DEFAULT_SPIN;
 
 /// Largest single segment: objects are addressed in 64-byte units by u32 in
@@ -194,7 +195,7 @@ impl std::fmt::Debug for Shared {
 #[derive(Debug)]
 pub struct StoreHandle {
     shared: Arc<Shared>,
-    accept: Option<JoinHandle<()>>,
+    accept: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Starts a store daemon serving `config.socket` on background threads.
@@ -294,7 +295,7 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
         })?;
     Ok(StoreHandle {
         shared,
-        accept: Some(accept),
+        accept: Mutex::new(Some(accept)),
     })
 }
 
@@ -385,14 +386,48 @@ impl StoreHandle {
         self.shared.capacity
     }
 
+    /// Registers an in-process client (the node daemon that embeds this
+    /// store) for [`StoreHandle::adopt`].
+    pub fn local_client(&self, name: &str) -> ClientId {
+        self.shared
+            .table
+            .lock()
+            .connect(std::process::id(), name.to_string())
+    }
+
+    /// Moves the primary pins of sealed objects to `client`; false for ids
+    /// that are unknown, unsealed or deleted.
+    pub fn adopt(&self, client: ClientId, ids: &[ObjectId]) -> Vec<bool> {
+        let mut t = self.shared.table.lock();
+        let adopted = ids.iter().map(|id| t.adopt(client, id)).collect();
+        self.shared.done(t);
+        adopted
+    }
+
+    /// Deletes objects: memory and spilled copies are freed once no reader
+    /// pins them.
+    pub fn delete(&self, ids: &[ObjectId]) {
+        let mut t = self.shared.table.lock();
+        for id in ids {
+            t.delete(id);
+        }
+        self.shared.done(t);
+    }
+
+    /// The store's totals, as `arca memory` shows them.
+    pub fn totals(&self) -> arca_proto::store::StoreTotals {
+        self.shared.table.lock().totals()
+    }
+
     /// Stops accepting, disconnects every client, joins their threads and
     /// removes the socket.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
         self.stop();
     }
 
-    fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
+    /// [`StoreHandle::shutdown`] for a handle that is shared; later calls do nothing.
+    pub fn stop(&self) {
+        let Some(accept) = self.accept.lock().take() else {
             return;
         };
         self.shared.shutdown.store(true, Ordering::Release);

@@ -514,6 +514,26 @@ impl Table {
         true
     }
 
+    /// Makes `client` the holder of a sealed object's primary pin, taking it
+    /// from whoever held it (or restoring it to a copy that had lost it).
+    /// The node daemon adopts the objects its workers and drivers write, so
+    /// that they outlive the process that wrote them. False if the object is
+    /// unknown, unsealed or deleted.
+    pub fn adopt(&mut self, client: ClientId, id: &ObjectId) -> bool {
+        let Some(e) = self.objects.get_mut(id).filter(|e| e.visible()) else {
+            return false;
+        };
+        let old = e.primary.replace(client);
+        if let Some(c) = old.and_then(|p| self.clients.get_mut(&p)) {
+            c.primaries.remove(id);
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.primaries.insert(*id);
+        }
+        self.settle(id);
+        true
+    }
+
     /// Puts an object where its state says it belongs after a change: freed
     /// if deleted (or an ownerless copy left only on disk) and idle, in the
     /// eviction or spill order if it qualifies, out of them otherwise.

@@ -1,0 +1,218 @@
+//! Submitting tasks: arguments, options, and the ObjectRefs they return.
+
+use std::collections::BTreeMap;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use serde::Serialize;
+
+use super::codec::encode;
+use super::{ObjectRef, runtime};
+use crate::error::Result;
+
+/// An argument to a remote call: a value, or an ObjectRef whose value the
+/// task receives.
+#[derive(Debug)]
+pub enum Arg<T> {
+    /// A value, serialized with the call.
+    Value(T),
+    /// A reference, resolved before the task runs.
+    Ref(ObjectRef<T>),
+}
+
+/// Anything that can be passed where a remote function takes a `T`: a `T`,
+/// an `ObjectRef<T>` or a `&ObjectRef<T>`.
+pub trait IntoArg<T> {
+    /// Converts.
+    fn into_arg(self) -> Arg<T>;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Value(self)
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self)
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> Arg<T> {
+        Arg::Ref(self.clone())
+    }
+}
+
+/// Options of a task or actor: resources, retries, restarts.
+#[derive(Debug, Clone)]
+pub struct TaskOptions {
+    pub(crate) function: &'static str,
+    pub(crate) resources: Option<BTreeMap<String, f64>>,
+    pub(crate) max_retries: u32,
+    pub(crate) max_restarts: u32,
+    /// Actors reserve nothing unless asked; tasks 1 CPU.
+    pub(crate) actor: bool,
+}
+
+/// Default retries for a task whose worker dies, as in Ray.
+pub const DEFAULT_MAX_RETRIES: u32 = 3;
+
+impl TaskOptions {
+    /// Options for the function registered as `function`.
+    pub fn new(function: &'static str) -> Self {
+        Self {
+            function,
+            resources: None,
+            max_retries: DEFAULT_MAX_RETRIES,
+            max_restarts: 0,
+            actor: false,
+        }
+    }
+
+    /// Options for the actor whose constructor is registered as `constructor`.
+    pub fn actor(constructor: &'static str) -> Self {
+        Self {
+            actor: true,
+            max_retries: 0,
+            ..Self::new(constructor)
+        }
+    }
+
+    fn resource(mut self, name: &str, amount: f64) -> Self {
+        let actor = self.actor;
+        let r = self.resources.get_or_insert_with(|| {
+            // A task asks for 1 CPU unless told otherwise.
+            if actor {
+                BTreeMap::new()
+            } else {
+                BTreeMap::from([("CPU".to_string(), 1.0)])
+            }
+        });
+        r.insert(name.to_string(), amount);
+        self
+    }
+
+    /// CPUs to reserve while it runs (default 1 for tasks, 0 for actors).
+    pub fn num_cpus(self, n: f64) -> Self {
+        self.resource("CPU", n)
+    }
+
+    /// GPUs to reserve.
+    pub fn num_gpus(self, n: f64) -> Self {
+        self.resource("GPU", n)
+    }
+
+    /// Bytes of memory to reserve (scheduling only; not enforced).
+    pub fn memory(self, bytes: u64) -> Self {
+        self.resource("memory", bytes as f64)
+    }
+
+    /// A custom resource.
+    pub fn resources(mut self, name: &str, amount: f64) -> Self {
+        self = self.resource(name, amount);
+        self
+    }
+
+    /// Times a task is retried when its worker process dies (default 3).
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Times an actor is restarted when its process dies (default 0).
+    pub fn max_restarts(mut self, n: u32) -> Self {
+        self.max_restarts = n;
+        self
+    }
+}
+
+/// Builds a task's arguments. Used by the code `#[arca::remote]` generates.
+#[derive(Debug, Default)]
+pub struct ArgsBuilder {
+    pub(crate) args: Vec<pb::Arg>,
+    pub(crate) contained: Vec<ObjectId>,
+    /// References that must live until the submit is sent.
+    keep: Vec<ObjectRef<()>>,
+}
+
+impl ArgsBuilder {
+    /// Adds an argument. Values larger than the inline limit are put in the
+    /// store first and passed by reference.
+    pub fn push<T: Serialize>(&mut self, arg: impl IntoArg<T>) -> Result<()> {
+        match arg.into_arg() {
+            Arg::Value(v) => {
+                let e = encode(&v)?;
+                if e.bytes.len() > arca_scheduler::INLINE_RESULT_MAX {
+                    let r: ObjectRef<()> = runtime()?.put_encoded(e)?;
+                    self.args.push(pb::Arg {
+                        kind: Some(pb::arg::Kind::Object(r.id().as_bytes().to_vec().into())),
+                    });
+                    self.keep.push(r);
+                } else {
+                    self.contained.extend(e.contained);
+                    self.args.push(pb::Arg {
+                        kind: Some(pb::arg::Kind::Value(e.bytes.into())),
+                    });
+                }
+            }
+            Arg::Ref(r) => {
+                self.args.push(pb::Arg {
+                    kind: Some(pb::arg::Kind::Object(r.id().as_bytes().to_vec().into())),
+                });
+                self.keep.push(r.cast());
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn ids(ids: &[ObjectId]) -> Vec<bytes::Bytes> {
+    ids.iter().map(|id| id.as_bytes().to_vec().into()).collect()
+}
+
+/// Submits a task; returns the ids of its `num_returns` results, which the
+/// node counts as held by this process. Used by generated code.
+pub fn submit(opts: &TaskOptions, args: ArgsBuilder, num_returns: usize) -> Result<Vec<ObjectId>> {
+    submit_kind(opts, args, num_returns, pb::TaskKind::Normal, None)
+}
+
+pub(crate) fn submit_kind(
+    opts: &TaskOptions,
+    args: ArgsBuilder,
+    num_returns: usize,
+    kind: pb::TaskKind,
+    actor: Option<ObjectId>,
+) -> Result<Vec<ObjectId>> {
+    let rt = runtime()?;
+    let task_id = ObjectId::random();
+    let returns: Vec<ObjectId> = match (kind, actor) {
+        (pb::TaskKind::ActorCreation, Some(a)) => vec![a],
+        _ => (0..num_returns).map(|_| ObjectId::random()).collect(),
+    };
+    let spec = pb::TaskSpec {
+        task_id: task_id.as_bytes().to_vec().into(),
+        kind: kind as i32,
+        function: opts.function.to_string(),
+        args: args.args,
+        returns: ids(&returns),
+        resources: opts.resources.as_ref().map(|r| pb::Resources {
+            amounts: r.clone().into_iter().collect(),
+        }),
+        max_retries: opts.max_retries,
+        actor_id: actor
+            .map(|a| a.as_bytes().to_vec().into())
+            .unwrap_or_default(),
+        max_restarts: opts.max_restarts,
+        contained: ids(&args.contained),
+    };
+    rt.send(pb::request::Kind::Submit(pb::Submit { spec: Some(spec) }))?;
+    drop(args.keep);
+    Ok(returns)
+}
+
+/// Wraps result ids in typed refs. Used by generated code.
+pub fn returns<T>(ids: &[ObjectId], i: usize) -> ObjectRef<T> {
+    ObjectRef::owned(ids[i])
+}

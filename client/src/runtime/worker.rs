@@ -1,0 +1,327 @@
+//! Worker mode: the program, started by the node with `ARCA_WORKER_ID`
+//! set, runs tasks by their registered names until the node goes away.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::OnceLock;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::codec::{Encoded, decode, encode};
+use super::runtime;
+use crate::ObjectBuffer;
+use crate::error::Result;
+
+/// An argument as a task receives it: bytes sent inline, or an object read
+/// in place from the store.
+#[derive(Debug)]
+pub enum ArgData {
+    /// Sent with the task.
+    Inline(Bytes),
+    /// Read from the store, zero-copy.
+    Stored(ObjectBuffer),
+}
+
+impl ArgData {
+    /// Deserializes the argument.
+    pub fn decode<T: DeserializeOwned>(&self) -> std::result::Result<T, TaskFailure> {
+        let bytes: &[u8] = match self {
+            ArgData::Inline(b) => b,
+            ArgData::Stored(b) => b,
+        };
+        decode(bytes).map_err(|e| TaskFailure::new(e.to_string()))
+    }
+}
+
+/// Why a task failed, as the worker reports it.
+#[derive(Debug)]
+pub struct TaskFailure {
+    message: String,
+    backtrace: String,
+}
+
+impl TaskFailure {
+    /// A failure with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            backtrace: String::new(),
+        }
+    }
+}
+
+/// Encodes one return value. Used by generated code.
+pub fn result<T: Serialize>(value: &T) -> std::result::Result<Encoded, TaskFailure> {
+    encode(value).map_err(|e| TaskFailure::new(e.to_string()))
+}
+
+/// Turns a function's `Err` into a task failure. Used by generated code.
+pub fn failure<E: std::fmt::Display>(e: E) -> TaskFailure {
+    TaskFailure::new(e.to_string())
+}
+
+type Call = fn(&[ArgData]) -> std::result::Result<Vec<Encoded>, TaskFailure>;
+type Construct = fn(&[ArgData]) -> std::result::Result<Box<dyn Any + Send>, TaskFailure>;
+type Method =
+    fn(&mut (dyn Any + Send), &[ArgData]) -> std::result::Result<Vec<Encoded>, TaskFailure>;
+
+/// A remote function, registered by `#[arca::remote]`.
+#[derive(Debug)]
+pub struct RemoteFunction {
+    /// `module::path::function`.
+    pub name: &'static str,
+    /// Decodes the arguments, calls, encodes the results.
+    pub call: Call,
+}
+
+/// An actor's constructor, registered by `#[arca::actor]`.
+#[derive(Debug)]
+pub struct ActorConstructor {
+    /// `module::path::Type::new`.
+    pub name: &'static str,
+    /// Builds the actor's state.
+    pub call: Construct,
+}
+
+/// An actor method, registered by `#[arca::actor]`.
+#[derive(Debug)]
+pub struct ActorMethod {
+    /// `module::path::Type::method`.
+    pub name: &'static str,
+    /// Calls the method on the actor's state.
+    pub call: Method,
+}
+
+inventory::collect!(RemoteFunction);
+inventory::collect!(ActorConstructor);
+inventory::collect!(ActorMethod);
+
+struct Registry {
+    functions: HashMap<&'static str, Call>,
+    constructors: HashMap<&'static str, Construct>,
+    methods: HashMap<&'static str, Method>,
+}
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| Registry {
+        functions: inventory::iter::<RemoteFunction>
+            .into_iter()
+            .map(|f| (f.name, f.call))
+            .collect(),
+        constructors: inventory::iter::<ActorConstructor>
+            .into_iter()
+            .map(|f| (f.name, f.call))
+            .collect(),
+        methods: inventory::iter::<ActorMethod>
+            .into_iter()
+            .map(|f| (f.name, f.call))
+            .collect(),
+    })
+}
+
+thread_local! {
+    /// The last panic's location and backtrace, captured by the hook.
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let loc = info
+            .location()
+            .map(|l| format!("panicked at {l}\n"))
+            .unwrap_or_default();
+        PANIC.with(|p| *p.borrow_mut() = Some(format!("{loc}{bt}")));
+        if std::env::var_os("ARCA_WORKER_QUIET_PANICS").is_none() {
+            default(info);
+        }
+    }));
+}
+
+fn panic_message(p: &(dyn Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
+}
+
+/// Runs tasks until the node closes the connection, then exits the process.
+pub(crate) fn serve() -> ! {
+    install_panic_hook();
+    let mut actor: Option<Box<dyn Any + Send>> = None;
+    loop {
+        let next = match runtime() {
+            Ok(rt) => rt.recv(),
+            Err(e) => Err(e),
+        };
+        let exec = match next {
+            Ok(pb::reply::Kind::Execute(e)) => e,
+            Ok(_) => continue,
+            Err(_) => std::process::exit(0),
+        };
+        let done = execute(exec, &mut actor);
+        let sent = runtime().and_then(|rt| rt.send(pb::request::Kind::TaskDone(done)));
+        if sent.is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn execute(exec: pb::Execute, actor: &mut Option<Box<dyn Any + Send>>) -> pb::TaskDone {
+    let spec = exec.spec.unwrap_or_default();
+    let returns: Vec<ObjectId> = spec
+        .returns
+        .iter()
+        .filter_map(|b| ObjectId::from_slice(b).ok())
+        .collect();
+    let kind = pb::TaskKind::try_from(spec.kind).unwrap_or(pb::TaskKind::Normal);
+    let f = spec.function.as_str();
+    let outcome = load_args(&exec.args).and_then(|args| {
+        let r = registry();
+        let unknown = |what: &str| {
+            Err(Failure::Unknown(format!(
+                "{what} {f} is not registered in this program ({}, pid {}): declare it with #[arca::remote] / #[arca::actor] in the binary that calls arca::init()",
+                std::env::args().next().unwrap_or_default(),
+                std::process::id()
+            )))
+        };
+        match kind {
+            pb::TaskKind::Normal => match r.functions.get(f) {
+                Some(call) => guarded(|| call(&args)),
+                None => unknown("function"),
+            },
+            pb::TaskKind::ActorCreation => match r.constructors.get(f) {
+                Some(call) => guarded(|| call(&args)).map(|state| {
+                    *actor = Some(state);
+                    vec![Encoded::default()]
+                }),
+                None => unknown("actor constructor"),
+            },
+            pb::TaskKind::ActorMethod => match (r.methods.get(f), actor.as_deref_mut()) {
+                (Some(call), Some(state)) => guarded(|| call(state, &args)),
+                (None, _) => unknown("actor method"),
+                (Some(_), None) => Err(Failure::Task(TaskFailure::new("the actor's state was not constructed"))),
+            },
+        }
+    });
+    let results = match outcome {
+        Ok(values) => values
+            .into_iter()
+            .zip(&returns)
+            .map(|(v, id)| {
+                store_result(*id, v).unwrap_or_else(|e| {
+                    error_object(
+                        *id,
+                        f,
+                        pb::ErrorKind::TaskFailed,
+                        e.to_string(),
+                        String::new(),
+                    )
+                })
+            })
+            .collect(),
+        Err(fail) => {
+            let (kind, message, backtrace) = match fail {
+                Failure::Unknown(m) => (pb::ErrorKind::UnknownFunction, m, String::new()),
+                Failure::Task(t) => (pb::ErrorKind::TaskFailed, t.message, t.backtrace),
+            };
+            returns
+                .iter()
+                .map(|id| error_object(*id, f, kind, message.clone(), backtrace.clone()))
+                .collect()
+        }
+    };
+    pb::TaskDone {
+        task_id: spec.task_id,
+        results,
+    }
+}
+
+enum Failure {
+    Unknown(String),
+    Task(TaskFailure),
+}
+
+fn guarded<T>(
+    f: impl FnOnce() -> std::result::Result<T, TaskFailure>,
+) -> std::result::Result<T, Failure> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(Failure::Task),
+        Err(p) => {
+            let backtrace = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+            Err(Failure::Task(TaskFailure {
+                message: panic_message(&*p),
+                backtrace,
+            }))
+        }
+    }
+}
+
+fn load_args(args: &[pb::ResolvedArg]) -> std::result::Result<Vec<ArgData>, Failure> {
+    let rt = runtime().map_err(|e| Failure::Task(TaskFailure::new(e.to_string())))?;
+    args.iter()
+        .map(|a| match &a.kind {
+            Some(pb::resolved_arg::Kind::Value(v)) => Ok(ArgData::Inline(v.clone())),
+            Some(pb::resolved_arg::Kind::Stored(id)) => {
+                let id =
+                    ObjectId::from_slice(id).map_err(|e| Failure::Task(TaskFailure::new(e.0)))?;
+                rt.store()
+                    .get_one(id, None)
+                    .map(ArgData::Stored)
+                    .map_err(|e| {
+                        Failure::Task(TaskFailure::new(format!("cannot read argument {id}: {e}")))
+                    })
+            }
+            None => Ok(ArgData::Inline(Bytes::new())),
+        })
+        .collect()
+}
+
+fn store_result(id: ObjectId, v: Encoded) -> Result<pb::Object> {
+    let contained = super::task::ids(&v.contained);
+    let body = if v.bytes.len() <= arca_scheduler::INLINE_RESULT_MAX {
+        pb::object::Body::Inline(v.bytes.into())
+    } else {
+        let opts = crate::PutOptions {
+            id: Some(id),
+            ..Default::default()
+        };
+        runtime()?.store().put_with(&v.bytes, &opts)?;
+        pb::object::Body::Stored(v.bytes.len() as u64)
+    };
+    Ok(pb::Object {
+        id: id.as_bytes().to_vec().into(),
+        body: Some(body),
+        contained,
+    })
+}
+
+fn error_object(
+    id: ObjectId,
+    f: &str,
+    kind: pb::ErrorKind,
+    message: String,
+    backtrace: String,
+) -> pb::Object {
+    pb::Object {
+        id: id.as_bytes().to_vec().into(),
+        body: Some(pb::object::Body::Error(pb::ErrorInfo {
+            kind: kind as i32,
+            function: f.to_string(),
+            message,
+            backtrace,
+        })),
+        contained: Vec::new(),
+    }
+}

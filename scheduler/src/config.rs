@@ -1,0 +1,114 @@
+//! What a node is started with.
+
+use std::path::{Path, PathBuf};
+
+use arca_store::spill::SpillConfig;
+
+use crate::resources::{InvalidResource, ResourceSet};
+
+/// File names inside a node's session directory.
+pub const NODE_SOCKET: &str = "node.sock";
+/// The embedded store's socket, beside the node's.
+pub const STORE_SOCKET: &str = "store.sock";
+
+/// A node daemon's settings. `Default` is a node sized to this machine with
+/// its session in `/tmp/arca`.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Holds `node.sock`, `store.sock` and `spill/`. Created mode 0700.
+    pub session_dir: PathBuf,
+    /// Shown by `arca status`.
+    pub name: String,
+    /// CPUs to schedule; also the size the worker pool grows to.
+    pub num_cpus: f64,
+    /// GPUs to schedule (a count only: Arca does not assign devices yet).
+    pub num_gpus: f64,
+    /// Custom resources by name.
+    pub custom: Vec<(String, f64)>,
+    /// Object store capacity in bytes.
+    pub object_store_memory: u64,
+    /// Spill primary copies to `<session>/spill` when memory runs short.
+    pub spill: bool,
+    /// Remove the session directory when the node stops (embedded nodes).
+    pub remove_session_dir: bool,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            session_dir: PathBuf::from("/tmp/arca"),
+            name: hostname(),
+            num_cpus: cpus as f64,
+            num_gpus: 0.0,
+            custom: Vec::new(),
+            object_store_memory: default_store_memory(),
+            spill: true,
+            remove_session_dir: false,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// The node's socket.
+    pub fn node_socket(&self) -> PathBuf {
+        self.session_dir.join(NODE_SOCKET)
+    }
+
+    /// The store's socket.
+    pub fn store_socket(&self) -> PathBuf {
+        self.session_dir.join(STORE_SOCKET)
+    }
+
+    /// Everything the node can hand out: CPU, GPU, `memory` (bytes of RAM
+    /// beside the object store) and the custom resources.
+    pub fn total_resources(&self) -> Result<ResourceSet, InvalidResource> {
+        let memory = total_ram().saturating_sub(self.object_store_memory) as f64;
+        let mut amounts: Vec<(&str, f64)> = vec![
+            ("CPU", self.num_cpus),
+            ("GPU", self.num_gpus),
+            ("memory", memory),
+        ];
+        amounts.extend(self.custom.iter().map(|(k, v)| (k.as_str(), *v)));
+        ResourceSet::from_amounts(amounts)
+    }
+
+    /// The store's settings: its socket and spill directory in the session.
+    pub fn store_config(&self) -> arca_store::server::StoreConfig {
+        let mut c =
+            arca_store::server::StoreConfig::new(self.store_socket(), self.object_store_memory);
+        c.spill = self
+            .spill
+            .then(|| SpillConfig::new(self.session_dir.join("spill")));
+        c
+    }
+}
+
+/// Ray's default: 30% of the machine's memory, at most 200 GiB.
+fn default_store_memory() -> u64 {
+    (total_ram() as f64 * 0.3) as u64 & !((1 << 20) - 1)
+}
+
+/// Physical memory in bytes (from /proc/meminfo; 8 GiB if unreadable).
+pub fn total_ram() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kib| kib * 1024)
+        .min(200 << 30)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// True if a node answers on `session_dir`'s socket.
+pub fn node_running(session_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(session_dir.join(NODE_SOCKET)).is_ok()
+}

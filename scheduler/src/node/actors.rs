@@ -1,0 +1,386 @@
+//! Actors: a dedicated worker process each, calls run one at a time in the
+//! order they were submitted, restarts up to `max_restarts`.
+
+use std::sync::Arc;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::Shared;
+use super::objects::Hold;
+use super::state::{
+    Actor, ActorState, Class, State, Task, TaskId, TaskState, WorkerId, WorkerState, error,
+    parse_id,
+};
+
+use pb::ErrorKind as K;
+
+impl Shared {
+    /// An actor's constructor was submitted.
+    pub(crate) fn actor_created(&self, st: &mut State, task: &Task, returns: &[ObjectId]) {
+        let Some(id) = returns.first().copied() else {
+            return;
+        };
+        let class: Arc<str> = task
+            .function
+            .rsplit_once("::")
+            .map_or(&*task.function, |(c, _)| c)
+            .into();
+        let tid = parse_id(&task.spec.task_id);
+        st.actors.insert(
+            id,
+            Actor {
+                job: task.job,
+                class,
+                spec: task.spec.clone(),
+                state: ActorState::Pending,
+                worker: None,
+                queue: Default::default(),
+                running: None,
+                restarts_left: task.spec.max_restarts,
+                resources: task.resources.clone(),
+                holds: Vec::new(),
+                orphaned: false,
+                creation: tid,
+                killed: None,
+            },
+        );
+    }
+
+    /// Queues a method call; false if the actor is gone (the call failed).
+    pub(crate) fn enqueue_actor_call(&self, st: &mut State, tid: TaskId) -> bool {
+        let Some(t) = st.tasks.get(&tid) else {
+            return false;
+        };
+        let f = Arc::clone(&t.function);
+        let actor = parse_id(&t.spec.actor_id);
+        let dead = match actor.and_then(|a| st.actors.get(&a)) {
+            None => Some(error(
+                K::ActorDied,
+                &f,
+                format!("{f}: no such actor on this node (it ended, or its handle is stale)"),
+            )),
+            Some(a) => match &a.state {
+                ActorState::Dead(e) => Some(pb::ErrorInfo {
+                    function: f.to_string(),
+                    ..e.clone()
+                }),
+                _ => None,
+            },
+        };
+        if let Some(e) = dead {
+            self.fail_task(st, tid, e);
+            return false;
+        }
+        if let Some(a) = actor.and_then(|a| st.actors.get_mut(&a)) {
+            a.queue.push_back(tid);
+        }
+        true
+    }
+
+    /// Resources are reserved for the actor's constructor: start its worker.
+    pub(crate) fn start_actor(&self, st: &mut State, tid: TaskId) {
+        let Some(t) = st.tasks.get(&tid) else {
+            return;
+        };
+        let (job, f) = (t.job, Arc::clone(&t.function));
+        let Some(a) = parse_id(&t.spec.actor_id) else {
+            return;
+        };
+        match self.spawn_worker(st, job, Some(a)) {
+            Some(wid) => {
+                if let Some(t) = st.tasks.get_mut(&tid) {
+                    t.state = TaskState::Running(wid);
+                }
+                if let Some(actor) = st.actors.get_mut(&a) {
+                    actor.worker = Some(wid);
+                    actor.state = ActorState::Creating;
+                }
+            }
+            None => {
+                if let Some(actor) = st.actors.get(&a) {
+                    let r = actor.resources.clone();
+                    st.available.add(&r);
+                }
+                let e = error(
+                    K::ActorDied,
+                    &f,
+                    format!("cannot start a worker process for {f}"),
+                );
+                self.fail_task(st, tid, e);
+            }
+        }
+    }
+
+    /// The actor's worker connected: run the constructor.
+    pub(crate) fn actor_worker_ready(&self, st: &mut State, a: &ObjectId, wid: WorkerId) {
+        match st.actors.get(a).and_then(|a| a.creation) {
+            Some(tid) => self.dispatch(st, wid, tid),
+            None => {
+                let e = error(K::ActorDied, "", "actor has no constructor to run".into());
+                self.kill_worker(st, wid, e);
+            }
+        }
+    }
+
+    /// The constructor returned: the actor is alive, or dead if it failed.
+    pub(crate) fn actor_constructed(
+        &self,
+        st: &mut State,
+        wid: WorkerId,
+        task: Task,
+        failed: Option<pb::ErrorInfo>,
+    ) {
+        let Some(a) = parse_id(&task.spec.actor_id) else {
+            return;
+        };
+        let Some(actor) = st.actors.get_mut(&a) else {
+            return;
+        };
+        actor.creation = None;
+        match failed {
+            None => {
+                actor.state = ActorState::Alive;
+                if actor.holds.is_empty() {
+                    actor.holds = task.holds;
+                } else {
+                    // A restart: the first construction's holds are kept.
+                    for h in &task.holds {
+                        self.release(st, h, Hold::Task);
+                    }
+                }
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    w.state = WorkerState::Idle;
+                }
+                self.actor_dispatch(st, &a);
+            }
+            Some(e) => {
+                let class = Arc::clone(&actor.class);
+                actor.restarts_left = 0;
+                for h in &task.holds {
+                    self.release(st, h, Hold::Task);
+                }
+                let e = error(
+                    K::ActorDied,
+                    &e.function,
+                    format!("actor {class} could not be created: {}", e.message),
+                );
+                self.actor_failed(st, &a, e);
+            }
+        }
+    }
+
+    /// Runs the actor's next call if it is idle and the call's arguments exist.
+    pub(crate) fn actor_dispatch(&self, st: &mut State, a: &ObjectId) {
+        let Some(actor) = st.actors.get(a) else {
+            return;
+        };
+        if actor.state != ActorState::Alive || actor.running.is_some() {
+            return;
+        }
+        let Some(wid) = actor.worker.filter(|w| {
+            st.workers
+                .get(w)
+                .is_some_and(|w| w.state == WorkerState::Idle)
+        }) else {
+            return;
+        };
+        let next = actor.queue.front().copied();
+        match next {
+            Some(tid)
+                if st
+                    .tasks
+                    .get(&tid)
+                    .is_some_and(|t| t.state == TaskState::Ready) =>
+            {
+                if let Some(actor) = st.actors.get_mut(a) {
+                    actor.queue.pop_front();
+                    actor.running = Some(tid);
+                }
+                self.dispatch(st, wid, tid);
+            }
+            Some(_) => {}
+            None if actor.orphaned => {
+                let e = error(
+                    K::ActorDied,
+                    "",
+                    format!("actor {} ended: no handle to it is left", actor.class),
+                );
+                if let Some(actor) = st.actors.get_mut(a) {
+                    actor.restarts_left = 0;
+                }
+                self.kill_worker(st, wid, e);
+            }
+            None => {}
+        }
+    }
+
+    /// The last handle to the actor was dropped: it ends once its calls are done.
+    pub(crate) fn actor_orphaned(&self, st: &mut State, a: ObjectId) {
+        let Some(actor) = st.actors.get_mut(&a) else {
+            return;
+        };
+        actor.orphaned = true;
+        if matches!(actor.state, ActorState::Dead(_)) {
+            st.actors.remove(&a);
+            return;
+        }
+        if actor.worker.is_none() && actor.state != ActorState::Alive {
+            let e = error(K::ActorDied, "", "no handle to the actor is left".into());
+            match actor.creation {
+                Some(t) => self.fail_task(st, t, e),
+                None => self.actor_failed(st, &a, e),
+            }
+            return;
+        }
+        self.actor_dispatch(st, &a);
+    }
+
+    /// `arca::kill`.
+    pub(crate) fn kill_actor(&self, st: &mut State, a: &ObjectId, no_restart: bool) {
+        let Some(actor) = st.actors.get_mut(a) else {
+            return;
+        };
+        if no_restart {
+            actor.restarts_left = 0;
+        }
+        let e = error(
+            K::ActorDied,
+            "",
+            format!("actor {} was killed by arca::kill", actor.class),
+        );
+        match actor.worker {
+            Some(w) => {
+                actor.killed = Some(e);
+                if let Some(worker) = st.workers.get(&w) {
+                    let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
+                }
+            }
+            None => match actor.creation {
+                Some(t) => self.fail_task(st, t, e),
+                None => self.actor_failed(st, a, e),
+            },
+        }
+    }
+
+    /// The actor's process ended: restart it, or fail what it had left.
+    pub(crate) fn actor_worker_died(&self, st: &mut State, a: &ObjectId, why: pb::ErrorInfo) {
+        let Some(actor) = st.actors.get_mut(a) else {
+            return;
+        };
+        actor.worker = None;
+        let why = actor.killed.take().unwrap_or(why);
+        let resources = actor.resources.clone();
+        let class = Arc::clone(&actor.class);
+        let running = actor.running.take();
+        let job_alive = st.jobs.get(&actor.job).is_some_and(|j| j.alive);
+        let restart = actor.restarts_left > 0
+            && !actor.orphaned
+            && job_alive
+            && !matches!(actor.state, ActorState::Dead(_));
+        st.available.add(&resources);
+        let died = |f: &str| {
+            let msg = if why.message.starts_with("actor ") {
+                why.message.clone()
+            } else {
+                format!("actor {class} died: {}", why.message)
+            };
+            error(K::ActorDied, f, msg)
+        };
+        if let Some(t) = running {
+            let f = st
+                .tasks
+                .get(&t)
+                .map_or_else(String::new, |t| t.function.to_string());
+            self.fail_task(st, t, died(&f));
+        }
+        if restart {
+            let Some(actor) = st.actors.get_mut(a) else {
+                return;
+            };
+            actor.restarts_left -= 1;
+            actor.state = ActorState::Pending;
+            tracing::info!(actor = %class, restarts_left = actor.restarts_left, "restarting actor: {}", why.message);
+            let tid = match actor.creation {
+                Some(t) => t,
+                None => {
+                    let spec = actor.spec.clone();
+                    let tid = parse_id(&spec.task_id).unwrap_or_else(ObjectId::random);
+                    let task = Task {
+                        function: format!("{class}::new").into(),
+                        job: actor.job,
+                        state: TaskState::Ready,
+                        pending_deps: 0,
+                        resources: resources.clone(),
+                        attempt: 0,
+                        retries_left: 0,
+                        cancelled: false,
+                        holds: Vec::new(),
+                        deps: Vec::new(),
+                        spec,
+                    };
+                    actor.creation = Some(tid);
+                    st.tasks.insert(tid, task);
+                    tid
+                }
+            };
+            if let Some(t) = st.tasks.get_mut(&tid) {
+                t.state = TaskState::Ready;
+            }
+            match st.classes.iter_mut().find(|c| c.resources == resources) {
+                Some(c) => c.queue.push_front(tid),
+                None => st.classes.push(Class {
+                    resources,
+                    queue: [tid].into(),
+                }),
+            }
+            self.schedule(st);
+        } else {
+            let e = died("");
+            match st.actors.get(a).and_then(|a| a.creation) {
+                Some(t) => self.fail_task(st, t, e),
+                None => self.actor_failed(st, a, e),
+            }
+        }
+    }
+
+    /// The actor is dead for good: its queued calls fail with `e`.
+    pub(crate) fn actor_failed(&self, st: &mut State, a: &ObjectId, e: pb::ErrorInfo) {
+        let Some(actor) = st.actors.get_mut(a) else {
+            return;
+        };
+        if matches!(actor.state, ActorState::Dead(_)) {
+            return;
+        }
+        actor.state = ActorState::Dead(e.clone());
+        actor.creation = None;
+        let queue: Vec<_> = actor.queue.drain(..).collect();
+        let holds = std::mem::take(&mut actor.holds);
+        let (worker, orphaned) = (actor.worker, actor.orphaned);
+        for t in queue {
+            let f = st
+                .tasks
+                .get(&t)
+                .map_or_else(String::new, |t| t.function.to_string());
+            self.fail_task(
+                st,
+                t,
+                pb::ErrorInfo {
+                    function: f,
+                    ..e.clone()
+                },
+            );
+        }
+        for h in &holds {
+            self.release(st, h, Hold::Task);
+        }
+        if let Some(w) = worker {
+            self.kill_worker(st, w, e);
+        }
+        if orphaned {
+            st.actors.remove(a);
+        }
+    }
+}

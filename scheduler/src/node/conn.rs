@@ -1,0 +1,255 @@
+//! One connection's thread: the handshake, then requests until the peer
+//! goes away.
+
+use std::collections::HashSet;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use arca_store::wire::{Conn, MAX_REQUEST_FRAME, RecvError, Side};
+use parking_lot::Mutex;
+
+use super::objects::Hold;
+use super::state::{ConnId, ConnState, Job, State, WaitKind, parse_id};
+use super::{NODE_PROTOCOL_VERSION, Shared};
+
+use pb::reply::Kind as R;
+use pb::request::Kind as Q;
+
+/// How long the reader polls before blocking: short, since the node has a
+/// thread per client and spinning ones take cores from the workers.
+const SPIN: Duration = Duration::from_micros(20);
+
+pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(Conn::new(
+        write_half,
+        Side::Daemon,
+        Duration::ZERO,
+    )));
+    let mut reader = Conn::new(stream, Side::Daemon, SPIN);
+    let hello = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
+        Ok(pb::Request {
+            kind: Some(Q::Hello(h)),
+        }) => h,
+        Ok(_) => return refuse(&writer, "the first message must be Hello".into()),
+        Err(e) => return refuse(&writer, format!("bad handshake: {e}")),
+    };
+    if hello.version != NODE_PROTOCOL_VERSION {
+        return refuse(
+            &writer,
+            format!(
+                "node protocol version {} is not supported (this node speaks {NODE_PROTOCOL_VERSION}); \
+                 use the same Arca version for the node and its clients",
+                hello.version
+            ),
+        );
+    }
+    let role = pb::Role::try_from(hello.role).unwrap_or(pb::Role::Tool);
+    {
+        let mut st = shared.state.lock();
+        if let Err(msg) = register(shared, &mut st, id, &hello, role, &writer) {
+            drop(st);
+            return refuse(&writer, msg);
+        }
+    }
+    tracing::debug!(conn = id, pid = hello.pid, ?role, "client connected");
+    loop {
+        let req = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
+            Ok(r) => r,
+            Err(RecvError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(conn = id, pid = hello.pid, "dropping client: {e}");
+                let st = shared.state.lock();
+                st.send(
+                    id,
+                    R::Error(pb::Error {
+                        message: format!("malformed request: {e}"),
+                        timeout: false,
+                    }),
+                );
+                break;
+            }
+        };
+        let Some(kind) = req.kind else {
+            continue;
+        };
+        if let Q::Shutdown(_) = kind {
+            shared.state.lock().send(id, R::Ok(pb::Ok {}));
+            shared.request_stop();
+            continue;
+        }
+        let mut st = shared.state.lock();
+        if let Err(msg) = handle(shared, &mut st, id, kind) {
+            tracing::warn!(conn = id, pid = hello.pid, "dropping client: {msg}");
+            st.send(
+                id,
+                R::Error(pb::Error {
+                    message: msg,
+                    timeout: false,
+                }),
+            );
+            break;
+        }
+    }
+    let mut st = shared.state.lock();
+    shared.disconnect(&mut st, id);
+    tracing::debug!(conn = id, pid = hello.pid, "client disconnected");
+}
+
+fn refuse(writer: &Mutex<Conn>, message: String) {
+    tracing::warn!("refusing client: {message}");
+    let _ = writer.lock().send(&pb::Reply {
+        kind: Some(R::Error(pb::Error {
+            message,
+            timeout: false,
+        })),
+    });
+}
+
+fn register(
+    shared: &Shared,
+    st: &mut State,
+    id: ConnId,
+    hello: &pb::Hello,
+    role: pb::Role,
+    writer: &Arc<Mutex<Conn>>,
+) -> Result<(), String> {
+    let mut job = None;
+    let mut worker = None;
+    match role {
+        pb::Role::Driver => {
+            if hello.worker_command.is_empty() {
+                return Err("a driver must say how to start its workers (worker_command)".into());
+            }
+            st.jobs.insert(
+                id,
+                Job {
+                    pid: hello.pid,
+                    command: hello.worker_command.clone(),
+                    idle: Vec::new(),
+                    starting: 0,
+                    startup_failures: 0,
+                    alive: true,
+                },
+            );
+            job = Some(id);
+        }
+        pb::Role::Worker => {
+            let w = st
+                .workers
+                .get(&hello.worker_id)
+                .filter(|w| w.conn.is_none())
+                .ok_or_else(|| format!("no worker {} is expected by this node", hello.worker_id))?;
+            job = Some(w.job);
+            worker = Some(hello.worker_id);
+        }
+        pb::Role::Tool => {}
+    }
+    st.conns.insert(
+        id,
+        ConnState {
+            writer: Arc::clone(writer),
+            pid: hello.pid,
+            role,
+            job,
+            worker,
+            holds: HashSet::new(),
+            waiter: None,
+        },
+    );
+    st.send(
+        id,
+        R::Hello(pb::HelloReply {
+            store_socket: shared.config.store_socket().display().to_string(),
+            client_id: id,
+            job_id: job.unwrap_or(0),
+            node_name: shared.config.name.clone(),
+        }),
+    );
+    if let Some(w) = worker {
+        shared.worker_connected(st, w, id);
+    }
+    Ok(())
+}
+
+fn ids(list: &[bytes::Bytes]) -> Result<Vec<ObjectId>, String> {
+    list.iter()
+        .map(|b| parse_id(b).ok_or_else(|| format!("malformed object id ({} bytes)", b.len())))
+        .collect()
+}
+
+fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), String> {
+    match kind {
+        Q::Hello(_) => return Err("Hello sent twice".into()),
+        Q::Submit(s) => {
+            let spec = s.spec.ok_or("Submit without a task")?;
+            shared.submit(st, conn, spec)?;
+        }
+        Q::Put(p) => shared.put(st, conn, p.object.ok_or("Put without an object")?)?,
+        Q::Get(g) => {
+            let ids = ids(&g.ids)?;
+            shared.add_waiter(st, conn, ids, WaitKind::Get, g.timeout_ms);
+        }
+        Q::Wait(w) => {
+            let ids = ids(&w.ids)?;
+            let num_returns = w.num_returns as usize;
+            if num_returns == 0 || num_returns > ids.len() {
+                st.send(
+                    conn,
+                    R::Error(pb::Error {
+                        message: format!(
+                            "wait: num_returns is {num_returns} but {} refs were given; ask for 1 to {}",
+                            ids.len(),
+                            ids.len()
+                        ),
+                        timeout: false,
+                    }),
+                );
+                return Ok(());
+            }
+            shared.add_waiter(st, conn, ids, WaitKind::Wait { num_returns }, w.timeout_ms);
+        }
+        Q::AddRefs(r) => {
+            for id in ids(&r.ids)? {
+                let fresh = st.conns.get_mut(&conn).is_some_and(|c| c.holds.insert(id));
+                if fresh && !shared.add_hold(st, &id, Hold::Conn) {
+                    // Already freed: nothing to hold.
+                    if let Some(c) = st.conns.get_mut(&conn) {
+                        c.holds.remove(&id);
+                    }
+                }
+            }
+        }
+        Q::RemoveRefs(r) => {
+            for id in ids(&r.ids)? {
+                if st.conns.get_mut(&conn).is_some_and(|c| c.holds.remove(&id)) {
+                    shared.release(st, &id, Hold::Conn);
+                }
+            }
+        }
+        Q::Cancel(c) => {
+            let id = parse_id(&c.id).ok_or("Cancel: malformed object id")?;
+            shared.cancel(st, &id, c.force);
+        }
+        Q::KillActor(k) => {
+            let id = parse_id(&k.actor_id).ok_or("KillActor: malformed actor id")?;
+            shared.kill_actor(st, &id, k.no_restart);
+        }
+        Q::TaskDone(d) => shared.task_done(st, conn, d)?,
+        Q::Status(_) => {
+            let reply = shared.status_reply(st);
+            st.send(conn, R::Status(reply));
+        }
+        Q::Memory(_) => {
+            let reply = shared.memory_reply(st);
+            st.send(conn, R::Memory(reply));
+        }
+        Q::Shutdown(_) => {}
+    }
+    Ok(())
+}

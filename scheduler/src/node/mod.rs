@@ -1,0 +1,261 @@
+//! The node daemon: an embedded object store, the local scheduler and the
+//! worker pool, serving drivers and workers on `<session>/node.sock`.
+//!
+//! One mutex guards the scheduler's [`State`]; every connection has a thread
+//! that reads its requests and a writer that any thread may use under that
+//! mutex, so a result that completes a `get` is written to the waiting driver
+//! by the thread that received it, with no hand-off. Replies to one
+//! connection are written in the order the state changed.
+
+mod actors;
+mod conn;
+mod objects;
+mod state;
+mod tasks;
+mod workers;
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arca_store::server::{StartError, StoreHandle};
+use arca_store::table::ClientId;
+use parking_lot::{Condvar, Mutex};
+
+use crate::config::NodeConfig;
+use crate::resources::InvalidResource;
+pub(crate) use state::State;
+
+/// Version of the node protocol; the handshake rejects any other.
+pub const NODE_PROTOCOL_VERSION: u32 = 1;
+
+/// Values up to this size travel inline through the node instead of the store.
+pub const INLINE_RESULT_MAX: usize = 100 << 10;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeStartError {
+    /// The session directory could not be made.
+    #[error("cannot create session directory {path}: {cause}")]
+    SessionDir {
+        /// The directory.
+        path: PathBuf,
+        /// What failed.
+        cause: std::io::Error,
+    },
+    /// A node already serves this session directory.
+    #[error(
+        "a node is already running in {0} (connect to it, or stop it with `arca stop`, or pick another --temp-dir)"
+    )]
+    InUse(PathBuf),
+    /// The node socket could not be bound.
+    #[error("cannot listen on {path}: {cause}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// What failed.
+        cause: std::io::Error,
+    },
+    /// The embedded store did not start.
+    #[error("object store: {0}")]
+    Store(#[from] StartError),
+    /// A resource amount is invalid.
+    #[error(transparent)]
+    Resources(#[from] InvalidResource),
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) store: StoreHandle,
+    pub(crate) store_client: ClientId,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the timer thread when an earlier deadline is registered.
+    pub(crate) timer: Condvar,
+    pub(crate) shutdown: AtomicBool,
+    stop_requested: Mutex<bool>,
+    stop_cond: Condvar,
+    pub(crate) started: Instant,
+    next_conn: AtomicU64,
+    /// Itself, for the threads that wait for worker processes.
+    pub(crate) me: std::sync::Weak<Shared>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Asks whoever owns the [`Node`] to stop it (`arca stop`).
+    pub(crate) fn request_stop(&self) {
+        *self.stop_requested.lock() = true;
+        self.stop_cond.notify_all();
+    }
+}
+
+/// A running node. Dropping it (or [`Node::shutdown`]) stops it: workers are
+/// killed, clients disconnected, sockets removed.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts a node serving `config.session_dir`.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeStartError> {
+        let total = config.total_resources()?;
+        let dir = &config.session_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|cause| NodeStartError::SessionDir {
+                path: dir.clone(),
+                cause,
+            })?;
+        let node_socket = config.node_socket();
+        if UnixStream::connect(&node_socket).is_ok() {
+            return Err(NodeStartError::InUse(dir.clone()));
+        }
+        let _ = std::fs::remove_file(&node_socket);
+        let store = arca_store::server::start(config.store_config())?;
+        let listener = bind(&node_socket)?;
+        let store_client = store.local_client("node");
+        tracing::info!(
+            session = %dir.display(),
+            resources = %total,
+            store = %arca_store::ByteSize(store.capacity()),
+            "node started"
+        );
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            state: Mutex::new(State::new(total)),
+            config,
+            store,
+            store_client,
+            timer: Condvar::new(),
+            shutdown: AtomicBool::new(false),
+            stop_requested: Mutex::new(false),
+            stop_cond: Condvar::new(),
+            started: Instant::now(),
+            next_conn: AtomicU64::new(1),
+        });
+        let s = Arc::clone(&shared);
+        let accept = std::thread::Builder::new()
+            .name("arca-node-accept".into())
+            .spawn(move || accept_loop(&s, &listener))
+            .map_err(|cause| NodeStartError::Socket {
+                path: node_socket.clone(),
+                cause,
+            })?;
+        let s = Arc::clone(&shared);
+        let timer = std::thread::Builder::new()
+            .name("arca-node-timer".into())
+            .spawn(move || s.timer_loop())
+            .map_err(|cause| NodeStartError::Socket {
+                path: node_socket,
+                cause,
+            })?;
+        Ok(Node {
+            shared,
+            threads: vec![accept, timer],
+        })
+    }
+
+    /// The session directory (`node.sock`, `store.sock`, `spill/`).
+    pub fn session_dir(&self) -> &Path {
+        &self.shared.config.session_dir
+    }
+
+    /// The node's socket.
+    pub fn node_socket(&self) -> PathBuf {
+        self.shared.config.node_socket()
+    }
+
+    /// Blocks until a client sends `Shutdown` (`arca stop`) or `stop` is set.
+    pub fn wait_for_stop_request(&self, stop: &AtomicBool) {
+        let mut requested = self.shared.stop_requested.lock();
+        while !*requested && !stop.load(Ordering::Relaxed) {
+            self.shared
+                .stop_cond
+                .wait_for(&mut requested, Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the node: kills its workers, disconnects clients, stops the
+    /// store and removes the sockets.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        let shared = &self.shared;
+        shared.shutdown.store(true, Ordering::Release);
+        let _ = UnixStream::connect(shared.config.node_socket());
+        shared.timer.notify_all();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        shared.stop_all(Duration::from_secs(5));
+        let _ = std::fs::remove_file(shared.config.node_socket());
+        if shared.config.remove_session_dir {
+            // The store removes its socket and spill session on its own drop;
+            // what remains is ours.
+            let _ = std::fs::remove_dir_all(&shared.config.session_dir);
+        }
+        tracing::info!(session = %shared.config.session_dir.display(), "node stopped");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn bind(path: &Path) -> Result<UnixListener, NodeStartError> {
+    let err = |cause| NodeStartError::Socket {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(listener)
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+    for stream in listener.incoming() {
+        if shared.shutdown.load(Ordering::Acquire) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let s = Arc::clone(shared);
+        let spawned = std::thread::Builder::new()
+            .name(format!("arca-node-conn-{id}"))
+            .stack_size(512 << 10)
+            .spawn(move || conn::serve(&s, id, stream));
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a connection thread: {e}");
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! Objects: puts, results, reference counts, freeing, and the clients
+//! waiting for objects in `get` and `wait`.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+
+use super::Shared;
+use super::state::{
+    Body, ConnId, Obj, ObjState, State, WaitKind, Waiter, WaiterId, WorkerState, error,
+};
+
+/// Which count a hold is kept in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Hold {
+    Conn,
+    Task,
+    Contained,
+}
+
+impl Obj {
+    pub(crate) fn new(state: ObjState, owner_pid: u32, function: std::sync::Arc<str>) -> Self {
+        Obj {
+            state,
+            owner_pid,
+            conn_holds: 0,
+            task_holds: 0,
+            contained_in: 0,
+            contained: Vec::new(),
+            waiters: Vec::new(),
+            dependents: Vec::new(),
+            function,
+            actor: false,
+        }
+    }
+}
+
+pub(crate) fn body_of(obj: &pb::Object) -> Body {
+    match &obj.body {
+        Some(pb::object::Body::Inline(b)) => Body::Inline(b.clone()),
+        Some(pb::object::Body::Stored(n)) => Body::Stored(*n),
+        Some(pb::object::Body::Error(e)) => Body::Error(e.clone()),
+        None => Body::Inline(bytes::Bytes::new()),
+    }
+}
+
+impl Shared {
+    /// A process stores an object it owns (`arca::put`).
+    pub(crate) fn put(&self, st: &mut State, conn: ConnId, obj: pb::Object) -> Result<(), String> {
+        let id = super::state::parse_id(&obj.id).ok_or("put: malformed object id")?;
+        if st.objects.contains_key(&id) {
+            return Err(format!("put: object {id} already exists"));
+        }
+        let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
+        let mut o = Obj::new(ObjState::Pending(id), pid, "put".into());
+        o.conn_holds = 1;
+        st.objects.insert(id, o);
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.holds.insert(id);
+        }
+        let contained = obj
+            .contained
+            .iter()
+            .filter_map(|b| super::state::parse_id(b))
+            .collect();
+        let body = self.adopt(&id, body_of(&obj), "put");
+        self.complete(st, id, body, contained);
+        Ok(())
+    }
+
+    /// Takes over the primary pin of a value written to the store, so that it
+    /// outlives the process that wrote it.
+    pub(crate) fn adopt(&self, id: &ObjectId, body: Body, function: &str) -> Body {
+        match body {
+            Body::Stored(n) => {
+                if self
+                    .store
+                    .adopt(self.store_client, std::slice::from_ref(id))[0]
+                {
+                    Body::Stored(n)
+                } else {
+                    Body::Error(error(
+                        pb::ErrorKind::ObjectLost,
+                        function,
+                        format!("object {id} was reported written to the store but is not there"),
+                    ))
+                }
+            }
+            b => b,
+        }
+    }
+
+    /// An object has its value: waiters and dependent tasks learn of it.
+    pub(crate) fn complete(
+        &self,
+        st: &mut State,
+        id: ObjectId,
+        body: Body,
+        contained: Vec<ObjectId>,
+    ) {
+        let Some(o) = st.objects.get_mut(&id) else {
+            // Nobody holds it any more: drop what was made.
+            if matches!(body, Body::Stored(_)) {
+                self.store.delete(&[id]);
+            }
+            return;
+        };
+        if o.is_ready() {
+            return;
+        }
+        o.state = ObjState::Ready(body);
+        let waiters = std::mem::take(&mut o.waiters);
+        let dependents = std::mem::take(&mut o.dependents);
+        let mut kept = Vec::with_capacity(contained.len());
+        for c in contained {
+            if let Some(co) = st.objects.get_mut(&c) {
+                co.contained_in += 1;
+                kept.push(c);
+            }
+        }
+        if let Some(o) = st.objects.get_mut(&id) {
+            o.contained = kept;
+        }
+        for w in waiters {
+            self.waiter_progress(st, w);
+        }
+        for t in dependents {
+            self.dependency_ready(st, t, id);
+        }
+        self.free_if_unused(st, id);
+    }
+
+    pub(crate) fn add_hold(&self, st: &mut State, id: &ObjectId, hold: Hold) -> bool {
+        let Some(o) = st.objects.get_mut(id) else {
+            return false;
+        };
+        match hold {
+            Hold::Conn => o.conn_holds += 1,
+            Hold::Task => o.task_holds += 1,
+            Hold::Contained => o.contained_in += 1,
+        }
+        true
+    }
+
+    pub(crate) fn release(&self, st: &mut State, id: &ObjectId, hold: Hold) {
+        let Some(o) = st.objects.get_mut(id) else {
+            return;
+        };
+        let n = match hold {
+            Hold::Conn => &mut o.conn_holds,
+            Hold::Task => &mut o.task_holds,
+            Hold::Contained => &mut o.contained_in,
+        };
+        *n = n.saturating_sub(1);
+        self.free_if_unused(st, *id);
+    }
+
+    /// Frees an object nobody references once it has its value, and then what
+    /// only it referenced.
+    pub(crate) fn free_if_unused(&self, st: &mut State, id: ObjectId) {
+        let mut stack = vec![id];
+        let mut deletes = Vec::new();
+        while let Some(id) = stack.pop() {
+            if !st
+                .objects
+                .get(&id)
+                .is_some_and(|o| o.refs() == 0 && o.is_ready())
+            {
+                continue;
+            }
+            let Some(o) = st.objects.remove(&id) else {
+                continue;
+            };
+            if matches!(o.state, ObjState::Ready(Body::Stored(_))) {
+                deletes.push(id);
+            }
+            if o.actor {
+                self.actor_orphaned(st, id);
+            }
+            for c in o.contained {
+                if let Some(co) = st.objects.get_mut(&c) {
+                    co.contained_in = co.contained_in.saturating_sub(1);
+                    stack.push(c);
+                }
+            }
+        }
+        if !deletes.is_empty() {
+            self.store.delete(&deletes);
+        }
+    }
+
+    /// A `get` or `wait`: answered at once if it can be, else when enough of
+    /// its objects are ready or at its deadline.
+    pub(crate) fn add_waiter(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        ids: Vec<ObjectId>,
+        kind: WaitKind,
+        timeout_ms: i64,
+    ) {
+        let wid = st.next_waiter;
+        st.next_waiter += 1;
+        let mut missing = 0;
+        for id in &ids {
+            if let Some(o) = st.objects.get_mut(id).filter(|o| !o.is_ready()) {
+                o.waiters.push(wid);
+                missing += 1;
+            }
+        }
+        let deadline = u64::try_from(timeout_ms)
+            .ok()
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        st.waiters.insert(
+            wid,
+            Waiter {
+                conn,
+                ids,
+                kind,
+                deadline,
+                missing,
+            },
+        );
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.waiter = Some(wid);
+        }
+        if self.satisfied(st, wid) || timeout_ms == 0 {
+            self.finish_waiter(st, wid);
+            return;
+        }
+        if let Some(d) = deadline {
+            st.deadlines.insert((d, wid));
+            self.timer.notify_one();
+        }
+        self.lend_resources(st, conn);
+    }
+
+    fn satisfied(&self, st: &State, wid: WaiterId) -> bool {
+        let Some(w) = st.waiters.get(&wid) else {
+            return false;
+        };
+        match w.kind {
+            WaitKind::Get => w.missing == 0,
+            WaitKind::Wait { num_returns } => {
+                w.ids.len() - w.missing >= num_returns.min(w.ids.len())
+            }
+        }
+    }
+
+    fn waiter_progress(&self, st: &mut State, wid: WaiterId) {
+        let Some(w) = st.waiters.get_mut(&wid) else {
+            return;
+        };
+        w.missing = w.missing.saturating_sub(1);
+        if self.satisfied(st, wid) {
+            self.finish_waiter(st, wid);
+        }
+    }
+
+    /// Answers a waiter with what is ready now (its deadline may have passed).
+    pub(crate) fn finish_waiter(&self, st: &mut State, wid: WaiterId) {
+        let Some(w) = st.waiters.remove(&wid) else {
+            return;
+        };
+        if let Some(d) = w.deadline {
+            st.deadlines.remove(&(d, wid));
+        }
+        let mut ready = Vec::new();
+        for (i, id) in w.ids.iter().enumerate() {
+            match st.objects.get_mut(id) {
+                Some(o) if !o.is_ready() => o.waiters.retain(|x| *x != wid),
+                _ => ready.push(i),
+            }
+        }
+        let reply = match w.kind {
+            WaitKind::Get if ready.len() < w.ids.len() => pb::reply::Kind::Error(pb::Error {
+                message: format!(
+                    "get timed out: {} of {} objects are not ready yet",
+                    w.ids.len() - ready.len(),
+                    w.ids.len()
+                ),
+                timeout: true,
+            }),
+            WaitKind::Get => pb::reply::Kind::Get(pb::GetReply {
+                objects: w.ids.iter().map(|id| self.object_reply(st, id)).collect(),
+            }),
+            WaitKind::Wait { num_returns } => {
+                ready.truncate(num_returns);
+                pb::reply::Kind::Wait(pb::WaitReply {
+                    ready: ready.into_iter().map(|i| i as u32).collect(),
+                })
+            }
+        };
+        if let Some(c) = st.conns.get_mut(&w.conn) {
+            c.waiter = None;
+        }
+        self.reclaim_resources(st, w.conn);
+        st.send(w.conn, reply);
+    }
+
+    /// Forgets a waiter whose client went away.
+    pub(crate) fn drop_waiter(&self, st: &mut State, wid: WaiterId) {
+        let Some(w) = st.waiters.remove(&wid) else {
+            return;
+        };
+        if let Some(d) = w.deadline {
+            st.deadlines.remove(&(d, wid));
+        }
+        for id in &w.ids {
+            if let Some(o) = st.objects.get_mut(id) {
+                o.waiters.retain(|x| *x != wid);
+            }
+        }
+    }
+
+    fn object_reply(&self, st: &State, id: &ObjectId) -> pb::Object {
+        use pb::object::Body as B;
+        let body = match st.objects.get(id).map(|o| &o.state) {
+            Some(ObjState::Ready(Body::Inline(b))) => B::Inline(b.clone()),
+            Some(ObjState::Ready(Body::Stored(n))) => B::Stored(*n),
+            Some(ObjState::Ready(Body::Error(e))) => B::Error(e.clone()),
+            _ => B::Error(error(
+                pb::ErrorKind::ObjectLost,
+                "",
+                format!(
+                    "object {id} is unknown to this node: it was freed (no reference was left), \
+                     its owner exited, or it was never created here"
+                ),
+            )),
+        };
+        pb::Object {
+            id: id.as_bytes().to_vec().into(),
+            body: Some(body),
+            contained: Vec::new(),
+        }
+    }
+
+    /// A worker blocked in `get` gives its task's CPU back while it waits, so
+    /// that the tasks it waits for can run (as Ray does).
+    fn lend_resources(&self, st: &mut State, conn: ConnId) {
+        let Some(wid) = st.conns.get(&conn).and_then(|c| c.worker) else {
+            return;
+        };
+        let Some(w) = st.workers.get_mut(&wid) else {
+            return;
+        };
+        let WorkerState::Busy(task) = w.state else {
+            return;
+        };
+        if w.actor.is_some() || w.blocked {
+            return;
+        }
+        w.blocked = true;
+        if let Some(t) = st.tasks.get(&task) {
+            let r = t.resources.clone();
+            st.available.add(&r);
+        }
+        self.schedule(st);
+    }
+
+    fn reclaim_resources(&self, st: &mut State, conn: ConnId) {
+        let Some(wid) = st.conns.get(&conn).and_then(|c| c.worker) else {
+            return;
+        };
+        let Some(w) = st.workers.get_mut(&wid).filter(|w| w.blocked) else {
+            return;
+        };
+        w.blocked = false;
+        if let WorkerState::Busy(task) = w.state
+            && let Some(t) = st.tasks.get(&task)
+        {
+            let r = t.resources.clone();
+            st.available.subtract(&r);
+        }
+    }
+
+    /// Answers `get`s and `wait`s whose deadline has passed.
+    pub(crate) fn timer_loop(&self) {
+        let mut st = self.state.lock();
+        while !self.shutdown.load(Ordering::Acquire) {
+            let now = Instant::now();
+            while let Some(&(d, wid)) = st.deadlines.first() {
+                if d > now {
+                    break;
+                }
+                st.deadlines.pop_first();
+                self.finish_waiter(&mut st, wid);
+            }
+            let tick = now + Duration::from_millis(100);
+            let until = st.deadlines.first().map_or(tick, |(d, _)| (*d).min(tick));
+            self.timer.wait_until(&mut st, until);
+        }
+    }
+
+    pub(crate) fn memory_reply(&self, st: &State) -> pb::MemoryReply {
+        let mut objects: Vec<pb::NodeObject> = st
+            .objects
+            .iter()
+            .map(|(id, o)| {
+                let (state, size) = match &o.state {
+                    _ if o.actor => ("actor", 0),
+                    ObjState::Pending(_) => ("pending", 0),
+                    ObjState::Ready(Body::Inline(b)) => ("inline", b.len() as u64),
+                    ObjState::Ready(Body::Stored(n)) => ("stored", *n),
+                    ObjState::Ready(Body::Error(_)) => ("error", 0),
+                };
+                pb::NodeObject {
+                    id: id.as_bytes().to_vec().into(),
+                    state: state.into(),
+                    size,
+                    owner_pid: o.owner_pid,
+                    ref_count: o.refs(),
+                    holder_pids: st
+                        .conns
+                        .values()
+                        .filter(|c| c.holds.contains(id))
+                        .map(|c| c.pid)
+                        .collect(),
+                    task_holds: o.task_holds,
+                    contained_in: o.contained_in,
+                    function: o.function.to_string(),
+                }
+            })
+            .collect();
+        objects.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.id.cmp(&b.id)));
+        pb::MemoryReply { objects }
+    }
+}

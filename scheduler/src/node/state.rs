@@ -1,0 +1,256 @@
+//! The scheduler's state: connections, jobs, objects, tasks, workers, actors
+//! and the clients waiting in `get` or `wait`.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use arca_store::wire::Conn;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::resources::ResourceSet;
+
+pub(crate) type ConnId = u64;
+pub(crate) type JobId = u64;
+pub(crate) type WorkerId = u64;
+pub(crate) type WaiterId = u64;
+pub(crate) type TaskId = ObjectId;
+
+pub(crate) struct ConnState {
+    pub writer: Arc<Mutex<Conn>>,
+    pub pid: u32,
+    pub role: pb::Role,
+    pub job: Option<JobId>,
+    pub worker: Option<WorkerId>,
+    /// Objects this process holds references to.
+    pub holds: HashSet<ObjectId>,
+    pub waiter: Option<WaiterId>,
+}
+
+/// A driver and the workers started for it.
+pub(crate) struct Job {
+    pub pid: u32,
+    pub command: Vec<String>,
+    pub idle: Vec<WorkerId>,
+    pub starting: usize,
+    /// Workers that exited before connecting, in a row.
+    pub startup_failures: u32,
+    pub alive: bool,
+}
+
+/// A finished object's contents.
+#[derive(Clone)]
+pub(crate) enum Body {
+    Inline(Bytes),
+    Stored(u64),
+    Error(pb::ErrorInfo),
+}
+
+pub(crate) enum ObjState {
+    /// A task will produce it.
+    Pending(TaskId),
+    Ready(Body),
+}
+
+pub(crate) struct Obj {
+    pub state: ObjState,
+    pub owner_pid: u32,
+    /// Processes holding a reference.
+    pub conn_holds: u32,
+    /// Queued or running tasks taking it as an argument (or actors, for
+    /// their constructor's arguments).
+    pub task_holds: u32,
+    /// Objects whose value contains a reference to it.
+    pub contained_in: u32,
+    /// References nested in this object's value.
+    pub contained: Vec<ObjectId>,
+    pub waiters: Vec<WaiterId>,
+    /// Tasks waiting for it as an argument.
+    pub dependents: Vec<TaskId>,
+    /// The function that makes it, for `arca memory`.
+    pub function: Arc<str>,
+    /// This id is an actor's: freeing it ends the actor.
+    pub actor: bool,
+}
+
+impl Obj {
+    pub fn refs(&self) -> u32 {
+        self.conn_holds + self.task_holds + self.contained_in
+    }
+
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, ObjState::Ready(_))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TaskState {
+    /// Waiting for arguments.
+    Waiting,
+    /// Queued for resources and a worker (or, for an actor call, its turn).
+    Ready,
+    Running(WorkerId),
+}
+
+pub(crate) struct Task {
+    pub spec: pb::TaskSpec,
+    pub function: Arc<str>,
+    pub job: JobId,
+    pub state: TaskState,
+    pub pending_deps: usize,
+    pub resources: ResourceSet,
+    pub attempt: u32,
+    pub retries_left: u32,
+    pub cancelled: bool,
+    /// Objects held for the task: its ObjectRef arguments and the references
+    /// nested in its inline arguments.
+    pub holds: Vec<ObjectId>,
+    pub deps: Vec<ObjectId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WorkerState {
+    Starting,
+    Idle,
+    Busy(TaskId),
+}
+
+pub(crate) struct Worker {
+    pub pid: u32,
+    pub job: JobId,
+    pub conn: Option<ConnId>,
+    pub state: WorkerState,
+    /// Blocked in `get`/`wait` with its task's resources lent out.
+    pub blocked: bool,
+    pub actor: Option<ObjectId>,
+    /// Killed on purpose (cancel, kill, job end): no retry.
+    pub killed: Option<pb::ErrorInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ActorState {
+    /// Waiting for its constructor's arguments or resources.
+    Pending,
+    /// Its worker is starting or running the constructor.
+    Creating,
+    Alive,
+    Dead(pb::ErrorInfo),
+}
+
+pub(crate) struct Actor {
+    pub job: JobId,
+    pub class: Arc<str>,
+    pub spec: pb::TaskSpec,
+    pub state: ActorState,
+    pub worker: Option<WorkerId>,
+    pub queue: VecDeque<TaskId>,
+    pub running: Option<TaskId>,
+    pub restarts_left: u32,
+    pub resources: ResourceSet,
+    /// Constructor arguments held for restarts.
+    pub holds: Vec<ObjectId>,
+    /// No handle is left: end it once its queue is done.
+    pub orphaned: bool,
+    /// Its constructor's task, while that is queued or running.
+    pub creation: Option<TaskId>,
+    /// Set by `arca::kill`: the reason its calls fail.
+    pub killed: Option<pb::ErrorInfo>,
+}
+
+pub(crate) enum WaitKind {
+    Get,
+    Wait { num_returns: usize },
+}
+
+pub(crate) struct Waiter {
+    pub conn: ConnId,
+    pub ids: Vec<ObjectId>,
+    pub kind: WaitKind,
+    pub deadline: Option<Instant>,
+    /// Ids not ready yet.
+    pub missing: usize,
+}
+
+/// Ready tasks that ask for the same resources, in submission order.
+pub(crate) struct Class {
+    pub resources: ResourceSet,
+    pub queue: VecDeque<TaskId>,
+}
+
+pub(crate) struct State {
+    pub total: ResourceSet,
+    pub available: ResourceSet,
+    pub conns: HashMap<ConnId, ConnState>,
+    pub jobs: HashMap<JobId, Job>,
+    pub objects: HashMap<ObjectId, Obj>,
+    pub tasks: HashMap<TaskId, Task>,
+    pub classes: Vec<Class>,
+    pub workers: HashMap<WorkerId, Worker>,
+    pub actors: HashMap<ObjectId, Actor>,
+    pub waiters: HashMap<WaiterId, Waiter>,
+    pub deadlines: BTreeSet<(Instant, WaiterId)>,
+    pub next_waiter: WaiterId,
+    pub next_worker: WorkerId,
+    pub finished: u64,
+    pub failed: u64,
+}
+
+impl State {
+    pub fn new(total: ResourceSet) -> Self {
+        Self {
+            available: total.clone(),
+            total,
+            conns: HashMap::new(),
+            jobs: HashMap::new(),
+            objects: HashMap::new(),
+            tasks: HashMap::new(),
+            classes: Vec::new(),
+            workers: HashMap::new(),
+            actors: HashMap::new(),
+            waiters: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            next_waiter: 1,
+            next_worker: 1,
+            finished: 0,
+            failed: 0,
+        }
+    }
+
+    /// Sends `reply` to a connection; a peer that is gone is noticed by its
+    /// reader thread, so a failed write is only logged.
+    pub fn send(&self, conn: ConnId, reply: pb::reply::Kind) {
+        let Some(c) = self.conns.get(&conn) else {
+            return;
+        };
+        let msg = pb::Reply { kind: Some(reply) };
+        if let Err(e) = c.writer.lock().send(&msg) {
+            tracing::debug!(conn, "cannot write to client: {e}");
+        }
+    }
+
+    /// Workers that count against the pool's size: task workers (not actors')
+    /// that are starting or running, less those lending their CPU while
+    /// blocked in `get`.
+    pub fn pool_size(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.actor.is_none() && !w.blocked)
+            .count()
+    }
+}
+
+pub(crate) fn error(kind: pb::ErrorKind, function: &str, message: String) -> pb::ErrorInfo {
+    pb::ErrorInfo {
+        kind: kind as i32,
+        function: function.to_string(),
+        message,
+        backtrace: String::new(),
+    }
+}
+
+pub(crate) fn parse_id(bytes: &[u8]) -> Option<ObjectId> {
+    ObjectId::from_slice(bytes).ok()
+}

@@ -1,0 +1,467 @@
+//! Tasks: submission, argument dependencies, the ready queues, dispatch to
+//! workers, completion, failure and cancellation.
+
+use std::sync::Arc;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+
+use super::Shared;
+use super::objects::{Hold, body_of};
+use super::state::{
+    Body, Class, ConnId, Obj, ObjState, State, Task, TaskId, TaskState, WorkerState, error,
+    parse_id,
+};
+use crate::resources::ResourceSet;
+
+use pb::ErrorKind as K;
+
+fn kind(spec: &pb::TaskSpec) -> pb::TaskKind {
+    pb::TaskKind::try_from(spec.kind).unwrap_or(pb::TaskKind::Normal)
+}
+
+impl Shared {
+    pub(crate) fn submit(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        spec: pb::TaskSpec,
+    ) -> Result<(), String> {
+        let (job, pid) = match st.conns.get(&conn) {
+            Some(c) => (c.job.ok_or("only drivers and workers submit tasks")?, c.pid),
+            None => return Ok(()),
+        };
+        let tid = parse_id(&spec.task_id).ok_or("Submit: malformed task id")?;
+        let returns: Vec<ObjectId> = spec
+            .returns
+            .iter()
+            .map(|b| parse_id(b).ok_or("Submit: malformed return id"))
+            .collect::<Result<_, _>>()?;
+        if st.tasks.contains_key(&tid) || returns.iter().any(|r| st.objects.contains_key(r)) {
+            return Err(format!(
+                "Submit: task {tid} or one of its return ids already exists"
+            ));
+        }
+        let kind = kind(&spec);
+        let function: Arc<str> = spec.function.as_str().into();
+        for r in &returns {
+            let mut o = Obj::new(ObjState::Pending(tid), pid, Arc::clone(&function));
+            o.conn_holds = 1;
+            o.actor = kind == pb::TaskKind::ActorCreation;
+            st.objects.insert(*r, o);
+        }
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.holds.extend(returns.iter().copied());
+        }
+        let default = if kind == pb::TaskKind::Normal {
+            ResourceSet::from_amounts([("CPU", 1.0)]).unwrap_or_default()
+        } else {
+            ResourceSet::default()
+        };
+        let mut task = Task {
+            resources: ResourceSet::default(),
+            retries_left: spec.max_retries,
+            function: Arc::clone(&function),
+            job,
+            state: TaskState::Waiting,
+            pending_deps: 0,
+            attempt: 0,
+            cancelled: false,
+            holds: Vec::new(),
+            deps: Vec::new(),
+            spec,
+        };
+        let mut failure = None;
+        match ResourceSet::from_proto(task.spec.resources.as_ref(), &default) {
+            Ok(r) => task.resources = r,
+            Err(e) => failure = Some(error(K::Unschedulable, &function, e.to_string())),
+        }
+        let infeasible = st.total.shortfall(&task.resources);
+        if failure.is_none() && !infeasible.is_empty() {
+            failure = Some(error(
+                K::Unschedulable,
+                &function,
+                format!(
+                    "{function} asks for {} but this node has {} in all (short of {}); \
+                     ask for less, or start the node with more (arca start --num-cpus/--num-gpus/--resources)",
+                    task.resources,
+                    st.total,
+                    infeasible.join(", ")
+                ),
+            ));
+        }
+        // Hold the arguments (ObjectRefs, and refs nested in inline values).
+        let mut refs: Vec<ObjectId> = Vec::new();
+        for a in &task.spec.args {
+            if let Some(pb::arg::Kind::Object(b)) = &a.kind {
+                let id = parse_id(b).ok_or("Submit: malformed argument id")?;
+                refs.push(id);
+                task.deps.push(id);
+            }
+        }
+        for b in &task.spec.contained {
+            refs.push(parse_id(b).ok_or("Submit: malformed nested id")?);
+        }
+        for id in refs {
+            if self.add_hold(st, &id, Hold::Task) {
+                task.holds.push(id);
+            } else if failure.is_none() {
+                failure = Some(error(
+                    K::ObjectLost,
+                    &function,
+                    format!(
+                        "argument {id} of {function} no longer exists (freed, or its owner exited)"
+                    ),
+                ));
+            }
+        }
+        if kind == pb::TaskKind::ActorCreation {
+            self.actor_created(st, &task, &returns);
+        }
+        let deps = task.deps.clone();
+        st.tasks.insert(tid, task);
+        if let Some(e) = failure {
+            self.fail_task(st, tid, e);
+            return Ok(());
+        }
+        let mut pending = 0;
+        for d in deps {
+            if let Some(o) = st.objects.get_mut(&d).filter(|o| !o.is_ready()) {
+                o.dependents.push(tid);
+                pending += 1;
+            }
+        }
+        if kind == pb::TaskKind::ActorMethod && !self.enqueue_actor_call(st, tid) {
+            return Ok(());
+        }
+        if let Some(t) = st.tasks.get_mut(&tid) {
+            t.pending_deps = pending;
+        }
+        if pending == 0 {
+            self.deps_resolved(st, tid);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn dependency_ready(&self, st: &mut State, tid: TaskId, _dep: ObjectId) {
+        let Some(t) = st
+            .tasks
+            .get_mut(&tid)
+            .filter(|t| t.state == TaskState::Waiting)
+        else {
+            return;
+        };
+        t.pending_deps = t.pending_deps.saturating_sub(1);
+        if t.pending_deps == 0 {
+            self.deps_resolved(st, tid);
+        }
+    }
+
+    /// Every argument exists: fail with the first argument's error, or queue.
+    fn deps_resolved(&self, st: &mut State, tid: TaskId) {
+        let Some(t) = st.tasks.get(&tid) else {
+            return;
+        };
+        let failed = t
+            .deps
+            .iter()
+            .find_map(|d| match st.objects.get(d).map(|o| &o.state) {
+                Some(ObjState::Ready(Body::Error(e))) => Some(e.clone()),
+                _ => None,
+            });
+        if let Some(e) = failed {
+            // The same cause as the argument's: `get` on this task reports the
+            // function that failed first.
+            self.fail_task(st, tid, e);
+            return;
+        }
+        let Some(t) = st.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.state = TaskState::Ready;
+        match kind(&t.spec) {
+            pb::TaskKind::ActorMethod => {
+                let actor = parse_id(&t.spec.actor_id);
+                if let Some(a) = actor {
+                    self.actor_dispatch(st, &a);
+                }
+            }
+            _ => {
+                let r = t.resources.clone();
+                match st.classes.iter_mut().find(|c| c.resources == r) {
+                    Some(c) => c.queue.push_back(tid),
+                    None => st.classes.push(Class {
+                        resources: r,
+                        queue: [tid].into(),
+                    }),
+                }
+                self.schedule(st);
+            }
+        }
+    }
+
+    /// Starts ready tasks while resources and workers allow, in submission
+    /// order within each resource shape.
+    pub(crate) fn schedule(&self, st: &mut State) {
+        let cap = (self.config.num_cpus.ceil() as usize).max(1);
+        for ci in 0..st.classes.len() {
+            loop {
+                let Some(&tid) = st.classes[ci].queue.front() else {
+                    break;
+                };
+                if !st.available.fits(&st.classes[ci].resources) {
+                    break;
+                }
+                let Some(t) = st.tasks.get(&tid) else {
+                    st.classes[ci].queue.pop_front();
+                    continue;
+                };
+                let job = t.job;
+                if kind(&t.spec) == pb::TaskKind::ActorCreation {
+                    st.classes[ci].queue.pop_front();
+                    let r = t.resources.clone();
+                    st.available.subtract(&r);
+                    self.start_actor(st, tid);
+                    continue;
+                }
+                let idle = st.jobs.get_mut(&job).and_then(|j| j.idle.pop());
+                match idle {
+                    Some(wid) => {
+                        st.classes[ci].queue.pop_front();
+                        let r = t.resources.clone();
+                        st.available.subtract(&r);
+                        self.dispatch(st, wid, tid);
+                    }
+                    None => {
+                        let waiting = st.classes[ci].queue.len();
+                        let starting = st.jobs.get(&job).map_or(0, |j| j.starting);
+                        if starting < waiting && self.make_room(st, job, cap) {
+                            self.spawn_worker(st, job, None);
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        st.classes.retain(|c| !c.queue.is_empty());
+    }
+
+    /// Sends a task with its arguments resolved to an idle worker.
+    pub(crate) fn dispatch(&self, st: &mut State, wid: u64, tid: TaskId) {
+        let Some(t) = st.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.state = TaskState::Running(wid);
+        t.attempt += 1;
+        let mut args = Vec::with_capacity(t.spec.args.len());
+        for a in &t.spec.args {
+            use pb::resolved_arg::Kind as A;
+            let resolved = match &a.kind {
+                Some(pb::arg::Kind::Value(v)) => A::Value(v.clone()),
+                Some(pb::arg::Kind::Object(b)) => {
+                    match parse_id(b)
+                        .and_then(|id| st.objects.get(&id))
+                        .map(|o| &o.state)
+                    {
+                        Some(ObjState::Ready(Body::Inline(v))) => A::Value(v.clone()),
+                        _ => A::Stored(b.clone()),
+                    }
+                }
+                None => A::Value(Default::default()),
+            };
+            args.push(pb::ResolvedArg {
+                kind: Some(resolved),
+            });
+        }
+        let mut spec = t.spec.clone();
+        spec.args.clear();
+        let attempt = t.attempt;
+        let Some(w) = st.workers.get_mut(&wid) else {
+            return;
+        };
+        w.state = WorkerState::Busy(tid);
+        if let Some(conn) = w.conn {
+            st.send(
+                conn,
+                pb::reply::Kind::Execute(pb::Execute {
+                    spec: Some(spec),
+                    args,
+                    attempt,
+                }),
+            );
+        }
+    }
+
+    /// A worker finished a task: its results become objects.
+    pub(crate) fn task_done(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        done: pb::TaskDone,
+    ) -> Result<(), String> {
+        let wid = st
+            .conns
+            .get(&conn)
+            .and_then(|c| c.worker)
+            .ok_or("TaskDone from a process that is not a worker")?;
+        let tid = parse_id(&done.task_id).ok_or("TaskDone: malformed task id")?;
+        let running = st
+            .workers
+            .get(&wid)
+            .is_some_and(|w| w.state == WorkerState::Busy(tid));
+        if !running {
+            return Err(format!(
+                "TaskDone for task {tid}, which this worker is not running"
+            ));
+        }
+        let Some(task) = st.tasks.remove(&tid) else {
+            return Ok(());
+        };
+        let kind = kind(&task.spec);
+        if let Some(w) = st.workers.get_mut(&wid) {
+            w.state = WorkerState::Idle;
+        }
+        let returns: Vec<ObjectId> = task
+            .spec
+            .returns
+            .iter()
+            .filter_map(|b| parse_id(b))
+            .collect();
+        let mut failed = None;
+        if task.cancelled {
+            failed = Some(error(
+                K::TaskCancelled,
+                &task.function,
+                format!("{} was cancelled while it ran", task.function),
+            ));
+        } else if done.results.len() != returns.len() {
+            failed = Some(error(
+                K::TaskFailed,
+                &task.function,
+                format!(
+                    "{} returned {} values but {} were expected",
+                    task.function,
+                    done.results.len(),
+                    returns.len()
+                ),
+            ));
+        }
+        let mut error_result = None;
+        for (i, r) in returns.iter().enumerate() {
+            let (body, contained) = match &failed {
+                Some(e) => (Body::Error(e.clone()), Vec::new()),
+                None => {
+                    let obj = &done.results[i];
+                    let contained = obj.contained.iter().filter_map(|b| parse_id(b)).collect();
+                    (self.adopt(r, body_of(obj), &task.function), contained)
+                }
+            };
+            if let Body::Error(e) = &body {
+                error_result.get_or_insert_with(|| e.clone());
+            }
+            self.complete(st, *r, body, contained);
+        }
+        if error_result.is_some() {
+            st.failed += 1;
+        } else {
+            st.finished += 1;
+        }
+        match kind {
+            pb::TaskKind::Normal => {
+                st.available.add(&task.resources);
+                for h in &task.holds {
+                    self.release(st, h, Hold::Task);
+                }
+                let job = st.workers.get(&wid).map(|w| w.job);
+                if let Some(j) = job.and_then(|j| st.jobs.get_mut(&j)) {
+                    j.idle.push(wid);
+                }
+                self.schedule(st);
+            }
+            pb::TaskKind::ActorCreation => self.actor_constructed(st, wid, task, error_result),
+            pb::TaskKind::ActorMethod => {
+                for h in &task.holds {
+                    self.release(st, h, Hold::Task);
+                }
+                if let Some(a) = parse_id(&task.spec.actor_id) {
+                    if let Some(actor) = st.actors.get_mut(&a) {
+                        actor.running = None;
+                    }
+                    self.actor_dispatch(st, &a);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a task that will not run (again): its results become `e`.
+    pub(crate) fn fail_task(&self, st: &mut State, tid: TaskId, e: pb::ErrorInfo) {
+        let Some(task) = st.tasks.remove(&tid) else {
+            return;
+        };
+        if task.state == TaskState::Ready {
+            for c in &mut st.classes {
+                c.queue.retain(|t| *t != tid);
+            }
+        }
+        let kind = kind(&task.spec);
+        if kind == pb::TaskKind::ActorMethod
+            && let Some(a) = parse_id(&task.spec.actor_id).and_then(|a| st.actors.get_mut(&a))
+        {
+            a.queue.retain(|t| *t != tid);
+            if a.running == Some(tid) {
+                a.running = None;
+            }
+        }
+        st.failed += 1;
+        for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
+            self.complete(st, r, Body::Error(e.clone()), Vec::new());
+        }
+        for h in &task.holds {
+            self.release(st, h, Hold::Task);
+        }
+        if kind == pb::TaskKind::ActorCreation
+            && let Some(a) = parse_id(&task.spec.actor_id)
+        {
+            self.actor_failed(st, &a, e);
+        }
+    }
+
+    /// `arca::cancel`: a task that has not started never runs; a running one
+    /// is killed with `force` (not for actor calls), or else its result is
+    /// discarded when it ends.
+    pub(crate) fn cancel(&self, st: &mut State, id: &ObjectId, force: bool) {
+        let Some(ObjState::Pending(tid)) = st.objects.get(id).map(|o| &o.state) else {
+            return;
+        };
+        let tid = *tid;
+        let Some(t) = st.tasks.get_mut(&tid) else {
+            return;
+        };
+        match t.state {
+            TaskState::Waiting | TaskState::Ready => {
+                let f = Arc::clone(&t.function);
+                self.fail_task(
+                    st,
+                    tid,
+                    error(
+                        K::TaskCancelled,
+                        &f,
+                        format!("{f} was cancelled before it ran"),
+                    ),
+                );
+            }
+            TaskState::Running(wid) => {
+                t.cancelled = true;
+                if force && kind(&t.spec) == pb::TaskKind::Normal {
+                    let e = error(
+                        K::TaskCancelled,
+                        &t.function,
+                        format!("{} was cancelled (force) while it ran", t.function),
+                    );
+                    self.kill_worker(st, wid, e);
+                }
+            }
+        }
+    }
+}

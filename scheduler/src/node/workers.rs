@@ -1,0 +1,440 @@
+//! Worker processes: starting them, their connection, their death, and the
+//! end of a job or of the node.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::Shared;
+use super::objects::Hold;
+use super::state::{ConnId, JobId, State, TaskState, Worker, WorkerId, WorkerState, error};
+use crate::{ENV_NODE_SOCKET, ENV_WORKER_ID};
+
+use pb::ErrorKind as K;
+
+/// Workers of a job that exit before connecting this many times in a row
+/// fail the job's queued tasks instead of being started forever.
+const MAX_STARTUP_FAILURES: u32 = 3;
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exited with code {c}"),
+            (_, Some(sig)) => {
+                let name = Signal::try_from(sig)
+                    .map_or_else(|_| format!("signal {sig}"), |s| s.as_str().to_string());
+                format!("was killed by {name}")
+            }
+            _ => format!("ended ({s})"),
+        },
+        Err(e) => format!("could not be waited for ({e})"),
+    }
+}
+
+impl Shared {
+    /// Frees a pool slot for `job` if the pool is full, by ending an idle
+    /// worker of another job. True if a worker may be started.
+    pub(crate) fn make_room(&self, st: &mut State, job: JobId, cap: usize) -> bool {
+        if st.pool_size() < cap {
+            return true;
+        }
+        let victim = st
+            .jobs
+            .iter_mut()
+            .filter(|(j, _)| **j != job)
+            .find_map(|(_, j)| j.idle.pop());
+        match victim {
+            Some(w) => {
+                let e = error(
+                    K::WorkerCrashed,
+                    "",
+                    "idle worker ended to make room".into(),
+                );
+                self.kill_worker(st, w, e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Starts a worker process for `job` (for `actor`, dedicated to it).
+    pub(crate) fn spawn_worker(
+        &self,
+        st: &mut State,
+        job: JobId,
+        actor: Option<ObjectId>,
+    ) -> Option<WorkerId> {
+        let command = st.jobs.get(&job).filter(|j| j.alive)?.command.clone();
+        let wid = st.next_worker;
+        st.next_worker += 1;
+        let spawned = Command::new(&command[0])
+            .args(&command[1..])
+            .env(ENV_WORKER_ID, wid.to_string())
+            .env(ENV_NODE_SOCKET, self.config.node_socket())
+            .stdin(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start a worker process ({}): {e}", command.join(" "));
+                tracing::error!(job, "{msg}");
+                self.startup_failed(st, job, msg);
+                return None;
+            }
+        };
+        let pid = child.id();
+        st.workers.insert(
+            wid,
+            Worker {
+                pid,
+                job,
+                conn: None,
+                state: WorkerState::Starting,
+                blocked: false,
+                actor,
+                killed: None,
+            },
+        );
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.starting += 1;
+        }
+        tracing::debug!(job, worker = wid, pid, "worker starting");
+        let me = self.me.upgrade();
+        let waiter = std::thread::Builder::new()
+            .name(format!("arca-reap-{pid}"))
+            .stack_size(64 << 10)
+            .spawn(move || {
+                let status = child.wait();
+                if let Some(shared) = me {
+                    let mut st = shared.state.lock();
+                    shared.worker_exited(&mut st, wid, describe(status));
+                }
+            });
+        if let Err(e) = waiter {
+            tracing::error!("cannot start a thread to wait for worker {pid}: {e}");
+        }
+        Some(wid)
+    }
+
+    fn startup_failed(&self, st: &mut State, job: JobId, why: String) {
+        let Some(j) = st.jobs.get_mut(&job) else {
+            return;
+        };
+        j.startup_failures += 1;
+        if j.startup_failures < MAX_STARTUP_FAILURES {
+            return;
+        }
+        j.startup_failures = 0;
+        let e = error(
+            K::WorkerCrashed,
+            "",
+            format!(
+                "{MAX_STARTUP_FAILURES} worker processes in a row ended before connecting (last: {why}); \
+                 the program must call arca::init() first thing in main(), and in worker mode it runs tasks there"
+            ),
+        );
+        let queued: Vec<_> = st
+            .tasks
+            .iter()
+            .filter(|(_, t)| {
+                t.job == job
+                    && t.state != TaskState::Waiting
+                    && !matches!(t.state, TaskState::Running(_))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for t in queued {
+            let mut e = e.clone();
+            e.function = st
+                .tasks
+                .get(&t)
+                .map_or_else(String::new, |t| t.function.to_string());
+            self.fail_task(st, t, e);
+        }
+    }
+
+    /// A worker said hello: it runs its actor's constructor or joins the pool.
+    pub(crate) fn worker_connected(&self, st: &mut State, wid: WorkerId, conn: ConnId) {
+        let Some(w) = st.workers.get_mut(&wid) else {
+            return;
+        };
+        w.conn = Some(conn);
+        let (job, actor) = (w.job, w.actor);
+        if let Some(j) = st.jobs.get_mut(&job) {
+            j.starting = j.starting.saturating_sub(1);
+            j.startup_failures = 0;
+        }
+        match actor {
+            Some(a) => self.actor_worker_ready(st, &a, wid),
+            None => {
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    w.state = WorkerState::Idle;
+                }
+                if let Some(j) = st.jobs.get_mut(&job) {
+                    j.idle.push(wid);
+                }
+                self.schedule(st);
+            }
+        }
+    }
+
+    /// Kills a worker on purpose; `why` becomes its task's error.
+    pub(crate) fn kill_worker(&self, st: &mut State, wid: WorkerId, why: pb::ErrorInfo) {
+        let Some(w) = st.workers.get_mut(&wid) else {
+            return;
+        };
+        w.killed.get_or_insert(why);
+        if let Some(j) = st.jobs.get_mut(&w.job) {
+            j.idle.retain(|x| *x != wid);
+        }
+        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+    }
+
+    /// A worker process ended: its task is retried or failed, its actor
+    /// restarted or dead.
+    pub(crate) fn worker_exited(&self, st: &mut State, wid: WorkerId, how: String) {
+        let Some(w) = st.workers.remove(&wid) else {
+            return;
+        };
+        if let Some(j) = st.jobs.get_mut(&w.job) {
+            j.idle.retain(|x| *x != wid);
+            if w.state == WorkerState::Starting {
+                j.starting = j.starting.saturating_sub(1);
+            }
+        }
+        let how = format!("worker process {} {how}", w.pid);
+        if w.state == WorkerState::Starting && w.killed.is_none() && w.conn.is_none() {
+            tracing::warn!(job = w.job, "{how} before connecting");
+            self.startup_failed(st, w.job, how.clone());
+        } else if w.killed.is_none() {
+            tracing::warn!(job = w.job, "{how}");
+        }
+        if let WorkerState::Busy(tid) = w.state
+            && let Some(t) = st.tasks.get_mut(&tid)
+            && w.actor.is_none()
+        {
+            if !w.blocked {
+                let r = t.resources.clone();
+                st.available.add(&r);
+            }
+            let f = Arc::clone(&t.function);
+            let job_alive = st.jobs.get(&t.job).is_some_and(|j| j.alive);
+            if t.cancelled {
+                self.fail_task(
+                    st,
+                    tid,
+                    error(
+                        K::TaskCancelled,
+                        &f,
+                        format!("{f} was cancelled while it ran"),
+                    ),
+                );
+            } else if let Some(e) = w.killed.clone() {
+                let mut e = e;
+                e.function = f.to_string();
+                self.fail_task(st, tid, e);
+            } else if t.retries_left > 0 && job_alive {
+                t.retries_left -= 1;
+                t.state = TaskState::Ready;
+                tracing::info!(task = %f, retries_left = t.retries_left, "{how}; retrying its task");
+                let r = t.resources.clone();
+                match st.classes.iter_mut().find(|c| c.resources == r) {
+                    Some(c) => c.queue.push_front(tid),
+                    None => st.classes.push(super::state::Class {
+                        resources: r,
+                        queue: [tid].into(),
+                    }),
+                }
+            } else {
+                let tries = t.attempt;
+                self.fail_task(
+                    st,
+                    tid,
+                    error(
+                        K::WorkerCrashed,
+                        &f,
+                        format!("{how} while running {f} (attempt {tries}, no retries left; raise max_retries to retry more)"),
+                    ),
+                );
+            }
+        }
+        if let Some(a) = w.actor {
+            let why = w
+                .killed
+                .clone()
+                .unwrap_or_else(|| error(K::ActorDied, "", how));
+            self.actor_worker_died(st, &a, why);
+        }
+        let job_gone = st.jobs.get(&w.job).is_some_and(|j| !j.alive)
+            && !st.workers.values().any(|x| x.job == w.job);
+        if job_gone {
+            st.jobs.remove(&w.job);
+        }
+        self.schedule(st);
+    }
+
+    /// A connection closed: its references go; a driver's job ends with it.
+    pub(crate) fn disconnect(&self, st: &mut State, conn: ConnId) {
+        let Some(c) = st.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(w) = c.waiter {
+            self.drop_waiter(st, w);
+        }
+        for id in &c.holds {
+            self.release(st, id, Hold::Conn);
+        }
+        if let Some(wid) = c.worker
+            && st.workers.contains_key(&wid)
+        {
+            let e = error(
+                K::WorkerCrashed,
+                "",
+                "worker closed its connection to the node".into(),
+            );
+            self.kill_worker(st, wid, e);
+        }
+        if c.role == pb::Role::Driver {
+            self.end_job(st, conn);
+        }
+    }
+
+    /// The driver is gone: its queued tasks are dropped, its workers and
+    /// actors killed.
+    fn end_job(&self, st: &mut State, job: JobId) {
+        let Some(j) = st.jobs.get_mut(&job) else {
+            return;
+        };
+        j.alive = false;
+        j.idle.clear();
+        let e = error(
+            K::TaskCancelled,
+            "",
+            "the driver that submitted it exited".into(),
+        );
+        let queued: Vec<_> = st
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.job == job && !matches!(t.state, TaskState::Running(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        for t in queued {
+            self.fail_task(st, t, e.clone());
+        }
+        for a in st.actors.values_mut().filter(|a| a.job == job) {
+            a.restarts_left = 0;
+        }
+        let workers: Vec<_> = st
+            .workers
+            .iter()
+            .filter(|(_, w)| w.job == job)
+            .map(|(id, _)| *id)
+            .collect();
+        if workers.is_empty() {
+            st.jobs.remove(&job);
+        }
+        for w in workers {
+            self.kill_worker(st, w, e.clone());
+        }
+        st.actors.retain(|_, a| a.job != job || a.worker.is_some());
+    }
+
+    /// Kills every worker and waits (up to `timeout`) for them to be reaped.
+    pub(crate) fn stop_all(&self, timeout: Duration) {
+        {
+            let mut st = self.state.lock();
+            let e = error(K::WorkerCrashed, "", "the node is stopping".into());
+            let ids: Vec<_> = st.workers.keys().copied().collect();
+            for w in ids {
+                self.kill_worker(&mut st, w, e.clone());
+            }
+            for c in st.conns.values() {
+                let _ = c.writer.lock().stream().shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline && !self.state.lock().workers.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.store.stop();
+    }
+
+    pub(crate) fn status_reply(&self, st: &State) -> pb::StatusReply {
+        let totals = self.store.totals();
+        let mut workers: Vec<pb::WorkerInfo> = st
+            .workers
+            .iter()
+            .map(|(id, w)| {
+                let (state, task) = match w.state {
+                    WorkerState::Starting => ("starting", String::new()),
+                    WorkerState::Idle if w.actor.is_some() => ("actor", String::new()),
+                    WorkerState::Idle => ("idle", String::new()),
+                    WorkerState::Busy(t) => (
+                        if w.blocked { "blocked" } else { "busy" },
+                        st.tasks
+                            .get(&t)
+                            .map_or_else(String::new, |t| t.function.to_string()),
+                    ),
+                };
+                pb::WorkerInfo {
+                    pid: w.pid,
+                    worker_id: *id,
+                    job_id: w.job,
+                    state: state.into(),
+                    task,
+                    actor_id: w
+                        .actor
+                        .map(|a| a.as_bytes().to_vec().into())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        workers.sort_by_key(|w| w.worker_id);
+        let running = st
+            .tasks
+            .values()
+            .filter(|t| matches!(t.state, TaskState::Running(_)))
+            .count();
+        pb::StatusReply {
+            node_name: self.config.name.clone(),
+            pid: std::process::id(),
+            session_dir: self.config.session_dir.display().to_string(),
+            uptime_ms: self.started.elapsed().as_millis() as u64,
+            total: Some(st.total.to_proto()),
+            available: Some(st.available.to_proto()),
+            workers,
+            tasks_queued: (st.tasks.len() - running) as u64,
+            tasks_running: running as u64,
+            tasks_finished: st.finished,
+            tasks_failed: st.failed,
+            actors_alive: st
+                .actors
+                .values()
+                .filter(|a| !matches!(a.state, super::state::ActorState::Dead(_)))
+                .count() as u32,
+            drivers: st
+                .conns
+                .values()
+                .filter(|c| c.role == pb::Role::Driver)
+                .count() as u32,
+            objects: st.objects.len() as u64,
+            inline_bytes: st
+                .objects
+                .values()
+                .map(|o| match &o.state {
+                    super::state::ObjState::Ready(super::state::Body::Inline(b)) => b.len() as u64,
+                    _ => 0,
+                })
+                .sum(),
+            store_used: totals.allocated,
+            store_capacity: totals.capacity,
+            store_spilled: totals.spilled_bytes,
+        }
+    }
+}
