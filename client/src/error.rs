@@ -35,7 +35,7 @@ pub enum Error {
     InvalidState(String),
     /// `get` gave up waiting.
     #[error(
-        "timed out after {timeout:?} waiting for object {id}; it was never put, or not sealed yet"
+        "timed out after {timeout:?} waiting for object {id}: it is not ready (not put or sealed yet, or the task that makes it is still queued or running)"
     )]
     GetTimeout {
         /// The first object that did not appear.
