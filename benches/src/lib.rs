@@ -22,6 +22,9 @@ pub enum Area {
     /// Spilling: spill and restore bandwidth beside the disk's, and the
     /// latency of getting a spilled object.
     Spill,
+    /// Tasks and actors: calls per second, sync and async, one and several
+    /// clients (run by the `arca` binary, whose workers it starts).
+    Tasks,
 }
 
 /// Settings shared by the workloads.
@@ -46,5 +49,8 @@ pub fn run(area: Area, opts: &BenchOptions) -> anyhow::Result<Report> {
     match area {
         Area::Store => store::run(opts),
         Area::Spill => spill::run(opts),
+        Area::Tasks => {
+            anyhow::bail!("`bench tasks` runs in the arca binary: use `arca bench tasks`")
+        }
     }
 }

@@ -129,10 +129,7 @@ fn register(
             st.jobs.insert(
                 id,
                 Job {
-                    pid: hello.pid,
-                    command: hello.worker_command.clone(),
-                    idle: Vec::new(),
-                    starting: 0,
+                    command: hello.worker_command.clone().into(),
                     startup_failures: 0,
                     alive: true,
                 },

@@ -12,12 +12,12 @@ use super::state::{
     Body, ConnId, Obj, ObjState, State, WaitKind, Waiter, WaiterId, WorkerState, error,
 };
 
-/// Which count a hold is kept in.
+/// Which count a hold is kept in (holds by containing objects are set
+/// when the containing object completes).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Hold {
     Conn,
     Task,
-    Contained,
 }
 
 impl Obj {
@@ -139,7 +139,6 @@ impl Shared {
         match hold {
             Hold::Conn => o.conn_holds += 1,
             Hold::Task => o.task_holds += 1,
-            Hold::Contained => o.contained_in += 1,
         }
         true
     }
@@ -151,7 +150,6 @@ impl Shared {
         let n = match hold {
             Hold::Conn => &mut o.conn_holds,
             Hold::Task => &mut o.task_holds,
-            Hold::Contained => &mut o.contained_in,
         };
         *n = n.saturating_sub(1);
         self.free_if_unused(st, *id);

@@ -32,10 +32,8 @@ pub(crate) struct ConnState {
 
 /// A driver and the workers started for it.
 pub(crate) struct Job {
-    pub pid: u32,
-    pub command: Vec<String>,
-    pub idle: Vec<WorkerId>,
-    pub starting: usize,
+    /// How its workers start; jobs with the same command share workers.
+    pub command: Arc<[String]>,
     /// Workers that exited before connecting, in a row.
     pub startup_failures: u32,
     pub alive: bool,
@@ -120,7 +118,9 @@ pub(crate) enum WorkerState {
 
 pub(crate) struct Worker {
     pub pid: u32,
+    /// The job it was started for.
     pub job: JobId,
+    pub command: Arc<[String]>,
     pub conn: Option<ConnId>,
     pub state: WorkerState,
     /// Blocked in `get`/`wait` with its task's resources lent out.
@@ -189,6 +189,9 @@ pub(crate) struct State {
     pub tasks: HashMap<TaskId, Task>,
     pub classes: Vec<Class>,
     pub workers: HashMap<WorkerId, Worker>,
+    /// Idle task workers by the command that started them: any job with
+    /// that command may use them.
+    pub pools: HashMap<Arc<[String]>, Vec<WorkerId>>,
     pub actors: HashMap<ObjectId, Actor>,
     pub waiters: HashMap<WaiterId, Waiter>,
     pub deadlines: BTreeSet<(Instant, WaiterId)>,
@@ -209,6 +212,7 @@ impl State {
             tasks: HashMap::new(),
             classes: Vec::new(),
             workers: HashMap::new(),
+            pools: HashMap::new(),
             actors: HashMap::new(),
             waiters: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -229,6 +233,35 @@ impl State {
         if let Err(e) = c.writer.lock().send(&msg) {
             tracing::debug!(conn, "cannot write to client: {e}");
         }
+    }
+
+    /// Puts an idle task worker in its pool.
+    pub fn pool_push(&mut self, wid: WorkerId) {
+        if let Some(w) = self.workers.get(&wid) {
+            self.pools
+                .entry(Arc::clone(&w.command))
+                .or_default()
+                .push(wid);
+        }
+    }
+
+    /// Takes a worker out of its pool (it is busy, dying or gone).
+    pub fn pool_remove(&mut self, wid: WorkerId) {
+        if let Some(w) = self.workers.get(&wid)
+            && let Some(p) = self.pools.get_mut(&w.command)
+        {
+            p.retain(|x| *x != wid);
+        }
+    }
+
+    /// Task workers of `command` still starting.
+    pub fn starting(&self, command: &[String]) -> usize {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.state == WorkerState::Starting && w.actor.is_none() && &*w.command == command
+            })
+            .count()
     }
 
     /// Workers that count against the pool's size: task workers (not actors')

@@ -224,7 +224,11 @@ impl Shared {
                     self.start_actor(st, tid);
                     continue;
                 }
-                let idle = st.jobs.get_mut(&job).and_then(|j| j.idle.pop());
+                let Some(command) = st.jobs.get(&job).map(|j| Arc::clone(&j.command)) else {
+                    st.classes[ci].queue.pop_front();
+                    continue;
+                };
+                let idle = st.pools.get_mut(&command).and_then(|p| p.pop());
                 match idle {
                     Some(wid) => {
                         st.classes[ci].queue.pop_front();
@@ -234,8 +238,7 @@ impl Shared {
                     }
                     None => {
                         let waiting = st.classes[ci].queue.len();
-                        let starting = st.jobs.get(&job).map_or(0, |j| j.starting);
-                        if starting < waiting && self.make_room(st, job, cap) {
+                        if st.starting(&command) < waiting && self.make_room(st, &command, cap) {
                             self.spawn_worker(st, job, None);
                         }
                         break;
@@ -372,10 +375,7 @@ impl Shared {
                 for h in &task.holds {
                     self.release(st, h, Hold::Task);
                 }
-                let job = st.workers.get(&wid).map(|w| w.job);
-                if let Some(j) = job.and_then(|j| st.jobs.get_mut(&j)) {
-                    j.idle.push(wid);
-                }
+                st.pool_push(wid);
                 self.schedule(st);
             }
             pb::TaskKind::ActorCreation => self.actor_constructed(st, wid, task, error_result),

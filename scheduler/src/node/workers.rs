@@ -40,15 +40,15 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 impl Shared {
     /// Frees a pool slot for `job` if the pool is full, by ending an idle
     /// worker of another job. True if a worker may be started.
-    pub(crate) fn make_room(&self, st: &mut State, job: JobId, cap: usize) -> bool {
+    pub(crate) fn make_room(&self, st: &mut State, command: &[String], cap: usize) -> bool {
         if st.pool_size() < cap {
             return true;
         }
         let victim = st
-            .jobs
+            .pools
             .iter_mut()
-            .filter(|(j, _)| **j != job)
-            .find_map(|(_, j)| j.idle.pop());
+            .filter(|(c, _)| &***c != command)
+            .find_map(|(_, p)| p.pop());
         match victim {
             Some(w) => {
                 let e = error(
@@ -70,7 +70,7 @@ impl Shared {
         job: JobId,
         actor: Option<ObjectId>,
     ) -> Option<WorkerId> {
-        let command = st.jobs.get(&job).filter(|j| j.alive)?.command.clone();
+        let command = Arc::clone(&st.jobs.get(&job).filter(|j| j.alive)?.command);
         let wid = st.next_worker;
         st.next_worker += 1;
         let spawned = Command::new(&command[0])
@@ -94,6 +94,7 @@ impl Shared {
             Worker {
                 pid,
                 job,
+                command,
                 conn: None,
                 state: WorkerState::Starting,
                 blocked: false,
@@ -101,9 +102,6 @@ impl Shared {
                 killed: None,
             },
         );
-        if let Some(j) = st.jobs.get_mut(&job) {
-            j.starting += 1;
-        }
         tracing::debug!(job, worker = wid, pid, "worker starting");
         let me = self.me.upgrade();
         let waiter = std::thread::Builder::new()
@@ -167,7 +165,6 @@ impl Shared {
         w.conn = Some(conn);
         let (job, actor) = (w.job, w.actor);
         if let Some(j) = st.jobs.get_mut(&job) {
-            j.starting = j.starting.saturating_sub(1);
             j.startup_failures = 0;
         }
         match actor {
@@ -176,9 +173,7 @@ impl Shared {
                 if let Some(w) = st.workers.get_mut(&wid) {
                     w.state = WorkerState::Idle;
                 }
-                if let Some(j) = st.jobs.get_mut(&job) {
-                    j.idle.push(wid);
-                }
+                st.pool_push(wid);
                 self.schedule(st);
             }
         }
@@ -190,24 +185,18 @@ impl Shared {
             return;
         };
         w.killed.get_or_insert(why);
-        if let Some(j) = st.jobs.get_mut(&w.job) {
-            j.idle.retain(|x| *x != wid);
-        }
-        let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+        let pid = w.pid;
+        st.pool_remove(wid);
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     }
 
     /// A worker process ended: its task is retried or failed, its actor
     /// restarted or dead.
     pub(crate) fn worker_exited(&self, st: &mut State, wid: WorkerId, how: String) {
+        st.pool_remove(wid);
         let Some(w) = st.workers.remove(&wid) else {
             return;
         };
-        if let Some(j) = st.jobs.get_mut(&w.job) {
-            j.idle.retain(|x| *x != wid);
-            if w.state == WorkerState::Starting {
-                j.starting = j.starting.saturating_sub(1);
-            }
-        }
         let how = format!("worker process {} {how}", w.pid);
         if w.state == WorkerState::Starting && w.killed.is_none() && w.conn.is_none() {
             tracing::warn!(job = w.job, "{how} before connecting");
@@ -271,11 +260,6 @@ impl Shared {
                 .unwrap_or_else(|| error(K::ActorDied, "", how));
             self.actor_worker_died(st, &a, why);
         }
-        let job_gone = st.jobs.get(&w.job).is_some_and(|j| !j.alive)
-            && !st.workers.values().any(|x| x.job == w.job);
-        if job_gone {
-            st.jobs.remove(&w.job);
-        }
         self.schedule(st);
     }
 
@@ -305,14 +289,13 @@ impl Shared {
         }
     }
 
-    /// The driver is gone: its queued tasks are dropped, its workers and
-    /// actors killed.
+    /// The driver is gone: its queued tasks are dropped, the workers running
+    /// its tasks and its actors killed. Idle workers stay for other jobs
+    /// started by the same program, and go with the last of them.
     fn end_job(&self, st: &mut State, job: JobId) {
-        let Some(j) = st.jobs.get_mut(&job) else {
+        let Some(j) = st.jobs.remove(&job) else {
             return;
         };
-        j.alive = false;
-        j.idle.clear();
         let e = error(
             K::TaskCancelled,
             "",
@@ -330,16 +313,18 @@ impl Shared {
         for a in st.actors.values_mut().filter(|a| a.job == job) {
             a.restarts_left = 0;
         }
-        let workers: Vec<_> = st
+        let command_in_use = st.jobs.values().any(|o| o.command == j.command);
+        let doomed: Vec<_> = st
             .workers
             .iter()
-            .filter(|(_, w)| w.job == job)
+            .filter(|(_, w)| match w.state {
+                WorkerState::Busy(t) => st.tasks.get(&t).is_some_and(|t| t.job == job),
+                _ if w.actor.is_some() => w.job == job,
+                _ => !command_in_use && w.command == j.command,
+            })
             .map(|(id, _)| *id)
             .collect();
-        if workers.is_empty() {
-            st.jobs.remove(&job);
-        }
-        for w in workers {
+        for w in doomed {
             self.kill_worker(st, w, e.clone());
         }
         st.actors.retain(|_, a| a.job != job || a.worker.is_some());
