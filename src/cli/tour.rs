@@ -1,4 +1,5 @@
-//! `arca tour`: Arca's store on an embedded daemon, step by step.
+//! `arca tour`: tasks, objects and actors on an embedded node, then the
+//! object store underneath, step by step.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
@@ -31,7 +32,12 @@ pub fn run(a: TourArgs) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let result = tour(&dir, a.memory.0);
+    println!("== Tasks, ObjectRefs and actors\n");
+    let mut result = super::tour_tasks::tour(&dir);
+    if result.is_ok() {
+        println!("\n== The object store underneath: zero-copy objects, eviction, spilling\n");
+        result = tour(&dir, a.memory.0);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -203,8 +203,16 @@ impl Shared {
     /// Starts ready tasks while resources and workers allow, in submission
     /// order within each resource shape.
     pub(crate) fn schedule(&self, st: &mut State) {
-        let cap = (self.config.num_cpus.ceil() as usize).max(1);
+        let cpus = self.config.num_cpus.max(1.0);
         for ci in 0..st.classes.len() {
+            // The pool grows to the CPU count, or further for tasks asking
+            // for a fraction of a CPU (or none), as many as can run at once.
+            let per_task = st.classes[ci].resources.get("CPU");
+            let cap = if per_task > 0.0 {
+                (cpus / per_task.min(1.0)).ceil()
+            } else {
+                cpus.ceil() * 4.0
+            } as usize;
             loop {
                 let Some(&tid) = st.classes[ci].queue.front() else {
                     break;

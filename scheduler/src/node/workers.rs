@@ -274,15 +274,10 @@ impl Shared {
         for id in &c.holds {
             self.release(st, id, Hold::Conn);
         }
-        if let Some(wid) = c.worker
-            && st.workers.contains_key(&wid)
-        {
-            let e = error(
-                K::WorkerCrashed,
-                "",
-                "worker closed its connection to the node".into(),
-            );
-            self.kill_worker(st, wid, e);
+        // A worker that hangs up is ended; its exit (not this) decides
+        // whether its task is retried.
+        if let Some(w) = c.worker.and_then(|w| st.workers.get(&w)) {
+            let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
         }
         if c.role == pb::Role::Driver {
             self.end_job(st, conn);
