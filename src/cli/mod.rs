@@ -1,8 +1,10 @@
 //! Subcommands of the `arca` binary.
 
+mod bench_tasks;
 mod memory;
 mod store;
 mod tour;
+mod tour_tasks;
 
 use std::path::PathBuf;
 
@@ -28,11 +30,20 @@ enum Command {
     Memory(memory::MemoryArgs),
     /// Run benchmark workloads and print them next to this machine's limits.
     Bench(BenchArgs),
-    /// A short tour on an embedded store: put, get, zero-copy arrays, eviction.
+    /// A short tour on an embedded node: tasks, ObjectRefs, actors, then the
+    /// store: zero-copy arrays, eviction, spilling.
     Tour(tour::TourArgs),
     /// Internal: a benchmark client process started by `arca bench`.
     #[command(hide = true)]
     BenchClient(arca_bench::ClientArgs),
+    /// Internal: a driver process of `arca bench tasks`' multi-client workload.
+    #[command(hide = true)]
+    BenchTasksClient {
+        #[arg(long)]
+        address: PathBuf,
+        #[arg(long)]
+        seconds: f64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +56,10 @@ struct BenchArgs {
     /// Use a running store instead of starting an embedded one.
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// `bench tasks`: use the running node in this session directory
+    /// instead of an embedded one.
+    #[arg(long)]
+    address: Option<PathBuf>,
     /// Memory of the embedded store.
     #[arg(long, default_value = "3GiB")]
     memory: ByteSize,
@@ -87,6 +102,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(a) => store::run(a),
         Command::Memory(a) => memory::run(a),
         Command::Tour(a) => tour::run(a),
+        Command::Bench(a) if a.area == arca_bench::Area::Tasks => {
+            let report = bench_tasks::run(&bench_tasks::TasksOptions {
+                seconds: a.seconds,
+                clients: a.clients,
+                address: a.address,
+            })?;
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            Ok(())
+        }
+        Command::BenchTasksClient { address, seconds } => bench_tasks::client(address, seconds),
         Command::Bench(a) => {
             let opts = arca_bench::BenchOptions {
                 socket: a.socket,
