@@ -226,10 +226,31 @@ pub fn init_with(config: Config) -> Result<()> {
     )
 }
 
+/// A new session directory for an embedded node, `<tmp>/arca-<pid>-<n>`.
+/// Those of processes that no longer exist (killed before they could clean
+/// up) are removed on the way.
 fn fresh_session_dir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    std::env::temp_dir().join(format!(
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("arca-"))
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(pid, n)| n.parse::<u32>().ok().and(pid.parse::<i32>().ok()));
+            let dead = pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            });
+            if dead && e.path().join(arca_scheduler::NODE_SOCKET).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tmp.join(format!(
         "arca-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
@@ -376,6 +397,9 @@ pub(crate) fn task_error(e: pb::ErrorInfo) -> Error {
     }
 }
 
+/// What [`wait`] returns: (ready, not ready).
+pub type Split<T> = (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>);
+
 /// Waits until `num_returns` of `refs` are ready (finished, with a value or
 /// an error) or `timeout` passes; returns (ready, not ready), each in the
 /// order given. At most `num_returns` refs are returned as ready.
@@ -383,7 +407,7 @@ pub fn wait<T>(
     refs: &[ObjectRef<T>],
     num_returns: usize,
     timeout: Option<Duration>,
-) -> Result<(Vec<ObjectRef<T>>, Vec<ObjectRef<T>>)> {
+) -> Result<Split<T>> {
     if refs.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }

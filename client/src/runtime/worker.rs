@@ -159,6 +159,7 @@ fn panic_message(p: &(dyn Any + Send)) -> String {
 /// Runs tasks until the node closes the connection, then exits the process.
 pub(crate) fn serve() -> ! {
     install_panic_hook();
+    exit_with_parent();
     let mut actor: Option<Box<dyn Any + Send>> = None;
     loop {
         let next = match runtime() {
@@ -175,6 +176,27 @@ pub(crate) fn serve() -> ! {
         if sent.is_err() {
             std::process::exit(0);
         }
+    }
+}
+
+/// A worker busy in a long task would not notice its node dying (the
+/// connection's end is read only between tasks), so a thread watches for
+/// the node (its parent) to go away and ends the process.
+fn exit_with_parent() {
+    let parent = nix::unistd::getppid();
+    let watch = move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if nix::unistd::getppid() != parent {
+                std::process::exit(0);
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("arca-parent-watch".into())
+        .spawn(watch)
+    {
+        tracing::warn!("cannot watch for the node's exit: {e}");
     }
 }
 

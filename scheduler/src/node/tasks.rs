@@ -213,10 +213,7 @@ impl Shared {
             } else {
                 cpus.ceil() * 4.0
             } as usize;
-            loop {
-                let Some(&tid) = st.classes[ci].queue.front() else {
-                    break;
-                };
+            while let Some(&tid) = st.classes[ci].queue.front() {
                 if !st.available.fits(&st.classes[ci].resources) {
                     break;
                 }
