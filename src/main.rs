@@ -24,7 +24,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // One line: the cause chain joined, ending in what to do.
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::from(1)
+            ExitCode::from(if e.is::<cli::UsageError>() { 2 } else { 1 })
         }
     }
 }

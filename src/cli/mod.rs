@@ -2,6 +2,7 @@
 
 mod bench_tasks;
 mod memory;
+mod node;
 mod store;
 mod tour;
 mod tour_tasks;
@@ -26,7 +27,14 @@ pub struct Cli {
 enum Command {
     /// Run a standalone store daemon in the foreground (Ctrl-C stops it).
     Store(store::StoreArgs),
-    /// List the objects in a store, who pins them, and the totals.
+    /// Start a node in the background: object store, scheduler, worker pool.
+    Start(node::StartArgs),
+    /// Show a running node: resources, workers, tasks, objects.
+    Status(node::StatusArgs),
+    /// Stop the node (and its workers) started with `arca start`.
+    Stop(node::StopArgs),
+    /// List a node's objects: owner, references, pins and where they live
+    /// (or, with --socket, a standalone store's).
     Memory(memory::MemoryArgs),
     /// Run benchmark workloads and print them next to this machine's limits.
     Bench(BenchArgs),
@@ -36,6 +44,10 @@ enum Command {
     /// Internal: a benchmark client process started by `arca bench`.
     #[command(hide = true)]
     BenchClient(arca_bench::ClientArgs),
+    /// Internal: a node in the foreground, as `arca start` runs it (Ctrl-C
+    /// or `arca stop` stops it).
+    #[command(hide = true)]
+    Node(node::NodeRunArgs),
     /// Internal: a driver process of `arca bench tasks`' multi-client workload.
     #[command(hide = true)]
     BenchTasksClient {
@@ -77,7 +89,7 @@ struct BenchArgs {
 /// Logs to stderr. The daemon logs at info by default; the other commands
 /// print their own output and log only warnings unless asked.
 pub fn init_logging(cli: &Cli) {
-    let quiet = if matches!(cli.command, Command::Store(_)) {
+    let quiet = if matches!(cli.command, Command::Store(_) | Command::Node(_)) {
         "info"
     } else {
         "warn"
@@ -97,9 +109,26 @@ pub fn init_logging(cli: &Cli) {
         .init();
 }
 
+/// A mistake in what the user asked for that only shows after parsing:
+/// `main` exits with 2 for it, as for the mistakes clap finds.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Store(a) => store::run(a),
+        Command::Start(a) => node::start(a),
+        Command::Node(a) => node::run_node(a),
+        Command::Status(a) => node::status(a),
+        Command::Stop(a) => node::stop(a),
         Command::Memory(a) => memory::run(a),
         Command::Tour(a) => tour::run(a),
         Command::Bench(a) if a.area == arca_bench::Area::Tasks => {

@@ -25,6 +25,11 @@ pub struct Encoded {
     pub bytes: Vec<u8>,
     /// ObjectRefs found inside the value.
     pub contained: Vec<ObjectId>,
+    /// Clones of those refs: the value may be dropped right after encoding,
+    /// and its refs must stay held until the message that carries them (a
+    /// put, a submit, a task's results) has been sent, or the node could
+    /// free them first.
+    pub(crate) keep: Vec<super::ObjectRef<()>>,
 }
 
 /// Serializes `value`, collecting the ObjectRefs inside it.
@@ -35,7 +40,15 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         .with(|n| std::mem::replace(&mut *n.borrow_mut(), outer))
         .unwrap_or_default();
     let bytes = bytes.map_err(|e| Error::Serialization(e.to_string()))?;
-    Ok(Encoded { bytes, contained })
+    let keep = contained
+        .iter()
+        .map(|id| super::ObjectRef::owned(*id))
+        .collect();
+    Ok(Encoded {
+        bytes,
+        contained,
+        keep,
+    })
 }
 
 /// Deserializes a value; ObjectRefs inside it become references held by

@@ -88,6 +88,8 @@ impl Runtime {
 
     /// Stores an encoded value this process owns.
     pub(crate) fn put_encoded<T>(&self, e: Encoded) -> Result<ObjectRef<T>> {
+        // Held until the put is sent (see `Encoded::keep`).
+        let _keep = e.keep;
         let id = ObjectId::random();
         let body = if e.bytes.len() <= INLINE_RESULT_MAX {
             pb::object::Body::Inline(e.bytes.into())
@@ -359,7 +361,11 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
     match reply {
         pb::reply::Kind::Get(g) => Ok(g.objects),
         pb::reply::Kind::Error(e) if e.timeout => Err(Error::GetTimeout {
-            id: ids[0],
+            id: e
+                .missing
+                .first()
+                .and_then(|b| ObjectId::from_slice(b).ok())
+                .unwrap_or(ids[0]),
             timeout: timeout.unwrap_or_default(),
         }),
         pb::reply::Kind::Error(e) => Err(Error::Node(e.message)),

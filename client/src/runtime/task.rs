@@ -152,6 +152,7 @@ impl ArgsBuilder {
                     self.keep.push(r);
                 } else {
                     self.contained.extend(e.contained);
+                    self.keep.extend(e.keep);
                     self.args.push(pb::Arg {
                         kind: Some(pb::arg::Kind::Value(e.bytes.into())),
                     });

@@ -171,8 +171,11 @@ pub(crate) fn serve() -> ! {
             Ok(_) => continue,
             Err(_) => std::process::exit(0),
         };
-        let done = execute(exec, &mut actor);
+        let (done, keep) = execute(exec, &mut actor);
         let sent = runtime().and_then(|rt| rt.send(pb::request::Kind::TaskDone(done)));
+        // The results' nested refs are released only now that the node has
+        // them (it holds them for the results from TaskDone on).
+        drop(keep);
         if sent.is_err() {
             std::process::exit(0);
         }
@@ -200,7 +203,10 @@ fn exit_with_parent() {
     }
 }
 
-fn execute(exec: pb::Execute, actor: &mut Option<Box<dyn Any + Send>>) -> pb::TaskDone {
+fn execute(
+    exec: pb::Execute,
+    actor: &mut Option<Box<dyn Any + Send>>,
+) -> (pb::TaskDone, Vec<super::ObjectRef<()>>) {
     let spec = exec.spec.unwrap_or_default();
     let returns: Vec<ObjectId> = spec
         .returns
@@ -237,9 +243,14 @@ fn execute(exec: pb::Execute, actor: &mut Option<Box<dyn Any + Send>>) -> pb::Ta
             },
         }
     });
+    let mut keep = Vec::new();
     let results = match outcome {
         Ok(values) => values
             .into_iter()
+            .map(|mut v: Encoded| {
+                keep.append(&mut v.keep);
+                v
+            })
             .zip(&returns)
             .map(|(v, id)| {
                 store_result(*id, v).unwrap_or_else(|e| {
@@ -264,10 +275,13 @@ fn execute(exec: pb::Execute, actor: &mut Option<Box<dyn Any + Send>>) -> pb::Ta
                 .collect()
         }
     };
-    pb::TaskDone {
-        task_id: spec.task_id,
-        results,
-    }
+    (
+        pb::TaskDone {
+            task_id: spec.task_id,
+            results,
+        },
+        keep,
+    )
 }
 
 enum Failure {

@@ -70,6 +70,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
                     R::Error(pb::Error {
                         message: format!("malformed request: {e}"),
                         timeout: false,
+                        missing: Vec::new(),
                     }),
                 );
                 break;
@@ -91,6 +92,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
                 R::Error(pb::Error {
                     message: msg,
                     timeout: false,
+                    missing: Vec::new(),
                 }),
             );
             break;
@@ -107,6 +109,7 @@ fn refuse(writer: &Mutex<Conn>, message: String) {
         kind: Some(R::Error(pb::Error {
             message,
             timeout: false,
+            missing: Vec::new(),
         })),
     });
 }
@@ -204,7 +207,7 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), 
                             ids.len(),
                             ids.len()
                         ),
-                        timeout: false,
+                        timeout: false, missing: Vec::new(),
                     }),
                 );
                 return Ok(());

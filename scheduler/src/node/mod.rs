@@ -107,6 +107,8 @@ impl Shared {
 pub struct Node {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The accept thread's listener, to wake it at stop.
+    listener: UnixListener,
 }
 
 impl Node {
@@ -149,6 +151,12 @@ impl Node {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
         });
+        let own = listener
+            .try_clone()
+            .map_err(|cause| NodeStartError::Socket {
+                path: node_socket.clone(),
+                cause,
+            })?;
         let s = Arc::clone(&shared);
         let accept = std::thread::Builder::new()
             .name("arca-node-accept".into())
@@ -168,6 +176,7 @@ impl Node {
         Ok(Node {
             shared,
             threads: vec![accept, timer],
+            listener: own,
         })
     }
 
@@ -203,7 +212,7 @@ impl Node {
         }
         let shared = &self.shared;
         shared.shutdown.store(true, Ordering::Release);
-        let _ = UnixStream::connect(shared.config.node_socket());
+        arca_store::server::stop_accepting(&self.listener);
         shared.timer.notify_all();
         for t in self.threads.drain(..) {
             let _ = t.join();

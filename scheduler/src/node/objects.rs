@@ -280,6 +280,13 @@ impl Shared {
                     w.ids.len()
                 ),
                 timeout: true,
+                missing: w
+                    .ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| !ready.contains(i))
+                    .map(|(_, id)| id.as_bytes().to_vec().into())
+                    .collect(),
             }),
             WaitKind::Get => pb::reply::Kind::Get(pb::GetReply {
                 objects: w.ids.iter().map(|id| self.object_reply(st, id)).collect(),

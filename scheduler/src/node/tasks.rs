@@ -354,6 +354,16 @@ impl Shared {
                 ),
             ));
         }
+        if failed.is_some() {
+            // Results written to the store that nobody will read.
+            let stored: Vec<ObjectId> = done
+                .results
+                .iter()
+                .filter(|o| matches!(o.body, Some(pb::object::Body::Stored(_))))
+                .filter_map(|o| parse_id(&o.id))
+                .collect();
+            self.store.delete(&stored);
+        }
         let mut error_result = None;
         for (i, r) in returns.iter().enumerate() {
             let (body, contained) = match &failed {

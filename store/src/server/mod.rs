@@ -196,6 +196,8 @@ impl std::fmt::Debug for Shared {
 pub struct StoreHandle {
     shared: Arc<Shared>,
     accept: Mutex<Option<JoinHandle<()>>>,
+    /// The accept thread's listener, to wake it at stop.
+    listener: UnixListener,
 }
 
 /// Starts a store daemon serving `config.socket` on background threads.
@@ -285,6 +287,10 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
             shared.spill_workers.lock().push(h);
         }
     }
+    let own = listener.try_clone().map_err(|cause| StartError::Socket {
+        path: shared.config.socket.clone(),
+        cause,
+    })?;
     let s = Arc::clone(&shared);
     let accept = std::thread::Builder::new()
         .name("arca-accept".into())
@@ -296,6 +302,7 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
     Ok(StoreHandle {
         shared,
         accept: Mutex::new(Some(accept)),
+        listener: own,
     })
 }
 
@@ -327,6 +334,14 @@ fn bind(path: &Path) -> Result<UnixListener, StartError> {
     let listener = UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(listener)
+}
+
+/// Wakes a thread blocked accepting on `listener` (or a clone of it): its
+/// accept fails from now on. Unlike connecting to the socket's path, this
+/// works when the path is gone or the backlog is full.
+pub fn stop_accepting(listener: &UnixListener) {
+    use std::os::fd::AsRawFd;
+    let _ = nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Read);
 }
 
 fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
@@ -431,8 +446,7 @@ impl StoreHandle {
             return;
         };
         self.shared.shutdown.store(true, Ordering::Release);
-        // Wake the blocking accept with a connection of our own.
-        let _ = UnixStream::connect(&self.shared.config.socket);
+        stop_accepting(&self.listener);
         let _ = accept.join();
         let conns: Vec<_> = self.shared.conns.lock().drain().collect();
         for (_, (stream, handle)) in conns {

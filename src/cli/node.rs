@@ -1,0 +1,846 @@
+//! `arca start`, `arca status`, `arca stop`, and the hidden `arca node` that
+//! `arca start` runs in the background.
+//!
+//! The tools speak the node protocol (`arca_proto::node`) directly over
+//! `<session>/node.sock`, as a `Tool` client: they never start a runtime or an
+//! embedded node. A session directory holds, besides the node's sockets and
+//! spill files, `node.pid` (written by the node once it serves, removed when
+//! it stops) and `node.log` (the background node's stdout and stderr).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use arca_proto::node as pb;
+use arca_scheduler::{NODE_PROTOCOL_VERSION, Node, NodeConfig};
+use arca_store::ByteSize;
+use arca_store::wire::{Conn, MAX_REPLY_FRAME, RecvError, Side};
+use nix::sys::signal::{SigSet, Signal, kill, killpg};
+use nix::unistd::{Pid, getpgid};
+use serde_json::json;
+
+use super::UsageError;
+
+/// Where a node keeps its session unless told otherwise.
+pub const DEFAULT_TEMP_DIR: &str = "/tmp/arca";
+const PID_FILE: &str = "node.pid";
+const LOG_FILE: &str = "node.log";
+/// How long `arca start` waits for the node to serve.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a tool waits for any one reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `arca stop` waits after asking (the node gives its workers 5 s).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long `arca stop` waits after SIGTERM (the node gives its workers 5 s).
+const SIGTERM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `arca stop` waits after SIGKILL.
+const SIGKILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Arguments
+
+/// The session directory a command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SessionArgs {
+    /// The node's session directory: its sockets, node.pid, node.log and
+    /// spill files [default: $ARCA_ADDRESS, else /tmp/arca].
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+}
+
+impl SessionArgs {
+    /// The directory, absolute (it is printed as the address to connect to).
+    pub fn dir(&self) -> PathBuf {
+        let dir = self
+            .temp_dir
+            .clone()
+            .or_else(|| {
+                std::env::var_os(arca_client::ENV_ADDRESS)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_TEMP_DIR));
+        std::path::absolute(&dir).unwrap_or(dir)
+    }
+}
+
+/// ` --temp-dir DIR` for a hint, or nothing for the default directory.
+pub fn dir_flag(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_TEMP_DIR) {
+        String::new()
+    } else {
+        format!(" --temp-dir {}", dir.display())
+    }
+}
+
+/// The error for a directory where no node answers.
+pub fn not_running(dir: &Path) -> anyhow::Error {
+    anyhow!(
+        "no node is running in {}; start one with `arca start --head{}`",
+        dir.display(),
+        dir_flag(dir)
+    )
+}
+
+/// `arca start`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("role").required(true).args(["head", "address"])))]
+pub struct StartArgs {
+    /// Start the head node of a new cluster on this machine.
+    #[arg(long)]
+    head: bool,
+    /// Join the cluster whose head node is at HOST:PORT (not available yet).
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The hidden `arca node`: a node in the foreground.
+#[derive(Debug, clap::Args)]
+pub struct NodeRunArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Started by `arca start`: leave the terminal's session.
+    #[arg(long, hide = true)]
+    daemon: bool,
+}
+
+/// What a node is started with.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// CPUs to schedule; also how many worker processes the pool grows to
+    /// [default: this machine's CPUs].
+    #[arg(long, value_name = "N", value_parser = amount)]
+    num_cpus: Option<f64>,
+    /// GPUs to schedule [default: 0].
+    #[arg(long, value_name = "N", value_parser = amount)]
+    num_gpus: Option<f64>,
+    /// Custom resources as a JSON object of amounts, e.g. '{"Custom": 2}'.
+    #[arg(long, value_name = "JSON", value_parser = custom_resources)]
+    resources: Option<Custom>,
+    /// Object store memory, e.g. 4GiB [default: 30% of this machine's RAM].
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<ByteSize>,
+    /// Never spill: once primary copies fill the store, puts fail with ObjectStoreFull.
+    #[arg(long)]
+    no_spill: bool,
+    #[command(flatten)]
+    session: SessionArgs,
+}
+
+/// Custom resources by name.
+#[derive(Debug, Clone)]
+pub struct Custom(Vec<(String, f64)>);
+
+fn amount(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!("{s:?} is not an amount (a number, at least 0)")),
+    }
+}
+
+fn custom_resources(s: &str) -> Result<Custom, String> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(s).map_err(|e| {
+        format!(r#"not a JSON object of resource amounts ({e}); write e.g. '{{"Custom": 2}}'"#)
+    })?;
+    let mut out = Vec::new();
+    for (name, v) in map {
+        let flag = match name.as_str() {
+            "CPU" => Some("--num-cpus"),
+            "GPU" => Some("--num-gpus"),
+            "memory" | "object_store_memory" => Some("--memory (for the object store)"),
+            _ => None,
+        };
+        if let Some(flag) = flag {
+            return Err(format!("set {name} with {flag}, not in --resources"));
+        }
+        if name.is_empty() {
+            return Err("a resource needs a name".into());
+        }
+        match v.as_f64() {
+            Some(n) if n.is_finite() && n >= 0.0 => out.push((name, n)),
+            _ => {
+                return Err(format!(
+                    "resource {name:?} is {v}; amounts are numbers, at least 0"
+                ));
+            }
+        }
+    }
+    Ok(Custom(out))
+}
+
+impl NodeArgs {
+    /// The node's settings; a usage error if they cannot make a node.
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut c = NodeConfig {
+            session_dir: self.session.dir(),
+            spill: !self.no_spill,
+            ..NodeConfig::default()
+        };
+        if let Some(n) = self.num_cpus {
+            c.num_cpus = n;
+        }
+        if let Some(n) = self.num_gpus {
+            c.num_gpus = n;
+        }
+        if let Some(Custom(r)) = &self.resources {
+            c.custom = r.clone();
+        }
+        if let Some(m) = self.memory {
+            c.object_store_memory = m.0;
+        }
+        c.total_resources()
+            .map_err(|e| UsageError(format!("{e}")))?;
+        Ok(c)
+    }
+
+    /// The same settings as `arca node` arguments, the directory made absolute.
+    fn to_args(&self, dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["--temp-dir".into(), dir.into()];
+        let mut flag = |name: &str, value: String| {
+            args.push(name.into());
+            args.push(value.into());
+        };
+        if let Some(n) = self.num_cpus {
+            flag("--num-cpus", n.to_string());
+        }
+        if let Some(n) = self.num_gpus {
+            flag("--num-gpus", n.to_string());
+        }
+        if let Some(Custom(r)) = &self.resources {
+            let map: serde_json::Map<_, _> = r.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            flag("--resources", serde_json::Value::Object(map).to_string());
+        }
+        if let Some(m) = self.memory {
+            flag("--memory", m.0.to_string());
+        }
+        if self.no_spill {
+            args.push("--no-spill".into());
+        }
+        args
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Talking to a node
+
+/// A tool's connection to a node: one request at a time, each reply awaited
+/// for at most [`REPLY_TIMEOUT`].
+#[derive(Debug)]
+pub struct NodeClient {
+    conn: Conn,
+    dir: PathBuf,
+    /// The node's answer to the handshake (its store's socket, its name).
+    pub hello: pb::HelloReply,
+}
+
+impl NodeClient {
+    /// Connects to the node in `dir`; `None` if none is listening there.
+    pub fn connect(dir: &Path, name: &str) -> anyhow::Result<Option<Self>> {
+        let socket = dir.join(arca_scheduler::NODE_SOCKET);
+        let stream = match UnixStream::connect(&socket) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => bail!(
+                "cannot connect to the node at {}: {e}; it belongs to another user: pick another --temp-dir",
+                socket.display()
+            ),
+            Err(e) => bail!("cannot connect to the node at {}: {e}", socket.display()),
+        };
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        let mut c = NodeClient {
+            conn: Conn::new(stream, Side::Client, Duration::ZERO),
+            dir: dir.to_path_buf(),
+            hello: pb::HelloReply::default(),
+        };
+        let hello = pb::Hello {
+            version: NODE_PROTOCOL_VERSION,
+            pid: std::process::id(),
+            role: pb::Role::Tool as i32,
+            name: name.into(),
+            ..Default::default()
+        };
+        match c.call(pb::request::Kind::Hello(hello))? {
+            pb::reply::Kind::Hello(h) => c.hello = h,
+            _ => bail!(
+                "the node in {} answered Hello with something else",
+                dir.display()
+            ),
+        }
+        Ok(Some(c))
+    }
+
+    fn call(&mut self, kind: pb::request::Kind) -> anyhow::Result<pb::reply::Kind> {
+        let log = self.dir.join(LOG_FILE);
+        let gone = || {
+            anyhow!(
+                "the node in {} closed the connection (it stopped or crashed; see {})",
+                self.dir.display(),
+                log.display()
+            )
+        };
+        self.conn
+            .send(&pb::Request { kind: Some(kind) })
+            .map_err(|_| gone())?;
+        let reply: pb::Reply = match self.conn.recv(MAX_REPLY_FRAME) {
+            Ok(r) => r,
+            Err(RecvError::Closed | RecvError::Truncated) => return Err(gone()),
+            Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => bail!(
+                "the node in {} did not answer within {REPLY_TIMEOUT:?}; see {}",
+                self.dir.display(),
+                log.display(),
+            ),
+            Err(e) => bail!("reading the node's reply: {e}"),
+        };
+        match reply.kind {
+            Some(pb::reply::Kind::Error(e)) => bail!("the node refused: {}", e.message),
+            Some(k) => Ok(k),
+            None => bail!("empty reply from the node"),
+        }
+    }
+
+    /// The node's `Status`.
+    pub fn status(&mut self) -> anyhow::Result<pb::StatusReply> {
+        match self.call(pb::request::Kind::Status(pb::Status {}))? {
+            pb::reply::Kind::Status(s) => Ok(s),
+            _ => bail!("the node answered Status with something else"),
+        }
+    }
+
+    /// Every object the node knows.
+    pub fn memory(&mut self) -> anyhow::Result<pb::MemoryReply> {
+        match self.call(pb::request::Kind::Memory(pb::Memory {}))? {
+            pb::reply::Kind::Memory(m) => Ok(m),
+            _ => bail!("the node answered Memory with something else"),
+        }
+    }
+
+    /// Asks the node to stop; it answers, then stops.
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        match self.call(pb::request::Kind::Shutdown(pb::Shutdown {}))? {
+            pb::reply::Kind::Ok(_) => Ok(()),
+            _ => bail!("the node answered Shutdown with something else"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// arca start
+
+pub fn start(a: StartArgs) -> anyhow::Result<()> {
+    if let Some(addr) = a.address {
+        return Err(UsageError(format!(
+            "cannot join {addr}: multi-node is not available yet; start a single node with `arca start --head`"
+        ))
+        .into());
+    }
+    let config = a.node.config()?;
+    let dir = config.session_dir.clone();
+    if let Some(mut node) = NodeClient::connect(&dir, "arca start")? {
+        let pid = node
+            .status()
+            .map_or_else(|_| "?".into(), |s| s.pid.to_string());
+        bail!(
+            "a node is already running in {} (pid {pid}); use it, stop it with `arca stop{}`, or pick another --temp-dir",
+            dir.display(),
+            dir_flag(&dir)
+        );
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let log_path = dir.join(LOG_FILE);
+    let log = fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the arca executable")?;
+    let mut child = Command::new(exe)
+        .arg("node")
+        .arg("--daemon")
+        .args(a.node.to_args(&dir))
+        .env_remove(arca_scheduler::ENV_WORKER_ID)
+        .env_remove(arca_scheduler::ENV_NODE_SOCKET)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the node process")?;
+    let status = wait_serving(&mut child, &dir, &log_path)?;
+    print!("{}", started(&status, &config, &log_path));
+    Ok(())
+}
+
+/// Waits until the node that `child` runs answers, or fails with the log's
+/// last line if it exits first.
+fn wait_serving(child: &mut Child, dir: &Path, log: &Path) -> anyhow::Result<pb::StatusReply> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(exit) = child.try_wait()? {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            let last = last.strip_prefix("error: ").unwrap_or(last);
+            bail!(
+                "the node did not start ({exit}): {last} (log: {})",
+                log.display()
+            );
+        }
+        // Ours once it serves and says its pid is the child's.
+        if let Ok(Some(mut node)) = NodeClient::connect(dir, "arca start")
+            && let Ok(s) = node.status()
+            && s.pid == child.id()
+        {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the node did not accept connections within {START_TIMEOUT:?}, so it was stopped; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn started(s: &pb::StatusReply, c: &NodeConfig, log: &Path) -> String {
+    let dir = c.session_dir.display();
+    let flag = dir_flag(&c.session_dir);
+    let total = s.total.clone().unwrap_or_default().amounts;
+    let resources: Vec<String> = resource_names(&total)
+        .iter()
+        .map(|n| {
+            format!(
+                "{n} {}",
+                show_amount(n, total.get(n).copied().unwrap_or(0.0))
+            )
+        })
+        .collect();
+    let spill = if c.spill {
+        format!("spills to {}/spill", dir)
+    } else {
+        "no spilling".into()
+    };
+    let default_note = if flag.is_empty() {
+        "   # optional: arca::init() looks here by default"
+    } else {
+        ""
+    };
+    format!(
+        "Started a node in {dir} (pid {pid}).\n  \
+         resources:    {res}\n  \
+         object store: {store}, {spill}\n  \
+         log:          {log}\n\n\
+         Programs that call arca::init() connect to it with\n  \
+         export ARCA_ADDRESS={dir}{default_note}\n\n\
+         See it with `arca status{flag}`, its objects with `arca memory{flag}`; stop it with `arca stop{flag}`.\n",
+        pid = s.pid,
+        res = resources.join(", "),
+        store = ByteSize(s.store_capacity),
+        log = log.display(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// arca node (hidden): the node in the foreground
+
+pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
+    if a.daemon {
+        // Leave the terminal's session so that its hang-up and Ctrl-C do not
+        // reach the node or its workers; fails only if already a group leader.
+        let _ = nix::unistd::setsid();
+    }
+    // Block the stop signals before any thread starts, so every thread
+    // inherits the mask and only the waiting thread below receives them.
+    // (Worker processes start with an empty mask: `Command` resets it.)
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().context("cannot block signals")?;
+    let config = a.node.config()?;
+    let dir = config.session_dir.clone();
+    let node = Node::start(config)?;
+    let pid_file = dir.join(PID_FILE);
+    let me = std::process::id();
+    fs::write(&pid_file, format!("{me}\n"))
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    std::thread::Builder::new()
+        .name("arca-node-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = signals.wait() {
+                tracing::info!("received {sig:?}, shutting down");
+                flag.store(true, Ordering::Relaxed);
+            }
+        })
+        .context("cannot start the signal thread")?;
+    node.wait_for_stop_request(&stop);
+    if !stop.load(Ordering::Relaxed) {
+        tracing::info!("asked to stop, shutting down");
+    }
+    node.shutdown();
+    if read_pid(&dir) == Some(me) {
+        let _ = fs::remove_file(&pid_file);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// arca status
+
+/// `arca status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let dir = a.session.dir();
+    let mut node = NodeClient::connect(&dir, "arca status")?.ok_or_else(|| not_running(&dir))?;
+    let s = node.status()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+    } else {
+        print!("{}", render_status(&s));
+    }
+    Ok(())
+}
+
+/// CPU, GPU and memory first (always), then the custom resources by name.
+fn resource_names(amounts: &std::collections::HashMap<String, f64>) -> Vec<String> {
+    let mut names: Vec<String> = ["CPU", "GPU", "memory"].map(String::from).to_vec();
+    let mut custom: Vec<String> = amounts
+        .keys()
+        .filter(|k| !names.contains(k))
+        .cloned()
+        .collect();
+    custom.sort();
+    names.extend(custom);
+    names
+}
+
+fn show_amount(name: &str, v: f64) -> String {
+    if name == "memory" {
+        ByteSize(v.max(0.0) as u64).to_string()
+    } else {
+        // Amounts are kept to 1/10,000; show no more digits than that.
+        let s = format!("{v:.4}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{:.1}s", ms as f64 / 1e3),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn render_status(s: &pb::StatusReply) -> String {
+    let total = s.total.clone().unwrap_or_default().amounts;
+    let avail = s.available.clone().unwrap_or_default().amounts;
+    let mut out = format!(
+        "node {} (pid {}) in {}, up {}\n\nresources {:>19} {:>14}\n",
+        s.node_name,
+        s.pid,
+        s.session_dir,
+        uptime(s.uptime_ms),
+        "TOTAL",
+        "AVAILABLE"
+    );
+    for n in resource_names(&total) {
+        let get = |m: &std::collections::HashMap<String, f64>| m.get(&n).copied().unwrap_or(0.0);
+        out += &format!(
+            "  {:<16} {:>11} {:>14}\n",
+            n,
+            show_amount(&n, get(&total)),
+            show_amount(&n, get(&avail))
+        );
+    }
+    out += &format!(
+        "\ntasks    {} queued, {} running, {} finished, {} failed\n\
+         actors   {} alive\ndrivers  {}\n\
+         objects  {} ({} inline)\n\
+         store    {} of {} used, {} spilled\n",
+        s.tasks_queued,
+        s.tasks_running,
+        s.tasks_finished,
+        s.tasks_failed,
+        s.actors_alive,
+        s.drivers,
+        s.objects,
+        ByteSize(s.inline_bytes),
+        ByteSize(s.store_used),
+        ByteSize(s.store_capacity),
+        ByteSize(s.store_spilled),
+    );
+    out += &format!("\nworkers ({})\n", s.workers.len());
+    if !s.workers.is_empty() {
+        out += &format!(
+            "  {:>8} {:>7} {:>5} {:<9} {}\n",
+            "PID", "WORKER", "JOB", "STATE", "TASK"
+        );
+    }
+    for w in &s.workers {
+        out += &format!(
+            "  {:>8} {:>7} {:>5} {:<9} {}\n",
+            w.pid,
+            w.worker_id,
+            w.job_id,
+            w.state,
+            if w.task.is_empty() { "-" } else { &w.task }
+        );
+    }
+    out
+}
+
+fn status_json(s: &pb::StatusReply) -> serde_json::Value {
+    let amounts = |r: &Option<pb::Resources>| {
+        let mut m: Vec<_> = r.clone().unwrap_or_default().amounts.into_iter().collect();
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        serde_json::Value::Object(m.into_iter().map(|(k, v)| (k, json!(v))).collect())
+    };
+    json!({
+        "node": {
+            "name": s.node_name, "pid": s.pid, "session_dir": s.session_dir,
+            "uptime_ms": s.uptime_ms,
+        },
+        "resources": { "total": amounts(&s.total), "available": amounts(&s.available) },
+        "workers": s.workers.iter().map(|w| json!({
+            "pid": w.pid, "worker_id": w.worker_id, "job_id": w.job_id, "state": w.state,
+            "task": if w.task.is_empty() { None } else { Some(&w.task) },
+            "actor_id": arca_store::ObjectId::from_slice(&w.actor_id).ok().map(|a| a.to_hex()),
+        })).collect::<Vec<_>>(),
+        "tasks": {
+            "queued": s.tasks_queued, "running": s.tasks_running,
+            "finished": s.tasks_finished, "failed": s.tasks_failed,
+        },
+        "actors_alive": s.actors_alive,
+        "drivers": s.drivers,
+        "objects": s.objects,
+        "inline_bytes": s.inline_bytes,
+        "store": { "used": s.store_used, "capacity": s.store_capacity, "spilled": s.store_spilled },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// arca stop
+
+/// `arca stop`.
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    session: SessionArgs,
+}
+
+/// Asks the node to stop and waits until its process is gone, falling back to
+/// SIGTERM and then SIGKILL (of its process group, workers included); then
+/// ends any worker that outlived it and removes what a killed node leaves.
+pub fn stop(a: StopArgs) -> anyhow::Result<()> {
+    let dir = a.session.dir();
+    let mut pid = None;
+    let mut workers = 0;
+    let mut asked = false;
+    let unresponsive = |e: anyhow::Error| {
+        println!(
+            "The node in {} does not answer ({}); stopping it with signals.",
+            dir.display(),
+            format!("{e:#}").replace('\n', " ")
+        );
+    };
+    match NodeClient::connect(&dir, "arca stop") {
+        Ok(Some(mut node)) => match node.status() {
+            Ok(s) => {
+                pid = Some(s.pid);
+                workers = s.workers.len();
+                match node.shutdown() {
+                    Ok(()) => asked = true,
+                    Err(e) => unresponsive(e),
+                }
+            }
+            Err(e) => unresponsive(e),
+        },
+        Ok(None) => {}
+        Err(e) => unresponsive(e),
+    }
+    let pid = pid.or_else(|| read_pid(&dir).filter(|&p| is_node_process(p, &dir)));
+    let Some(pid) = pid else {
+        let note = if remove_leftovers(&dir) {
+            " (removed the files a stopped node left)"
+        } else {
+            ""
+        };
+        println!("No node running in {}{note}.", dir.display());
+        return Ok(());
+    };
+    let how = end_process(pid, asked)?;
+    let orphans = kill_workers_of(&dir);
+    remove_leftovers(&dir);
+    let mut what = format!("pid {pid}");
+    if workers > 0 {
+        what += &format!(", {workers} worker{}", if workers == 1 { "" } else { "s" });
+    }
+    if orphans > 0 {
+        what += &format!(", {orphans} leftover worker process(es) killed");
+    }
+    println!("Stopped the node in {} ({what}){how}.", dir.display());
+    Ok(())
+}
+
+/// Waits for `pid` to end: after the Shutdown request if `asked`, then
+/// after SIGTERM, then after SIGKILL. Says how it ended.
+fn end_process(pid: u32, asked: bool) -> anyhow::Result<&'static str> {
+    if asked && wait_gone(pid, STOP_TIMEOUT) {
+        return Ok("");
+    }
+    let p = Pid::from_raw(pid as i32);
+    let _ = kill(p, Signal::SIGTERM);
+    // A stopped process (SIGSTOP, ^Z) acts on SIGTERM only once continued.
+    let _ = kill(p, Signal::SIGCONT);
+    if wait_gone(pid, SIGTERM_TIMEOUT) {
+        return Ok(" with SIGTERM");
+    }
+    // The node leads its own process group (`arca start` made it a session
+    // leader) and its workers are in it: kill them all at once. Never kill a
+    // group the node does not lead: it could hold the user's shell.
+    if getpgid(Some(p)) == Ok(p) {
+        let _ = killpg(p, Signal::SIGKILL);
+    }
+    let _ = kill(p, Signal::SIGKILL);
+    if wait_gone(pid, SIGKILL_TIMEOUT) {
+        return Ok(" with SIGKILL");
+    }
+    bail!(
+        "the node (pid {pid}) is still running after SIGKILL; is it stuck in the kernel (state D in `ps`)?"
+    )
+}
+
+/// Whether a process is running (a zombie, exited but not reaped by whoever
+/// adopted it, counts as gone).
+fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesized command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_none_or(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn read_pid(dir: &Path) -> Option<u32> {
+    fs::read_to_string(dir.join(PID_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` is a live `arca node` serving `dir` (and not some other
+/// process that reused the pid of a node that died).
+fn is_node_process(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    alive(pid)
+        && args.contains(&&b"node"[..])
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--temp-dir" && Path::new(OsStr::from_bytes(w[1])) == dir)
+}
+
+/// SIGKILLs the processes the node in `dir` started (they carry its socket
+/// in their environment) that outlived it; how many there were.
+fn kill_workers_of(dir: &Path) -> usize {
+    let mut tag = format!("{}=", arca_scheduler::ENV_NODE_SOCKET).into_bytes();
+    tag.extend_from_slice(
+        dir.join(arca_scheduler::NODE_SOCKET)
+            .as_os_str()
+            .as_encoded_bytes(),
+    );
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut killed = 0;
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Unreadable for other users' processes, which the node cannot have started.
+        let Ok(env) = fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        // Not this process: `arca stop` run from inside a task inherits the tag.
+        if pid != std::process::id() && env.split(|b| *b == 0).any(|v| v == tag) && alive(pid) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// Removes the sockets and pid file of a node that no longer runs there;
+/// true if there was anything to remove.
+fn remove_leftovers(dir: &Path) -> bool {
+    let mut removed = false;
+    for name in [arca_scheduler::NODE_SOCKET, arca_scheduler::STORE_SOCKET] {
+        let path = dir.join(name);
+        let socket = fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        let dead = matches!(UnixStream::connect(&path), Err(e) if e.kind() == io::ErrorKind::ConnectionRefused);
+        if socket && dead && fs::remove_file(&path).is_ok() {
+            removed = true;
+        }
+    }
+    if read_pid(dir).is_some_and(|p| !is_node_process(p, dir))
+        && fs::remove_file(dir.join(PID_FILE)).is_ok()
+    {
+        removed = true;
+    }
+    removed
+}
