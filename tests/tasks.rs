@@ -974,7 +974,7 @@ mod scenarios {
 
     pub fn no_leak_after_many_objects() {
         init_default();
-        const PUTS: usize = 100_000;
+        const PUTS: usize = 1_000_000;
         let t = Instant::now();
         for i in 0..PUTS {
             let r = arca::put(&(i as u64)).unwrap();
@@ -982,6 +982,17 @@ mod scenarios {
         }
         println!("{PUTS} puts and drops in {:?}", t.elapsed());
         assert!(known_ids().is_empty(), "objects left after {PUTS} put+drop");
+
+        // Values too big to travel inline live in the store until dropped.
+        const STORED: usize = 1_000;
+        let value = vec![7u8; 200 << 10];
+        for _ in 0..STORED {
+            drop(arca::put(&value).unwrap());
+        }
+        assert!(known_ids().is_empty(), "objects left after {STORED} stored put+drop");
+        common::wait_until("the store to be empty", WAIT, || {
+            arca::status().unwrap().store_used == 0
+        });
 
         const TASKS: usize = 2_000;
         let t = Instant::now();
