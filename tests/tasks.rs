@@ -43,6 +43,35 @@ fn is_pattern(data: Vec<u8>, seed: u64) -> bool {
     data == pattern(seed, data.len())
 }
 
+/// A buffer made in a worker: large ones go to the store as they are.
+#[arca::remote]
+fn make_buffer(seed: u64, len: usize) -> arca::Buffer {
+    pattern(seed, len).into()
+}
+
+/// Checks a buffer argument in place; says whether it was read from
+/// shared memory rather than copied.
+#[arca::remote]
+fn buffer_in_place(b: arca::Buffer, seed: u64) -> (bool, bool) {
+    let c = arca::store_client().unwrap();
+    (
+        b[..] == pattern(seed, b.len())[..],
+        common::in_segments(&c, b.as_ptr(), b.len()),
+    )
+}
+
+/// Sums an Arrow column in a worker.
+#[arca::remote]
+fn arrow_sum(b: arca::ArrowBatch) -> i64 {
+    use arrow_array::Array;
+    let col = b
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow_array::Int64Array>()
+        .unwrap();
+    col.values().iter().sum()
+}
+
 /// Returns references to two tasks it submits.
 #[arca::remote]
 fn nested_adds(x: i64) -> Vec<ObjectRef<i64>> {
@@ -240,6 +269,7 @@ scenario_tests! {
     nested_refs,
     nested_tasks_blocked_in_get,
     init_twice_and_again_after_shutdown,
+    buffers_and_arrow_zero_copy,
     // get and wait.
     get_timeout_and_wait,
     // Resources.
@@ -972,6 +1002,70 @@ mod scenarios {
         expect_freed("the argument after its task", &[id]);
     }
 
+    pub fn buffers_and_arrow_zero_copy() {
+        use arrow_array::{Array, Int64Array, RecordBatch};
+        init_default();
+        let store = arca::store_client().unwrap();
+
+        // A large buffer is stored as it is and read back in place, by the
+        // driver and by tasks.
+        let len = 8 << 20;
+        let r = arca::put(&arca::Buffer::from(pattern(3, len))).unwrap();
+        let a: arca::Buffer = get(&r);
+        let b: arca::Buffer = get(&r);
+        check_pattern("buffer from the store", &a, 3, len);
+        assert!(common::in_segments(&store, a.as_ptr(), len), "get copied");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "two gets, two copies");
+        assert_eq!(get(&buffer_in_place::remote(&r, 3u64)), (true, true));
+        let status = arca::status().unwrap();
+        assert!(status.store_used >= len as u64, "{status:?}");
+        // A buffer made by a task.
+        let made = make_buffer::remote(4u64, 300 << 10);
+        let m: arca::Buffer = get(&made);
+        check_pattern("buffer from a task", &m, 4, 300 << 10);
+        assert!(common::in_segments(&store, m.as_ptr(), m.len()));
+        assert_eq!(get(&buffer_in_place::remote(made, 4u64)), (true, true));
+        // Small ones travel inline, same API.
+        let small = arca::put(&arca::Buffer::from(&b"hello"[..])).unwrap();
+        assert_eq!(&get(&small)[..], b"hello");
+        assert_eq!(
+            get(&buffer_in_place::remote(
+                arca::Buffer::from(pattern(5, 100)),
+                5u64
+            )),
+            (true, false)
+        );
+
+        // Arrow: a record batch's columns come back pointing into the store.
+        let n = 1_000_000i64;
+        let batch = RecordBatch::try_from_iter([(
+            "x",
+            std::sync::Arc::new(Int64Array::from_iter_values(0..n)) as _,
+        )])
+        .unwrap();
+        let r = arca::put(&arca::ArrowBatch(batch.clone())).unwrap();
+        let back: arca::ArrowBatch = get(&r);
+        assert_eq!(back.0, batch);
+        let values = back.column(0).to_data().buffers()[0].clone();
+        assert!(
+            common::in_segments(&store, values.as_ptr(), values.len()),
+            "the Arrow column was copied"
+        );
+        assert_eq!(get(&arrow_sum::remote(&r)), n * (n - 1) / 2);
+        let tiny = RecordBatch::try_from_iter([(
+            "x",
+            std::sync::Arc::new(Int64Array::from(vec![1, 2, 3])) as _,
+        )])
+        .unwrap();
+        assert_eq!(get(&arrow_sum::remote(arca::ArrowBatch(tiny))), 6);
+
+        // Reading an object as the wrong kind is an error that says so.
+        let buf_ref = arca::put(&arca::Buffer::from(vec![0u8; 1 << 20])).unwrap();
+        let as_arrow: ObjectRef<arca::ArrowBatch> = buf_ref.cast();
+        let e = arca::get_timeout(&as_arrow, GET).unwrap_err();
+        assert!(e.to_string().contains("not an Arrow IPC stream"), "{e}");
+    }
+
     pub fn no_leak_after_many_objects() {
         init_default();
         const PUTS: usize = 1_000_000;
@@ -989,7 +1083,10 @@ mod scenarios {
         for _ in 0..STORED {
             drop(arca::put(&value).unwrap());
         }
-        assert!(known_ids().is_empty(), "objects left after {STORED} stored put+drop");
+        assert!(
+            known_ids().is_empty(),
+            "objects left after {STORED} stored put+drop"
+        );
         common::wait_until("the store to be empty", WAIT, || {
             arca::status().unwrap().store_used == 0
         });

@@ -661,7 +661,8 @@ mod scenarios {
         let id = arca::ObjectId::from_slice(&[7u8; 20]).unwrap();
         let bytes = arca::__private::encode(&id.as_bytes().as_slice())
             .unwrap()
-            .bytes;
+            .into_bytes()
+            .unwrap();
         let lost: ObjectRef<i64> = arca::__private::decode(&bytes).unwrap();
         let e = get_err(&lost);
         assert!(matches!(e, arca::Error::ObjectLost(_)), "{e:?}");

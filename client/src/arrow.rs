@@ -16,6 +16,7 @@ use arrow_ipc::reader::StreamDecoder;
 use arrow_ipc::writer::{IpcWriteOptions, StreamWriter};
 use arrow_schema::{ArrowError, SchemaRef};
 
+use crate::ObjectBuffer;
 use crate::client::StoreClient;
 use crate::error::{Error, Result};
 
@@ -26,7 +27,8 @@ fn options() -> std::result::Result<IpcWriteOptions, ArrowError> {
     IpcWriteOptions::try_new(64, false, arrow_ipc::MetadataVersion::V5)
 }
 
-fn encode<W: Write>(
+/// Writes `batches` as an Arrow IPC stream.
+pub(crate) fn write_batches<W: Write>(
     w: W,
     schema: &SchemaRef,
     batches: &[RecordBatch],
@@ -53,6 +55,43 @@ impl Write for Counter {
     }
 }
 
+/// The size of `batches` as an Arrow IPC stream (nothing is copied).
+pub(crate) fn encoded_len(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<usize> {
+    Ok(write_batches(Counter(0), schema, batches)?.0 as usize)
+}
+
+/// Decodes an Arrow IPC stream; with `aligned`, the batches' buffers slice
+/// `buf` (a misaligned buffer is then an error, never a silent copy).
+pub(crate) fn read_batches(
+    mut buf: arrow_buffer::Buffer,
+    aligned: bool,
+) -> Result<Vec<RecordBatch>> {
+    let mut decoder = StreamDecoder::new().with_require_alignment(aligned);
+    let mut batches = Vec::new();
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf)? {
+            Some(b) => batches.push(b),
+            None if buf.is_empty() => break,
+            None => {}
+        }
+    }
+    decoder.finish()?;
+    Ok(batches)
+}
+
+/// The batches of a stored Arrow object, their buffers in shared memory.
+pub(crate) fn batches_of(obj: &ObjectBuffer) -> Result<Vec<RecordBatch>> {
+    if obj.metadata() != ARROW_METADATA {
+        return Err(Error::WrongKind {
+            id: obj.id(),
+            expected: "an Arrow IPC stream".into(),
+            detail: format!("metadata is {:?}", String::from_utf8_lossy(obj.metadata())),
+        });
+    }
+    // The block's data starts 64-byte aligned, so no buffer needs a copy.
+    read_batches(obj.to_arrow_buffer(), true)
+}
+
 impl StoreClient {
     /// Puts one record batch (primary pin) and returns its id.
     pub fn put_record_batch(&self, batch: &RecordBatch) -> Result<ObjectId> {
@@ -66,10 +105,20 @@ impl StoreClient {
         batches: &[RecordBatch],
         primary: bool,
     ) -> Result<ObjectId> {
-        let size = encode(Counter(0), schema, batches)?.0;
-        let id = ObjectId::random();
+        self.put_record_batches_as(ObjectId::random(), schema, batches, primary)
+    }
+
+    /// [`StoreClient::put_record_batches`] under a chosen id.
+    pub(crate) fn put_record_batches_as(
+        &self,
+        id: ObjectId,
+        schema: &SchemaRef,
+        batches: &[RecordBatch],
+        primary: bool,
+    ) -> Result<ObjectId> {
+        let size = encoded_len(schema, batches)? as u64;
         let mut w = self.create(id, size, ARROW_METADATA, primary)?;
-        let rest = encode(&mut w[..], schema, batches)?;
+        let rest = write_batches(&mut w[..], schema, batches)?;
         if !rest.is_empty() {
             return Err(Error::Protocol(
                 "arrow encoding changed size between passes".into(),
@@ -85,26 +134,6 @@ impl StoreClient {
         id: ObjectId,
         timeout: Option<Duration>,
     ) -> Result<Vec<RecordBatch>> {
-        let obj = self.get_one(id, timeout)?;
-        if obj.metadata() != ARROW_METADATA {
-            return Err(Error::WrongKind {
-                id,
-                expected: "an Arrow IPC stream".into(),
-                detail: format!("metadata is {:?}", String::from_utf8_lossy(obj.metadata())),
-            });
-        }
-        let mut buf = obj.to_arrow_buffer();
-        // Alignment is required, so a misaligned buffer is an error, never a silent copy.
-        let mut decoder = StreamDecoder::new().with_require_alignment(true);
-        let mut batches = Vec::new();
-        while !buf.is_empty() {
-            match decoder.decode(&mut buf)? {
-                Some(b) => batches.push(b),
-                None if buf.is_empty() => break,
-                None => {}
-            }
-        }
-        decoder.finish()?;
-        Ok(batches)
+        batches_of(&self.get_one(id, timeout)?)
     }
 }

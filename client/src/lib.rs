@@ -35,9 +35,10 @@ pub use buffer::{ObjectBuffer, ObjectWriter};
 pub use client::{ClientOptions, INLINE_MAX, PutOptions, StoreClient};
 pub use error::{Error, Result};
 pub use runtime::{
-    ActorHandle, Arg, Config, DEFAULT_MAX_RETRIES, ENV_ADDRESS, IntoArg, ObjectRef, TaskOptions,
-    cancel, get, get_many, get_many_timeout, get_timeout, init, init_with, is_initialized, kill,
-    memory, put, shutdown, status, store_client, wait,
+    ActorHandle, Arg, ArrowBatch, Buffer, Config, DEFAULT_MAX_RETRIES, ENV_ADDRESS, FromObject,
+    IntoArg, ObjectRef, TaskOptions, ToObject, cancel, get, get_many, get_many_timeout,
+    get_timeout, init, init_with, is_initialized, kill, memory, put, shutdown, status,
+    store_client, wait,
 };
 pub use tensor::{Element, Tensor};
 

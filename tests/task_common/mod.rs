@@ -295,14 +295,12 @@ pub fn kill_myself() -> ! {
 }
 
 /// In a driver: the value of `r`, waiting at most [`GET`].
-pub fn get<T: serde::de::DeserializeOwned>(r: &arca::ObjectRef<T>) -> T {
+pub fn get<T: arca::FromObject>(r: &arca::ObjectRef<T>) -> T {
     arca::get_timeout(r, GET).unwrap_or_else(|e| panic!("get {r:?}: {e}"))
 }
 
 /// In a driver: the error `get` of `r` gives (within [`GET`]).
-pub fn get_err<T: serde::de::DeserializeOwned + std::fmt::Debug>(
-    r: &arca::ObjectRef<T>,
-) -> arca::Error {
+pub fn get_err<T: arca::FromObject + std::fmt::Debug>(r: &arca::ObjectRef<T>) -> arca::Error {
     match arca::get_timeout(r, GET) {
         Ok(v) => panic!("get {r:?}: expected an error, got {v:?}"),
         Err(e) => e,

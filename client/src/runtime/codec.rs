@@ -1,14 +1,23 @@
-//! How values become bytes: serde with postcard (compact, varint), with the
-//! ObjectRefs nested in a value collected on the way out and registered as
-//! this process's references on the way in.
+//! How values become objects and back. Typed values go through serde with
+//! postcard (compact, varint), with the ObjectRefs nested in a value
+//! collected on the way out and registered as this process's references on
+//! the way in. [`Buffer`] and [`ArrowBatch`] skip serialization: their bytes
+//! are the object, and a stored one is read back in place from shared memory.
 
 use std::cell::RefCell;
+use std::ops::Deref;
 
+use arca_proto::node as pb;
+use arca_scheduler::INLINE_RESULT_MAX;
 use arca_store::ObjectId;
+use arrow_array::RecordBatch;
+use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::worker::ArgData;
 use crate::error::{Error, Result};
+use crate::{ObjectBuffer, PutOptions, StoreClient};
 
 thread_local! {
     /// Refs met while serializing a value (None when not collecting).
@@ -18,11 +27,56 @@ thread_local! {
     static NESTED_IN: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
 }
 
+/// What can be put, passed to a task or returned from one.
+///
+/// Every `serde::Serialize` type is, serialized with postcard; so are
+/// [`Buffer`] and [`ArrowBatch`], stored as they are.
+pub trait ToObject {
+    /// Encodes the value.
+    fn to_object(&self) -> Result<Encoded>;
+}
+
+/// What can be read back from an object ([`crate::get`], a task's argument).
+///
+/// Every `serde::de::DeserializeOwned` type is; [`Buffer`] and [`ArrowBatch`]
+/// come back without a copy when their object is in the store.
+pub trait FromObject: Sized {
+    /// Decodes an object's content.
+    fn from_object(data: &ArgData) -> Result<Self>;
+}
+
+impl<T: Serialize + ?Sized> ToObject for T {
+    fn to_object(&self) -> Result<Encoded> {
+        encode(self)
+    }
+}
+
+impl<T: DeserializeOwned> FromObject for T {
+    fn from_object(data: &ArgData) -> Result<Self> {
+        decode(data.bytes())
+    }
+}
+
+/// What an encoded value is made of.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    /// Serialized or raw bytes.
+    Bytes(Bytes),
+    /// A record batch, written as an Arrow IPC stream only where it goes
+    /// (straight into shared memory when stored).
+    Arrow(RecordBatch, usize),
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::Bytes(Bytes::new())
+    }
+}
+
 /// An encoded value and the references nested in it.
 #[derive(Debug, Default)]
 pub struct Encoded {
-    /// The bytes.
-    pub bytes: Vec<u8>,
+    pub(crate) payload: Payload,
     /// ObjectRefs found inside the value.
     pub contained: Vec<ObjectId>,
     /// Clones of those refs: the value may be dropped right after encoding,
@@ -45,10 +99,192 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         .map(|id| super::ObjectRef::owned(*id))
         .collect();
     Ok(Encoded {
-        bytes,
+        payload: Payload::Bytes(bytes.into()),
         contained,
         keep,
     })
+}
+
+impl Encoded {
+    /// Encoded raw bytes (nothing nested).
+    fn raw(payload: Payload) -> Self {
+        Self {
+            payload,
+            ..Self::default()
+        }
+    }
+
+    /// The size of the object it makes.
+    pub fn len(&self) -> usize {
+        match &self.payload {
+            Payload::Bytes(b) => b.len(),
+            Payload::Arrow(_, n) => *n,
+        }
+    }
+
+    /// True for an empty object.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The object's bytes, for sending inline.
+    pub fn into_bytes(self) -> Result<Bytes> {
+        match self.payload {
+            Payload::Bytes(b) => Ok(b),
+            Payload::Arrow(batch, n) => {
+                let mut v = Vec::with_capacity(n);
+                crate::arrow::write_batches(&mut v, &batch.schema(), &[batch])?;
+                Ok(v.into())
+            }
+        }
+    }
+
+    /// The body of object `id`: inline if small, else written to the store
+    /// (with `id`, primary copy pinned by `store`'s client).
+    pub(crate) fn into_body(self, id: ObjectId, store: &StoreClient) -> Result<pb::object::Body> {
+        let len = self.len();
+        if len <= INLINE_RESULT_MAX {
+            return Ok(pb::object::Body::Inline(self.into_bytes()?));
+        }
+        match self.payload {
+            Payload::Bytes(b) => {
+                let opts = PutOptions {
+                    id: Some(id),
+                    ..Default::default()
+                };
+                store.put_with(&b, &opts)?;
+            }
+            Payload::Arrow(batch, _) => {
+                store.put_record_batches_as(id, &batch.schema(), &[batch], true)?;
+            }
+        }
+        Ok(pb::object::Body::Stored(len as u64))
+    }
+}
+
+/// Bytes stored as they are, without serialization, and read back in place:
+/// `get` of a stored `Buffer` maps the store's shared memory, so it costs the
+/// same for 1 KB and 1 GB. Derefs to `[u8]`; cloning is cheap.
+///
+/// ```no_run
+/// let r = arca_client::put(&arca_client::Buffer::from(vec![7u8; 1 << 30]))?;
+/// let b: arca_client::Buffer = arca_client::get(&r)?; // no copy
+/// assert_eq!(b.len(), 1 << 30);
+/// # Ok::<(), arca_client::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Buffer(Bytes);
+
+impl Buffer {
+    /// The bytes, sharing the same memory (a stored object stays pinned
+    /// while any clone lives).
+    pub fn to_bytes(&self) -> Bytes {
+        self.0.clone()
+    }
+
+    /// The bytes as an Arrow buffer, without copying.
+    pub fn to_arrow_buffer(&self) -> arrow_buffer::Buffer {
+        arrow_buffer::Buffer::from(self.0.clone())
+    }
+}
+
+impl Deref for Buffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Buffer {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Buffer {
+    fn from(v: Vec<u8>) -> Self {
+        Buffer(v.into())
+    }
+}
+
+impl From<Bytes> for Buffer {
+    fn from(b: Bytes) -> Self {
+        Buffer(b)
+    }
+}
+
+impl From<&[u8]> for Buffer {
+    fn from(s: &[u8]) -> Self {
+        Buffer(Bytes::copy_from_slice(s))
+    }
+}
+
+impl From<ObjectBuffer> for Buffer {
+    fn from(b: ObjectBuffer) -> Self {
+        Buffer(b.to_bytes())
+    }
+}
+
+impl ToObject for Buffer {
+    fn to_object(&self) -> Result<Encoded> {
+        Ok(Encoded::raw(Payload::Bytes(self.0.clone())))
+    }
+}
+
+impl FromObject for Buffer {
+    fn from_object(data: &ArgData) -> Result<Self> {
+        Ok(match data {
+            ArgData::Inline(b) => Buffer(b.clone()),
+            ArgData::Stored(b) => Buffer(b.to_bytes()),
+        })
+    }
+}
+
+/// An Arrow record batch stored as an Arrow IPC stream, without serde. Read
+/// back from the store, every column's buffers point into shared memory.
+/// Derefs to [`RecordBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrowBatch(pub RecordBatch);
+
+impl Deref for ArrowBatch {
+    type Target = RecordBatch;
+
+    fn deref(&self) -> &RecordBatch {
+        &self.0
+    }
+}
+
+impl From<RecordBatch> for ArrowBatch {
+    fn from(b: RecordBatch) -> Self {
+        ArrowBatch(b)
+    }
+}
+
+impl ToObject for ArrowBatch {
+    fn to_object(&self) -> Result<Encoded> {
+        let n = crate::arrow::encoded_len(&self.0.schema(), std::slice::from_ref(&self.0))?;
+        Ok(Encoded::raw(Payload::Arrow(self.0.clone(), n)))
+    }
+}
+
+impl FromObject for ArrowBatch {
+    fn from_object(data: &ArgData) -> Result<Self> {
+        let batches = match data {
+            // Inline bytes arrive unaligned; small, so copying to align is fine.
+            ArgData::Inline(b) => {
+                crate::arrow::read_batches(arrow_buffer::Buffer::from(b.clone()), false)?
+            }
+            ArgData::Stored(b) => crate::arrow::batches_of(b)?,
+        };
+        match <[RecordBatch; 1]>::try_from(batches) {
+            Ok([b]) => Ok(ArrowBatch(b)),
+            Err(v) => Err(Error::Serialization(format!(
+                "expected one Arrow record batch, the object holds {}",
+                v.len()
+            ))),
+        }
+    }
 }
 
 /// Deserializes a value; ObjectRefs inside it become references held by

@@ -15,20 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arca_proto::node as pb;
-use arca_scheduler::{
-    ENV_NODE_SOCKET, ENV_WORKER_ID, INLINE_RESULT_MAX, NODE_PROTOCOL_VERSION, Node, NodeConfig,
-};
+use arca_scheduler::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, Node, NodeConfig};
 use arca_store::ObjectId;
 use parking_lot::{Mutex, RwLock};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::{ClientOptions, StoreClient};
 use conn::{NodeConn, unexpected};
 
 pub use actor::ActorHandle;
-pub use codec::{Encoded, decode, encode};
+pub use codec::{ArrowBatch, Buffer, Encoded, FromObject, ToObject, decode, encode};
 pub use object_ref::ObjectRef;
 pub use task::{Arg, ArgsBuilder, DEFAULT_MAX_RETRIES, IntoArg, TaskOptions, returns, submit};
 pub use worker::{
@@ -87,26 +83,18 @@ impl Runtime {
     }
 
     /// Stores an encoded value this process owns.
-    pub(crate) fn put_encoded<T>(&self, e: Encoded) -> Result<ObjectRef<T>> {
+    pub(crate) fn put_encoded<T>(&self, mut e: Encoded) -> Result<ObjectRef<T>> {
         // Held until the put is sent (see `Encoded::keep`).
-        let _keep = e.keep;
+        let _keep = std::mem::take(&mut e.keep);
         let id = ObjectId::random();
-        let body = if e.bytes.len() <= INLINE_RESULT_MAX {
-            pb::object::Body::Inline(e.bytes.into())
-        } else {
-            let opts = crate::PutOptions {
-                id: Some(id),
-                ..Default::default()
-            };
-            self.store.put_with(&e.bytes, &opts)?;
-            pb::object::Body::Stored(e.bytes.len() as u64)
-        };
+        let contained = task::ids(&e.contained);
+        let body = e.into_body(id, &self.store)?;
         let r = ObjectRef::owned(id);
         self.send(pb::request::Kind::Put(pb::Put {
             object: Some(pb::Object {
                 id: id.as_bytes().to_vec().into(),
                 body: Some(body),
-                contained: task::ids(&e.contained),
+                contained,
             }),
         }))?;
         Ok(r)
@@ -317,28 +305,30 @@ pub fn store_client() -> Result<StoreClient> {
 }
 
 /// Stores a value and returns a reference to it. This process owns it.
-pub fn put<T: Serialize>(value: &T) -> Result<ObjectRef<T>> {
-    runtime()?.put_encoded(encode(value)?)
+/// Typed values are serialized; a [`Buffer`] or [`ArrowBatch`] is stored as
+/// it is.
+pub fn put<T: ToObject>(value: &T) -> Result<ObjectRef<T>> {
+    runtime()?.put_encoded(value.to_object()?)
 }
 
 /// Waits for an object and returns its value.
-pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+pub fn get<T: FromObject>(r: &ObjectRef<T>) -> Result<T> {
     get_timeout(r, None)
 }
 
 /// [`get`] that gives up after `timeout` with `Error::GetTimeout`.
-pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+pub fn get_timeout<T: FromObject>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
     let mut v = get_many_timeout(std::slice::from_ref(r), timeout)?;
     Ok(v.remove(0))
 }
 
 /// Waits for all of `refs` and returns their values in order.
-pub fn get_many<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+pub fn get_many<T: FromObject>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
     get_many_timeout(refs, None)
 }
 
 /// [`get_many`] with a timeout.
-pub fn get_many_timeout<T: DeserializeOwned>(
+pub fn get_many_timeout<T: FromObject>(
     refs: &[ObjectRef<T>],
     timeout: Option<Duration>,
 ) -> Result<Vec<T>> {
@@ -373,13 +363,13 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
     }
 }
 
-fn decode_object<T: DeserializeOwned>(rt: &Runtime, o: pb::Object) -> Result<T> {
+fn decode_object<T: FromObject>(rt: &Runtime, o: pb::Object) -> Result<T> {
     match o.body {
-        Some(pb::object::Body::Inline(b)) => decode(&b),
+        Some(pb::object::Body::Inline(b)) => T::from_object(&ArgData::Inline(b)),
         Some(pb::object::Body::Stored(_)) => {
             let id = ObjectId::from_slice(&o.id).map_err(|e| Error::Protocol(e.0))?;
             let buf = rt.store.get_one(id, Some(Duration::from_secs(60)))?;
-            decode(&buf)
+            T::from_object(&ArgData::Stored(buf))
         }
         Some(pb::object::Body::Error(e)) => Err(task_error(e)),
         None => Err(Error::Protocol("object without a body".into())),

@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
-use serde::Serialize;
 
-use super::codec::encode;
+use super::codec::ToObject;
 use super::{ObjectRef, runtime};
 use crate::error::Result;
 
@@ -27,7 +26,7 @@ pub trait IntoArg<T> {
     fn into_arg(self) -> Arg<T>;
 }
 
-impl<T: Serialize> IntoArg<T> for T {
+impl<T: ToObject> IntoArg<T> for T {
     fn into_arg(self) -> Arg<T> {
         Arg::Value(self)
     }
@@ -140,21 +139,21 @@ pub struct ArgsBuilder {
 impl ArgsBuilder {
     /// Adds an argument. Values larger than the inline limit are put in the
     /// store first and passed by reference.
-    pub fn push<T: Serialize>(&mut self, arg: impl IntoArg<T>) -> Result<()> {
+    pub fn push<T: ToObject>(&mut self, arg: impl IntoArg<T>) -> Result<()> {
         match arg.into_arg() {
             Arg::Value(v) => {
-                let e = encode(&v)?;
-                if e.bytes.len() > arca_scheduler::INLINE_RESULT_MAX {
+                let mut e = v.to_object()?;
+                if e.len() > arca_scheduler::INLINE_RESULT_MAX {
                     let r: ObjectRef<()> = runtime()?.put_encoded(e)?;
                     self.args.push(pb::Arg {
                         kind: Some(pb::arg::Kind::Object(r.id().as_bytes().to_vec().into())),
                     });
                     self.keep.push(r);
                 } else {
-                    self.contained.extend(e.contained);
-                    self.keep.extend(e.keep);
+                    self.contained.append(&mut e.contained);
+                    self.keep.append(&mut e.keep);
                     self.args.push(pb::Arg {
-                        kind: Some(pb::arg::Kind::Value(e.bytes.into())),
+                        kind: Some(pb::arg::Kind::Value(e.into_bytes()?)),
                     });
                 }
             }

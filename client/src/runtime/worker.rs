@@ -10,10 +10,8 @@ use std::sync::OnceLock;
 use arca_proto::node as pb;
 use arca_store::ObjectId;
 use bytes::Bytes;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use super::codec::{Encoded, decode, encode};
+use super::codec::{Encoded, FromObject, ToObject};
 use super::runtime;
 use crate::ObjectBuffer;
 use crate::error::Result;
@@ -29,13 +27,17 @@ pub enum ArgData {
 }
 
 impl ArgData {
-    /// Deserializes the argument.
-    pub fn decode<T: DeserializeOwned>(&self) -> std::result::Result<T, TaskFailure> {
-        let bytes: &[u8] = match self {
+    /// The argument's value.
+    pub fn decode<T: FromObject>(&self) -> std::result::Result<T, TaskFailure> {
+        T::from_object(self).map_err(|e| TaskFailure::new(e.to_string()))
+    }
+
+    /// The object's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
             ArgData::Inline(b) => b,
             ArgData::Stored(b) => b,
-        };
-        decode(bytes).map_err(|e| TaskFailure::new(e.to_string()))
+        }
     }
 }
 
@@ -57,8 +59,10 @@ impl TaskFailure {
 }
 
 /// Encodes one return value. Used by generated code.
-pub fn result<T: Serialize>(value: &T) -> std::result::Result<Encoded, TaskFailure> {
-    encode(value).map_err(|e| TaskFailure::new(e.to_string()))
+pub fn result<T: ToObject + ?Sized>(value: &T) -> std::result::Result<Encoded, TaskFailure> {
+    value
+        .to_object()
+        .map_err(|e| TaskFailure::new(e.to_string()))
 }
 
 /// Turns a function's `Err` into a task failure. Used by generated code.
@@ -326,16 +330,7 @@ fn load_args(args: &[pb::ResolvedArg]) -> std::result::Result<Vec<ArgData>, Fail
 
 fn store_result(id: ObjectId, v: Encoded) -> Result<pb::Object> {
     let contained = super::task::ids(&v.contained);
-    let body = if v.bytes.len() <= arca_scheduler::INLINE_RESULT_MAX {
-        pb::object::Body::Inline(v.bytes.into())
-    } else {
-        let opts = crate::PutOptions {
-            id: Some(id),
-            ..Default::default()
-        };
-        runtime()?.store().put_with(&v.bytes, &opts)?;
-        pb::object::Body::Stored(v.bytes.len() as u64)
-    };
+    let body = v.into_body(id, runtime()?.store())?;
     Ok(pb::Object {
         id: id.as_bytes().to_vec().into(),
         body: Some(body),
