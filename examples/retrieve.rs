@@ -81,7 +81,10 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut pending: Vec<_> = (0..8).map(|i| retrieve_task::remote(i, &db_ref)).collect();
     while !pending.is_empty() {
-        let (ready, rest) = arca::wait(&pending, 2, Some(Duration::from_millis(700)))?;
+        // A round can time out with one ready, leaving one: never ask for
+        // more than remain (as in Ray, that is an error).
+        let n = pending.len().min(2);
+        let (ready, rest) = arca::wait(&pending, n, Some(Duration::from_millis(700)))?;
         for (i, word) in arca::get_many(&ready)? {
             println!(
                 "  ready after {:.2} s: {i} {word}",
