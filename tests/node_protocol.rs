@@ -64,12 +64,24 @@ fn conn(node: &Node) -> Conn {
 }
 
 fn send(c: &mut Conn, kind: Q) {
-    c.send(&pb::Request { kind: Some(kind) }).expect("send");
+    send_seq(c, 0, kind);
+}
+
+fn send_seq(c: &mut Conn, seq: u64, kind: Q) {
+    c.send(&pb::Request {
+        kind: Some(kind),
+        seq,
+    })
+    .expect("send");
 }
 
 fn recv(c: &mut Conn) -> Result<R, RecvError> {
+    recv_seq(c).map(|(_, kind)| kind)
+}
+
+fn recv_seq(c: &mut Conn) -> Result<(u64, R), RecvError> {
     let r: pb::Reply = c.recv(MAX_REPLY_FRAME)?;
-    Ok(r.kind.expect("reply has a kind"))
+    Ok((r.seq, r.kind.expect("reply has a kind")))
 }
 
 fn hello(role: pb::Role, command: &[&str]) -> Q {
@@ -133,14 +145,17 @@ fn garbage_and_bad_handshakes_get_errors() {
     assert!(error_text(recv(&mut c)).contains("Hello"));
 
     let mut c = conn(&node);
-    send(
+    send_seq(
         &mut c,
+        3,
         Q::Hello(pb::Hello {
             version: 999,
             ..Default::default()
         }),
     );
-    assert!(error_text(recv(&mut c)).contains("version"));
+    let (seq, reply) = recv_seq(&mut c).unwrap();
+    assert_eq!(seq, 3, "a refused Hello's error answers it");
+    assert!(error_text(Ok(reply)).contains("version"));
 
     let mut c = conn(&node);
     send(&mut c, hello(pb::Role::Driver, &[]));
@@ -356,6 +371,85 @@ fn puts_are_counted_and_freed() {
     assert!(error_text(recv(&mut c)).contains("already exists"));
     // The driver's connection closed: its references went with it.
     wait_for(|| count(&node) == 0);
+    assert_serving(&node);
+}
+
+#[test]
+fn replies_echo_their_request_seq_in_any_order() {
+    let (node, _dir) = node();
+    let mut c = conn(&node);
+    // Workers that never connect: a task stays queued until cancelled.
+    send_seq(&mut c, 7, hello(pb::Role::Driver, &["/bin/sleep", "60"]));
+    assert!(matches!(recv_seq(&mut c), Ok((7, R::Hello(_)))));
+    let ret = ObjectId::random();
+    send(
+        &mut c,
+        Q::Submit(pb::Submit {
+            spec: Some(pb::TaskSpec {
+                task_id: id_bytes(ObjectId::random()),
+                function: "f".into(),
+                returns: vec![id_bytes(ret)],
+                ..Default::default()
+            }),
+        }),
+    );
+    send_seq(
+        &mut c,
+        8,
+        Q::Get(pb::Get {
+            ids: vec![id_bytes(ret)],
+            timeout_ms: -1,
+        }),
+    );
+    send_seq(
+        &mut c,
+        9,
+        Q::Wait(pb::Wait {
+            ids: vec![id_bytes(ret)],
+            num_returns: 1,
+            timeout_ms: 50,
+        }),
+    );
+    send_seq(&mut c, 10, Q::Status(pb::Status {}));
+    send_seq(
+        &mut c,
+        11,
+        Q::Wait(pb::Wait {
+            ids: vec![id_bytes(ret)],
+            num_returns: 2,
+            timeout_ms: 0,
+        }),
+    );
+    // The Get waits; the later requests are answered meanwhile (the Wait at
+    // its deadline, so in no fixed order relative to the others).
+    let mut early: Vec<(u64, R)> = (0..3).map(|_| recv_seq(&mut c).unwrap()).collect();
+    early.sort_by_key(|(seq, _)| *seq);
+    match &early[..] {
+        [(9, R::Wait(w)), (10, R::Status(s)), (11, R::Error(e))] => {
+            assert!(w.ready.is_empty(), "{w:?}");
+            assert_eq!(s.pid, std::process::id());
+            assert!(e.message.contains("num_returns"), "{}", e.message);
+        }
+        other => panic!("expected replies to 9, 10 and 11: {other:?}"),
+    }
+    // Its object completes (cancelled) only now: the deferred reply comes
+    // last and still answers request 8.
+    send(
+        &mut c,
+        Q::Cancel(pb::Cancel {
+            id: id_bytes(ret),
+            force: false,
+        }),
+    );
+    match recv_seq(&mut c) {
+        Ok((8, R::Get(g))) => match &g.objects[0].body {
+            Some(pb::object::Body::Error(e)) => {
+                assert_eq!(e.kind, pb::ErrorKind::TaskCancelled as i32)
+            }
+            other => panic!("{other:?}"),
+        },
+        other => panic!("expected the reply to Get 8: {other:?}"),
+    }
     assert_serving(&node);
 }
 

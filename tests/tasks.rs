@@ -167,6 +167,19 @@ fn span(group: String, barrier: usize, hold_ms: u64) -> (u64, u64, bool) {
 }
 
 /// Counts down to 0 through nested tasks, each blocked in `get` on the next.
+/// Waits for subtasks from `n` threads at once, on the worker's one connection.
+#[arca::remote]
+fn squares_from_threads(n: i64) -> i64 {
+    let threads: Vec<_> = (0..n)
+        .map(|x| {
+            std::thread::spawn(move || {
+                arca::get_timeout(&square::remote(x), GET).expect("get from a task's thread")
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
 #[arca::remote]
 fn depth(n: u32) -> u32 {
     if n == 0 {
@@ -296,8 +309,8 @@ scenario_tests! {
     actor_handle_moved_into_task,
     cancelled_large_result_leaves_store,
     get_timeout_names_the_missing_object,
-    #[ignore = "BUG: a driver thread blocked in arca::get blocks every other thread's arca calls until it returns"]
     threads_submit_while_another_waits,
+    threads_call_concurrently,
 }
 
 #[test]
@@ -637,6 +650,30 @@ mod scenarios {
         );
         assert_eq!(other.join().unwrap(), 49);
         assert!(common::join_timeout("the waiter", waiter, WAIT));
+    }
+
+    pub fn threads_call_concurrently() {
+        init_default();
+        // Driver threads whose replies interleave on one connection.
+        let threads: Vec<_> = (0..4i64)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        let x = t * 1000 + i;
+                        assert_eq!(get(&square::remote(x)), x * x);
+                        let (ready, _) = arca::wait(&[arca::put(&x).unwrap()], 1, GET).unwrap();
+                        assert_eq!(get(&ready[0]), x);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            common::join_timeout("a calling thread", t, WAIT);
+        }
+        // Worker threads too, in tasks that outnumber the 2 CPUs while they
+        // wait (each lends its CPU from its first get until its last).
+        let refs: Vec<_> = (0..3).map(|_| squares_from_threads::remote(8)).collect();
+        assert_eq!(arca::get_many_timeout(&refs, GET).unwrap(), vec![140; 3]);
     }
 
     pub fn get_timeout_names_the_missing_object() {

@@ -298,7 +298,11 @@ impl NodeClient {
             )
         };
         self.conn
-            .send(&pb::Request { kind: Some(kind) })
+            // One request at a time, so the reply needs no matching: any seq.
+            .send(&pb::Request {
+                kind: Some(kind),
+                seq: 1,
+            })
             .map_err(|_| gone())?;
         let reply: pb::Reply = match self.conn.recv(MAX_REPLY_FRAME) {
             Ok(r) => r,

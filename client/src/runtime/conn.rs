@@ -1,17 +1,75 @@
-//! The client end of the node socket.
+//! The client end of the node socket, shared by all threads of the process.
+//!
+//! Each request that wants a reply carries a sequence number, which the node
+//! echoes, so several threads can wait on one connection at once: a `get`
+//! waiting for a slow task must not hold up (or deadlock) another thread's
+//! calls. Whichever waiting thread finds nobody reading becomes the reader
+//! and reads until its own reply comes, filing the others' for their threads.
+//! A lone thread so reads its own reply itself, with no handoff.
 
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arca_proto::node as pb;
-use arca_store::wire::{Conn, DEFAULT_SPIN, MAX_REPLY_FRAME, Side};
+use arca_store::wire::{Conn, DEFAULT_SPIN, MAX_REPLY_FRAME, RecvError, Side};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 
-/// A connection to the node: one request awaiting a reply at a time.
+/// A connection to the node, multiplexed by request sequence numbers.
 #[derive(Debug)]
 pub(crate) struct NodeConn {
-    conn: Conn,
+    /// Held only while a request is written.
+    writer: Mutex<Conn>,
+    next_seq: AtomicU64,
+    inbox: Mutex<Inbox>,
+    /// Signalled when a reply is filed, the read half is put back (another
+    /// waiter may take over reading) or the connection breaks.
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct Inbox {
+    /// The read half, while no thread is reading.
+    reader: Option<Box<Conn>>,
+    /// Replies read by another thread than the one waiting for them, by seq.
+    replies: HashMap<u64, pb::reply::Kind>,
+    /// Tasks the node sent this worker, for its serve loop.
+    executes: VecDeque<pb::Execute>,
+    /// Set once nothing more can be read: every waiter fails with it.
+    broken: Option<Broken>,
+}
+
+/// What a thread waits for.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    Reply(u64),
+    Execute,
+}
+
+/// Why the connection is unusable, kept to give every waiter the same error.
+#[derive(Debug)]
+struct Broken {
+    make: fn(String) -> Error,
+    message: String,
+}
+
+impl Broken {
+    fn error(&self) -> Error {
+        (self.make)(self.message.clone())
+    }
+}
+
+impl Inbox {
+    fn take(&mut self, want: Want) -> Option<pb::reply::Kind> {
+        match want {
+            Want::Reply(seq) if !self.replies.is_empty() => self.replies.remove(&seq),
+            Want::Reply(_) => None,
+            Want::Execute => self.executes.pop_front().map(pb::reply::Kind::Execute),
+        }
+    }
 }
 
 impl NodeConn {
@@ -22,8 +80,21 @@ impl NodeConn {
                 socket.display()
             ))
         })?;
-        let mut c = NodeConn {
-            conn: Conn::new(stream, Side::Client, DEFAULT_SPIN),
+        let write_half = stream.try_clone()?;
+        let c = NodeConn {
+            writer: Mutex::new(Conn::new(
+                write_half,
+                Side::Client,
+                std::time::Duration::ZERO,
+            )),
+            next_seq: AtomicU64::new(1),
+            inbox: Mutex::new(Inbox {
+                reader: Some(Box::new(Conn::new(stream, Side::Client, DEFAULT_SPIN))),
+                replies: HashMap::new(),
+                executes: VecDeque::new(),
+                broken: None,
+            }),
+            changed: Condvar::new(),
         };
         match c.call(pb::request::Kind::Hello(hello))? {
             pb::reply::Kind::Hello(h) => Ok((c, h)),
@@ -32,31 +103,119 @@ impl NodeConn {
     }
 
     /// Sends a one-way request.
-    pub(crate) fn send(&mut self, kind: pb::request::Kind) -> Result<()> {
-        self.conn.send(&pb::Request { kind: Some(kind) })?;
+    pub(crate) fn send(&self, kind: pb::request::Kind) -> Result<()> {
+        self.writer.lock().send(&pb::Request {
+            kind: Some(kind),
+            seq: 0,
+        })?;
         Ok(())
     }
 
     /// Sends a request and waits for its reply; an `Error` reply becomes `Err`.
-    pub(crate) fn call(&mut self, kind: pb::request::Kind) -> Result<pb::reply::Kind> {
-        self.send(kind)?;
-        match self.recv()? {
+    pub(crate) fn call(&self, kind: pb::request::Kind) -> Result<pb::reply::Kind> {
+        match self.request(kind)? {
             pb::reply::Kind::Error(e) => Err(Error::Node(e.message)),
             other => Ok(other),
         }
     }
 
-    /// Receives the next reply (or, on a worker, the next `Execute`).
-    pub(crate) fn recv(&mut self) -> Result<pb::reply::Kind> {
-        let reply: pb::Reply = self.conn.recv(MAX_REPLY_FRAME).map_err(|e| match e {
-            arca_store::wire::RecvError::Closed | arca_store::wire::RecvError::Truncated => {
-                Error::Disconnected("the node closed the connection (it stopped or crashed)".into())
-            }
-            other => Error::from(other),
+    /// Sends a request and waits for its reply, `Error` replies included.
+    pub(crate) fn request(&self, kind: pb::request::Kind) -> Result<pb::reply::Kind> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.writer.lock().send(&pb::Request {
+            kind: Some(kind),
+            seq,
         })?;
-        reply
-            .kind
-            .ok_or_else(|| Error::Protocol("empty reply from the node".into()))
+        self.wait_for(Want::Reply(seq))
+    }
+
+    /// Waits for the node's next `Execute` (on a worker).
+    pub(crate) fn next_execute(&self) -> Result<pb::Execute> {
+        match self.wait_for(Want::Execute)? {
+            pb::reply::Kind::Execute(e) => Ok(e),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn wait_for(&self, want: Want) -> Result<pb::reply::Kind> {
+        let mut inbox = self.inbox.lock();
+        loop {
+            if let Some(r) = inbox.take(want) {
+                return Ok(r);
+            }
+            if let Some(b) = &inbox.broken {
+                return Err(b.error());
+            }
+            let Some(mut reader) = inbox.reader.take() else {
+                self.changed.wait(&mut inbox);
+                continue;
+            };
+            let got = MutexGuard::unlocked(&mut inbox, || self.read_until(&mut reader, want));
+            inbox.reader = Some(reader);
+            // Threads still waiting need a new reader (no-op if there are none).
+            self.changed.notify_all();
+            return got.map_err(|b| {
+                let e = b.error();
+                inbox.broken = Some(b);
+                e
+            });
+        }
+    }
+
+    /// Reads replies until the one wanted, filing the others.
+    fn read_until(
+        &self,
+        reader: &mut Conn,
+        want: Want,
+    ) -> std::result::Result<pb::reply::Kind, Broken> {
+        loop {
+            let reply: pb::Reply = reader.recv(MAX_REPLY_FRAME).map_err(|e| match e {
+                RecvError::Closed | RecvError::Truncated => Broken {
+                    make: Error::Disconnected,
+                    message: "the node closed the connection (it stopped or crashed)".into(),
+                },
+                RecvError::Io(e) => Broken {
+                    make: Error::Disconnected,
+                    message: e.to_string(),
+                },
+                other => Broken {
+                    make: Error::Protocol,
+                    message: other.to_string(),
+                },
+            })?;
+            let Some(kind) = reply.kind else {
+                // The node never sends one; its waiter would hang, so give up.
+                return Err(Broken {
+                    make: Error::Protocol,
+                    message: "empty reply from the node".into(),
+                });
+            };
+            match (reply.seq, kind, want) {
+                (0, pb::reply::Kind::Execute(e), Want::Execute) => {
+                    return Ok(pb::reply::Kind::Execute(e));
+                }
+                (seq, kind, Want::Reply(w)) if seq == w => return Ok(kind),
+                (0, pb::reply::Kind::Execute(e), _) => {
+                    self.inbox.lock().executes.push_back(e);
+                    self.changed.notify_all();
+                }
+                // The node could not read a request, or refused a one-way
+                // one, and closes the connection.
+                (0, pb::reply::Kind::Error(e), _) => {
+                    return Err(Broken {
+                        make: Error::Node,
+                        message: e.message,
+                    });
+                }
+                (0, other, _) => {
+                    tracing::debug!("ignoring {} from the node", unexpected(&other));
+                }
+                (seq, kind, _) => {
+                    self.inbox.lock().replies.insert(seq, kind);
+                    self.changed.notify_all();
+                }
+            }
+        }
     }
 }
 

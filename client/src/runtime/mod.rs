@@ -52,7 +52,9 @@ pub struct Config {
 
 /// The process's runtime.
 pub(crate) struct Runtime {
-    node: Mutex<NodeConn>,
+    /// Shared by all threads without a lock around calls: each waits for its
+    /// own reply (see `conn`).
+    node: NodeConn,
     store: StoreClient,
     /// Local reference counts; the node hears of the first and the last.
     refs: Mutex<HashMap<ObjectId, u32>>,
@@ -67,15 +69,15 @@ pub(crate) fn runtime() -> Result<Arc<Runtime>> {
 
 impl Runtime {
     pub(crate) fn send(&self, kind: pb::request::Kind) -> Result<()> {
-        self.node.lock().send(kind)
+        self.node.send(kind)
     }
 
     pub(crate) fn call(&self, kind: pb::request::Kind) -> Result<pb::reply::Kind> {
-        self.node.lock().call(kind)
+        self.node.call(kind)
     }
 
-    pub(crate) fn recv(&self) -> Result<pb::reply::Kind> {
-        self.node.lock().recv()
+    pub(crate) fn next_execute(&self) -> Result<pb::Execute> {
+        self.node.next_execute()
     }
 
     pub(crate) fn store(&self) -> &StoreClient {
@@ -271,7 +273,7 @@ fn connect(
         },
     )?;
     *RUNTIME.write() = Some(Arc::new(Runtime {
-        node: Mutex::new(conn),
+        node: conn,
         store,
         refs: Mutex::new(HashMap::new()),
         embedded: Mutex::new(node),
@@ -340,14 +342,10 @@ pub fn get_many_timeout<T: FromObject>(
 
 fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<pb::Object>> {
     let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64);
-    let reply = {
-        let mut node = rt.node.lock();
-        node.send(pb::request::Kind::Get(pb::Get {
-            ids: task::ids(ids),
-            timeout_ms,
-        }))?;
-        node.recv()?
-    };
+    let reply = rt.node.request(pb::request::Kind::Get(pb::Get {
+        ids: task::ids(ids),
+        timeout_ms,
+    }))?;
     match reply {
         pb::reply::Kind::Get(g) => Ok(g.objects),
         pb::reply::Kind::Error(e) if e.timeout => Err(Error::GetTimeout {

@@ -166,13 +166,8 @@ pub(crate) fn serve() -> ! {
     exit_with_parent();
     let mut actor: Option<Box<dyn Any + Send>> = None;
     loop {
-        let next = match runtime() {
-            Ok(rt) => rt.recv(),
-            Err(e) => Err(e),
-        };
-        let exec = match next {
-            Ok(pb::reply::Kind::Execute(e)) => e,
-            Ok(_) => continue,
+        let exec = match runtime().and_then(|rt| rt.next_execute()) {
+            Ok(e) => e,
             Err(_) => std::process::exit(0),
         };
         let (done, keep) = execute(exec, &mut actor);

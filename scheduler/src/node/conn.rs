@@ -32,16 +32,18 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
         Duration::ZERO,
     )));
     let mut reader = Conn::new(stream, Side::Daemon, SPIN);
-    let hello = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
+    let (hello, hello_seq) = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
         Ok(pb::Request {
             kind: Some(Q::Hello(h)),
-        }) => h,
-        Ok(_) => return refuse(&writer, "the first message must be Hello".into()),
-        Err(e) => return refuse(&writer, format!("bad handshake: {e}")),
+            seq,
+        }) => (h, seq),
+        Ok(r) => return refuse(&writer, r.seq, "the first message must be Hello".into()),
+        Err(e) => return refuse(&writer, 0, format!("bad handshake: {e}")),
     };
     if hello.version != NODE_PROTOCOL_VERSION {
         return refuse(
             &writer,
+            hello_seq,
             format!(
                 "node protocol version {} is not supported (this node speaks {NODE_PROTOCOL_VERSION}); \
                  use the same Arca version for the node and its clients",
@@ -52,9 +54,9 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
     let role = pb::Role::try_from(hello.role).unwrap_or(pb::Role::Tool);
     {
         let mut st = shared.state.lock();
-        if let Err(msg) = register(shared, &mut st, id, &hello, role, &writer) {
+        if let Err(msg) = register(shared, &mut st, id, hello_seq, &hello, role, &writer) {
             drop(st);
-            return refuse(&writer, msg);
+            return refuse(&writer, hello_seq, msg);
         }
     }
     tracing::debug!(conn = id, pid = hello.pid, ?role, "client connected");
@@ -67,6 +69,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
                 let st = shared.state.lock();
                 st.send(
                     id,
+                    0,
                     R::Error(pb::Error {
                         message: format!("malformed request: {e}"),
                         timeout: false,
@@ -79,16 +82,18 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
         let Some(kind) = req.kind else {
             continue;
         };
+        let seq = req.seq;
         if let Q::Shutdown(_) = kind {
-            shared.state.lock().send(id, R::Ok(pb::Ok {}));
+            shared.state.lock().send(id, seq, R::Ok(pb::Ok {}));
             shared.request_stop();
             continue;
         }
         let mut st = shared.state.lock();
-        if let Err(msg) = handle(shared, &mut st, id, kind) {
+        if let Err(msg) = handle(shared, &mut st, id, seq, kind) {
             tracing::warn!(conn = id, pid = hello.pid, "dropping client: {msg}");
             st.send(
                 id,
+                seq,
                 R::Error(pb::Error {
                     message: msg,
                     timeout: false,
@@ -103,7 +108,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
     tracing::debug!(conn = id, pid = hello.pid, "client disconnected");
 }
 
-fn refuse(writer: &Mutex<Conn>, message: String) {
+fn refuse(writer: &Mutex<Conn>, seq: u64, message: String) {
     tracing::warn!("refusing client: {message}");
     let _ = writer.lock().send(&pb::Reply {
         kind: Some(R::Error(pb::Error {
@@ -111,6 +116,7 @@ fn refuse(writer: &Mutex<Conn>, message: String) {
             timeout: false,
             missing: Vec::new(),
         })),
+        seq,
     });
 }
 
@@ -118,6 +124,7 @@ fn register(
     shared: &Shared,
     st: &mut State,
     id: ConnId,
+    seq: u64,
     hello: &pb::Hello,
     role: pb::Role,
     writer: &Arc<Mutex<Conn>>,
@@ -159,11 +166,12 @@ fn register(
             job,
             worker,
             holds: HashSet::new(),
-            waiter: None,
+            waiters: Vec::new(),
         },
     );
     st.send(
         id,
+        seq,
         R::Hello(pb::HelloReply {
             store_socket: shared.config.store_socket().display().to_string(),
             client_id: id,
@@ -183,7 +191,9 @@ fn ids(list: &[bytes::Bytes]) -> Result<Vec<ObjectId>, String> {
         .collect()
 }
 
-fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), String> {
+/// Handles one request; one that waits for objects is answered later (by
+/// whichever thread completes them, or the timer), so this never blocks.
+fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> Result<(), String> {
     match kind {
         Q::Hello(_) => return Err("Hello sent twice".into()),
         Q::Submit(s) => {
@@ -193,7 +203,7 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), 
         Q::Put(p) => shared.put(st, conn, p.object.ok_or("Put without an object")?)?,
         Q::Get(g) => {
             let ids = ids(&g.ids)?;
-            shared.add_waiter(st, conn, ids, WaitKind::Get, g.timeout_ms);
+            shared.add_waiter(st, conn, seq, ids, WaitKind::Get, g.timeout_ms);
         }
         Q::Wait(w) => {
             let ids = ids(&w.ids)?;
@@ -201,6 +211,7 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), 
             if num_returns == 0 || num_returns > ids.len() {
                 st.send(
                     conn,
+                    seq,
                     R::Error(pb::Error {
                         message: format!(
                             "wait: num_returns is {num_returns} but {} refs were given; ask for 1 to {}",
@@ -212,7 +223,8 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), 
                 );
                 return Ok(());
             }
-            shared.add_waiter(st, conn, ids, WaitKind::Wait { num_returns }, w.timeout_ms);
+            let kind = WaitKind::Wait { num_returns };
+            shared.add_waiter(st, conn, seq, ids, kind, w.timeout_ms);
         }
         Q::AddRefs(r) => {
             for id in ids(&r.ids)? {
@@ -243,11 +255,11 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, kind: Q) -> Result<(), 
         Q::TaskDone(d) => shared.task_done(st, conn, d)?,
         Q::Status(_) => {
             let reply = shared.status_reply(st);
-            st.send(conn, R::Status(reply));
+            st.send(conn, seq, R::Status(reply));
         }
         Q::Memory(_) => {
             let reply = shared.memory_reply(st);
-            st.send(conn, R::Memory(reply));
+            st.send(conn, seq, R::Memory(reply));
         }
         Q::Shutdown(_) => {}
     }

@@ -30,8 +30,9 @@ use crate::config::NodeConfig;
 use crate::resources::InvalidResource;
 pub(crate) use state::State;
 
-/// Version of the node protocol; the handshake rejects any other.
-pub const NODE_PROTOCOL_VERSION: u32 = 1;
+/// Version of the node protocol; the handshake rejects any other. 2: replies
+/// echo their request's `seq` and may come out of order.
+pub const NODE_PROTOCOL_VERSION: u32 = 2;
 
 /// Values up to this size travel inline through the node instead of the store.
 pub const INLINE_RESULT_MAX: usize = 100 << 10;

@@ -189,12 +189,13 @@ impl Shared {
         }
     }
 
-    /// A `get` or `wait`: answered at once if it can be, else when enough of
-    /// its objects are ready or at its deadline.
+    /// A `get` or `wait` (request `seq`): answered at once if it can be, else
+    /// when enough of its objects are ready or at its deadline.
     pub(crate) fn add_waiter(
         &self,
         st: &mut State,
         conn: ConnId,
+        seq: u64,
         ids: Vec<ObjectId>,
         kind: WaitKind,
         timeout_ms: i64,
@@ -215,6 +216,7 @@ impl Shared {
             wid,
             Waiter {
                 conn,
+                seq,
                 ids,
                 kind,
                 deadline,
@@ -222,7 +224,7 @@ impl Shared {
             },
         );
         if let Some(c) = st.conns.get_mut(&conn) {
-            c.waiter = Some(wid);
+            c.waiters.push(wid);
         }
         if self.satisfied(st, wid) || timeout_ms == 0 {
             self.finish_waiter(st, wid);
@@ -299,10 +301,13 @@ impl Shared {
             }
         };
         if let Some(c) = st.conns.get_mut(&w.conn) {
-            c.waiter = None;
+            c.waiters.retain(|x| *x != wid);
+            // Other threads of the process may still wait.
+            if c.waiters.is_empty() {
+                self.reclaim_resources(st, w.conn);
+            }
         }
-        self.reclaim_resources(st, w.conn);
-        st.send(w.conn, reply);
+        st.send(w.conn, w.seq, reply);
     }
 
     /// Forgets a waiter whose client went away.
@@ -343,7 +348,8 @@ impl Shared {
     }
 
     /// A worker blocked in `get` gives its task's CPU back while it waits, so
-    /// that the tasks it waits for can run (as Ray does).
+    /// that the tasks it waits for can run (as Ray does); with several threads
+    /// waiting, from the first `get` until the last is answered.
     fn lend_resources(&self, st: &mut State, conn: ConnId) {
         let Some(wid) = st.conns.get(&conn).and_then(|c| c.worker) else {
             return;

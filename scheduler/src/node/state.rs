@@ -27,7 +27,8 @@ pub(crate) struct ConnState {
     pub worker: Option<WorkerId>,
     /// Objects this process holds references to.
     pub holds: HashSet<ObjectId>,
-    pub waiter: Option<WaiterId>,
+    /// Its `get`s and `wait`s not answered yet (one per client thread).
+    pub waiters: Vec<WaiterId>,
 }
 
 /// A driver and the workers started for it.
@@ -167,6 +168,8 @@ pub(crate) enum WaitKind {
 
 pub(crate) struct Waiter {
     pub conn: ConnId,
+    /// The request's seq, echoed in the reply.
+    pub seq: u64,
     pub ids: Vec<ObjectId>,
     pub kind: WaitKind,
     pub deadline: Option<Instant>,
@@ -223,13 +226,17 @@ impl State {
         }
     }
 
-    /// Sends `reply` to a connection; a peer that is gone is noticed by its
-    /// reader thread, so a failed write is only logged.
-    pub fn send(&self, conn: ConnId, reply: pb::reply::Kind) {
+    /// Sends `reply` to the request `seq` of a connection (0: not a reply);
+    /// a peer that is gone is noticed by its reader thread, so a failed write
+    /// is only logged.
+    pub fn send(&self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
-        let msg = pb::Reply { kind: Some(reply) };
+        let msg = pb::Reply {
+            kind: Some(reply),
+            seq,
+        };
         if let Err(e) = c.writer.lock().send(&msg) {
             tracing::debug!(conn, "cannot write to client: {e}");
         }

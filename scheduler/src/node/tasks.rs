@@ -291,6 +291,7 @@ impl Shared {
         if let Some(conn) = w.conn {
             st.send(
                 conn,
+                0,
                 pb::reply::Kind::Execute(pb::Execute {
                     spec: Some(spec),
                     args,
@@ -386,7 +387,15 @@ impl Shared {
         }
         match kind {
             pb::TaskKind::Normal => {
-                st.available.add(&task.resources);
+                // A thread the task left running may still wait in `get`: then
+                // the task's resources are lent out, i.e. already available.
+                let lent = st
+                    .workers
+                    .get_mut(&wid)
+                    .is_some_and(|w| std::mem::take(&mut w.blocked));
+                if !lent {
+                    st.available.add(&task.resources);
+                }
                 for h in &task.holds {
                     self.release(st, h, Hold::Task);
                 }

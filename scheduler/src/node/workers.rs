@@ -268,7 +268,7 @@ impl Shared {
         let Some(c) = st.conns.remove(&conn) else {
             return;
         };
-        if let Some(w) = c.waiter {
+        for w in c.waiters {
             self.drop_waiter(st, w);
         }
         for id in &c.holds {
