@@ -77,9 +77,37 @@ pub fn run(o: &TasksOptions) -> anyhow::Result<Report> {
     result
 }
 
+/// The physical limit under a sync task: a blocking one-byte round trip
+/// over a Unix socket between two threads (each hop is a cross-core wake-up;
+/// a sync task takes two such round trips: driver-node, node-worker).
+fn socket_round_trips(seconds: f64) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while b.read_exact(&mut byte).is_ok() && b.write_all(&byte).is_ok() {}
+    });
+    let mut byte = [0u8; 1];
+    let n = rate(seconds, || {
+        for _ in 0..100 {
+            a.write_all(&byte)?;
+            a.read_exact(&mut byte)?;
+        }
+        Ok(100)
+    });
+    drop(a);
+    let _ = echo.join();
+    n
+}
+
 fn measure(o: &TasksOptions) -> anyhow::Result<Report> {
     let s = o.seconds;
     let mut r = Report::default();
+    r.push(
+        "unix socket round trips per second (blocking, two threads)",
+        socket_round_trips(s.min(1.0))?,
+        "round trips/s",
+    );
     r.push(
         "single client tasks sync per second",
         rate(s, || {
