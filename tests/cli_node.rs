@@ -8,6 +8,7 @@
 //! SIGKILLs the node if the test runs far too long.
 
 mod common;
+mod task_common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use common::{TEST_LIMIT, TempDir, WAIT, one_error_line, run_arca, wait_timeout, wait_until};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
+use task_common::entry_args;
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -144,18 +146,6 @@ const ROLE_VAR: &str = "ARCA_CLI_NODE_ROLE";
 const MARKERS_VAR: &str = "ARCA_CLI_NODE_MARKERS";
 /// Bytes of the driver's put: above the inline limit, so it lives in the store.
 const BIG: usize = 300_000;
-
-fn entry_args() -> Vec<String> {
-    [
-        "--exact",
-        "child_entry",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ]
-    .map(String::from)
-    .to_vec()
-}
 
 /// Writes `contents` to `dir/name` atomically.
 fn mark(dir: &Path, name: &str, contents: &str) {

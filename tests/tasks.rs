@@ -18,16 +18,6 @@ use task_common::*;
 // Remote functions and actors (registered in this binary, so its workers
 // find them)
 
-#[arca::remote]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[arca::remote]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
-
 #[arca::remote(num_returns = 2)]
 fn divmod(a: i64, b: i64) -> (i64, i64) {
     (a / b, a % b)

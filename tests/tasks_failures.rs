@@ -16,16 +16,6 @@ use task_common::*;
 // Remote functions and actors
 
 #[arca::remote]
-fn square(x: i64) -> i64 {
-    x * x
-}
-
-#[arca::remote]
-fn add(a: i64, b: i64) -> i64 {
-    a + b
-}
-
-#[arca::remote]
 fn fail_if(x: i64) -> Result<i64, String> {
     if x > 0 {
         Err(format!("bad input {x}"))

@@ -527,3 +527,17 @@ macro_rules! scenario_tests {
         }
     };
 }
+
+// ---------------------------------------------------------------------------
+// Remote functions both task test binaries use (each registers its own copy,
+// since each binary is its own workers' program).
+
+#[arca::remote]
+pub fn square(x: i64) -> i64 {
+    x * x
+}
+
+#[arca::remote]
+pub fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
