@@ -462,3 +462,38 @@ fn wait_for(mut f: impl FnMut() -> bool) {
     }
     panic!("condition not reached within 10 s");
 }
+
+#[test]
+fn a_client_that_never_reads_its_replies_is_dropped_not_waited_for() {
+    let (node, _dir) = node();
+    let mut stuck = tool(&node);
+    stuck
+        .stream()
+        .set_write_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    // Ask for far more replies than a socket buffers, reading none: the
+    // node's writes to it stall, then it is disconnected.
+    let request = pb::Request {
+        kind: Some(Q::Memory(pb::Memory {})),
+        seq: 1,
+    };
+    let mut sent = 0;
+    while sent < 200_000 && stuck.send(&request).is_ok() {
+        sent += 1;
+    }
+    // Everyone else is still served (the watchdog is `raw`'s read timeout).
+    assert_serving(&node);
+    // And the stuck client's connection was ended: reading its replies
+    // eventually finds the end.
+    let mut closed = false;
+    for _ in 0..1_000_000 {
+        match recv(&mut stuck) {
+            Ok(_) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the stuck client was never disconnected");
+}

@@ -22,10 +22,17 @@ use pb::request::Kind as Q;
 /// thread per client and spinning ones take cores from the workers.
 const SPIN: Duration = Duration::from_micros(20);
 
+/// How long a reply may wait for room in a client's socket before the client
+/// counts as stuck and is disconnected (see `State::send`).
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(2);
+
 pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
+    if write_half.set_write_timeout(Some(WRITE_STALL)).is_err() {
+        return;
+    }
     let writer = Arc::new(Mutex::new(Conn::new(
         write_half,
         Side::Daemon,

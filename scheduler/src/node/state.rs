@@ -226,9 +226,11 @@ impl State {
         }
     }
 
-    /// Sends `reply` to the request `seq` of a connection (0: not a reply);
-    /// a peer that is gone is noticed by its reader thread, so a failed write
-    /// is only logged.
+    /// Sends `reply` to the request `seq` of a connection (0: not a reply).
+    /// A write that fails, or stalls for [`super::conn::WRITE_STALL`] because
+    /// the client stopped reading, ends the connection: its reader thread
+    /// then sees it closed and cleans up, and the node (whose state lock the
+    /// caller holds) is never held up by one client for longer.
     pub fn send(&self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {
         let Some(c) = self.conns.get(&conn) else {
             return;
@@ -237,8 +239,14 @@ impl State {
             kind: Some(reply),
             seq,
         };
-        if let Err(e) = c.writer.lock().send(&msg) {
-            tracing::debug!(conn, "cannot write to client: {e}");
+        let mut w = c.writer.lock();
+        if let Err(e) = w.send(&msg) {
+            tracing::warn!(
+                conn,
+                pid = c.pid,
+                "dropping a client that does not take its replies: {e}"
+            );
+            let _ = w.stream().shutdown(std::net::Shutdown::Both);
         }
     }
 
