@@ -18,6 +18,17 @@ use task_common::*;
 // Remote functions and actors (registered in this binary, so its workers
 // find them)
 
+/// Its `Vec` result can be split into one ObjectRef per element.
+#[arca::remote]
+fn words(s: String) -> Vec<String> {
+    s.split(' ').map(String::from).collect()
+}
+
+#[arca::remote]
+fn len_plus(s: String, n: usize) -> usize {
+    s.len() + n
+}
+
 #[arca::remote(num_returns = 2)]
 fn divmod(a: i64, b: i64) -> (i64, i64) {
     (a / b, a % b)
@@ -348,6 +359,23 @@ mod scenarios {
         let (q2, r2) = divmod::remote(&q, &r);
         assert_eq!((get(&q2), get(&r2)), (1, 1));
 
+        // num_returns chosen at call time, for a function returning a Vec.
+        let parts = words::options()
+            .num_returns(3)
+            .remote("a bb ccc".to_string());
+        assert_eq!(parts.len(), 3);
+        assert_eq!(get(&parts[2]), "ccc");
+        assert_eq!(get(&len_plus::remote(&parts[1], 1)), 3);
+        let one = words::options().num_returns(1).remote("a".to_string());
+        assert_eq!(get(&one[0]), "a");
+        assert!(
+            words::options()
+                .num_returns(0)
+                .remote("".to_string())
+                .is_empty()
+        );
+        assert_eq!(get(&words::remote("x y".to_string())), ["x", "y"]);
+
         // Getting the same ref twice, and many refs at once in any order.
         assert_eq!(get(&q), 3);
         let mixed = [r2.clone(), q.clone(), r.clone(), q2.clone()];
@@ -368,6 +396,15 @@ mod scenarios {
         assert_eq!(st.tasks_running, 0, "{st:?}");
         assert_eq!(st.tasks_failed, 0, "{st:?}");
         assert!(st.tasks_finished >= 16 + 4 + 25 + 2, "{st:?}");
+        // A Vec of the wrong length for num_returns: every ref has the error.
+        for r in words::options().num_returns(2).remote("a b c".to_string()) {
+            match get_err(&r) {
+                arca::Error::TaskError { message, .. } => {
+                    assert!(message.contains("num_returns(2)"), "{message}")
+                }
+                e => panic!("3 values for num_returns(2): {e:?}"),
+            }
+        }
     }
 
     pub fn large_results_and_puts() {

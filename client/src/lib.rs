@@ -47,7 +47,7 @@ pub use tensor::{Element, Tensor};
 pub mod __private {
     pub use crate::runtime::{
         ActorConstructor, ActorMethod, ArgData, ArgsBuilder, Encoded, RemoteFunction, TaskFailure,
-        decode, encode, failure, result, returns, submit,
+        decode, encode, failure, result, results, returns, submit,
     };
     pub use inventory;
     pub use serde;

@@ -27,7 +27,9 @@ use syn::{FnArg, Ident, ImplItem, ItemFn, ItemImpl, Pat, ReturnType, Type, parse
 /// function returning `Result<T, E>` fails its task with `E`'s message.
 ///
 /// `#[arca::remote(num_returns = N)]` on a function returning an N-tuple
-/// gives N ObjectRefs, one per element.
+/// gives N ObjectRefs, one per element. A function returning `Vec<T>` can
+/// also be split at call time: `f::options().num_returns(n).remote(args)`
+/// gives `n` `ObjectRef<T>`s (the `Vec` must have `n` elements).
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut num_returns = 1usize;
@@ -92,6 +94,20 @@ fn output(ret: &ReturnType) -> (Type, bool) {
     (ty, false)
 }
 
+/// `X` for a `Vec<X>` return type: such a function can also be called with
+/// `options().num_returns(n)`, one ObjectRef per element.
+fn vec_elem(ty: &Type) -> Option<Type> {
+    if let Type::Path(p) = ty
+        && let Some(last) = p.path.segments.last()
+        && last.ident == "Vec"
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(syn::GenericArgument::Type(t)) = args.args.first()
+    {
+        return Some(t.clone());
+    }
+    None
+}
+
 /// Types of the ObjectRefs a call returns, and the code that builds them from ids.
 fn refs(value: &Type, num_returns: usize, span: Span) -> syn::Result<(Tokens, Tokens, Tokens)> {
     if num_returns == 1 {
@@ -137,7 +153,7 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
     let name = &sig.ident;
     let ps = params(sig.inputs.iter())?;
     let (value, is_result) = output(&sig.output);
-    let (ret, build, encode) = refs(&value, num_returns, Span::call_site())?;
+    let (ret, build, mut encode) = refs(&value, num_returns, Span::call_site())?;
     let names: Vec<&Ident> = ps.iter().map(|p| &p.name).collect();
     let tys: Vec<&Type> = ps.iter().map(|p| &p.ty).collect();
     let idx: Vec<usize> = (0..ps.len()).collect();
@@ -146,6 +162,48 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
         quote!(let __r = __r.map_err(::arca::__private::failure)?;)
     } else {
         quote!()
+    };
+    // A function returning Vec<X> may be split into one ObjectRef per
+    // element at call time, as Ray's `.options(num_returns=n)`.
+    let elem = (num_returns == 1).then(|| vec_elem(&value)).flatten();
+    let split = match &elem {
+        Some(_) => {
+            encode = quote!(::arca::__private::results(__r, __split)?);
+            quote! {
+                /// Returns one ObjectRef per element of the returned `Vec`,
+                /// which must have `n` elements (else every ref gets the
+                /// error).
+                pub fn num_returns(self, n: usize) -> Split { Split(self.0.split_returns(), n) }
+            }
+        }
+        None => quote!(),
+    };
+    let split_struct = match &elem {
+        Some(x) => {
+            let tys = &tys;
+            let names = &names;
+            quote! {
+                /// Call options with `num_returns`; end with `.remote(args)`.
+                #[derive(Debug, Clone)]
+                pub struct Split(pub ::arca::TaskOptions, usize);
+
+                impl Split {
+                    /// Submits the call: one ObjectRef per returned element.
+                    pub fn remote(self, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::std::vec::Vec<::arca::ObjectRef<#x>> {
+                        self.try_remote(#(#names),*).unwrap_or_else(|e| ::core::panic!("cannot submit {}: {e}", NAME))
+                    }
+
+                    /// Submits the call, returning errors.
+                    pub fn try_remote(self, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::arca::Result<::std::vec::Vec<::arca::ObjectRef<#x>>> {
+                        let mut __a = ::arca::__private::ArgsBuilder::default();
+                        #(__a.push::<#tys>(#names)?;)*
+                        let __ids = ::arca::__private::submit(&self.0, __a, self.1)?;
+                        ::core::result::Result::Ok((0..__ids.len()).map(|i| ::arca::__private::returns::<#x>(&__ids, i)).collect())
+                    }
+                }
+            }
+        }
+        None => quote!(),
     };
     let doc = format!("`{name}` as a task: [`remote`] runs it in a worker process.");
     Ok(quote! {
@@ -190,6 +248,7 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
                 pub fn resources(self, name: &str, amount: f64) -> Self { Self(self.0.resources(name, amount)) }
                 /// Retries if the worker dies (default 3).
                 pub fn max_retries(self, n: u32) -> Self { Self(self.0.max_retries(n)) }
+                #split
 
                 /// Submits the call.
                 pub fn remote(self, #(#names: impl ::arca::IntoArg<#tys>),*) -> #ret {
@@ -205,7 +264,9 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
                 }
             }
 
-            fn __call(__args: &[::arca::__private::ArgData]) -> ::core::result::Result<::std::vec::Vec<::arca::__private::Encoded>, ::arca::__private::TaskFailure> {
+            #split_struct
+
+            fn __call(__args: &[::arca::__private::ArgData], __split: ::core::option::Option<usize>) -> ::core::result::Result<::std::vec::Vec<::arca::__private::Encoded>, ::arca::__private::TaskFailure> {
                 if __args.len() != #n_args {
                     return ::core::result::Result::Err(::arca::__private::TaskFailure::new(::std::format!("{} takes {} arguments, got {}", NAME, #n_args, __args.len())));
                 }

@@ -28,7 +28,7 @@ pub use codec::{ArrowBatch, Buffer, Encoded, FromObject, ToObject, decode, encod
 pub use object_ref::ObjectRef;
 pub use task::{Arg, ArgsBuilder, DEFAULT_MAX_RETRIES, IntoArg, TaskOptions, returns, submit};
 pub use worker::{
-    ActorConstructor, ActorMethod, ArgData, RemoteFunction, TaskFailure, failure, result,
+    ActorConstructor, ActorMethod, ArgData, RemoteFunction, TaskFailure, failure, result, results,
 };
 
 /// Environment variable naming a running node's session directory for

@@ -53,6 +53,8 @@ pub struct TaskOptions {
     pub(crate) max_restarts: u32,
     /// Actors reserve nothing unless asked; tasks 1 CPU.
     pub(crate) actor: bool,
+    /// The results are the elements of the returned list.
+    pub(crate) split_returns: bool,
 }
 
 /// Default retries for a task whose worker dies, as in Ray.
@@ -67,6 +69,7 @@ impl TaskOptions {
             max_retries: DEFAULT_MAX_RETRIES,
             max_restarts: 0,
             actor: false,
+            split_returns: false,
         }
     }
 
@@ -117,6 +120,14 @@ impl TaskOptions {
     /// Times a task is retried when its worker process dies (default 3).
     pub fn max_retries(mut self, n: u32) -> Self {
         self.max_retries = n;
+        self
+    }
+
+    /// The function's returned `Vec` is split into one result per element.
+    /// Used by the code `#[arca::remote]` generates for `num_returns(n)`.
+    #[doc(hidden)]
+    pub fn split_returns(mut self) -> Self {
+        self.split_returns = true;
         self
     }
 
@@ -206,6 +217,7 @@ pub(crate) fn submit_kind(
             .unwrap_or_default(),
         max_restarts: opts.max_restarts,
         contained: ids(&args.contained),
+        split_returns: opts.split_returns,
     };
     rt.send(pb::request::Kind::Submit(pb::Submit { spec: Some(spec) }))?;
     drop(args.keep);

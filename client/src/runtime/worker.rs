@@ -65,12 +65,34 @@ pub fn result<T: ToObject + ?Sized>(value: &T) -> std::result::Result<Encoded, T
         .map_err(|e| TaskFailure::new(e.to_string()))
 }
 
+/// Encodes a returned `Vec` as one result, or with `split: Some(n)` as `n`
+/// results, one per element. Used by generated code.
+pub fn results<T: ToObject>(
+    values: Vec<T>,
+    split: Option<usize>,
+) -> std::result::Result<Vec<Encoded>, TaskFailure>
+where
+    Vec<T>: ToObject,
+{
+    let Some(n) = split else {
+        return Ok(vec![result(&values)?]);
+    };
+    if values.len() != n {
+        return Err(TaskFailure::new(format!(
+            "returned {} values but was called with num_returns({n})",
+            values.len()
+        )));
+    }
+    values.iter().map(|v| result(v)).collect()
+}
+
 /// Turns a function's `Err` into a task failure. Used by generated code.
 pub fn failure<E: std::fmt::Display>(e: E) -> TaskFailure {
     TaskFailure::new(e.to_string())
 }
 
-type Call = fn(&[ArgData]) -> std::result::Result<Vec<Encoded>, TaskFailure>;
+/// Arguments, and (for a call with `num_returns(n)`) `Some(n)`.
+type Call = fn(&[ArgData], Option<usize>) -> std::result::Result<Vec<Encoded>, TaskFailure>;
 type Construct = fn(&[ArgData]) -> std::result::Result<Box<dyn Any + Send>, TaskFailure>;
 type Method =
     fn(&mut (dyn Any + Send), &[ArgData]) -> std::result::Result<Vec<Encoded>, TaskFailure>;
@@ -225,7 +247,7 @@ fn execute(
         };
         match kind {
             pb::TaskKind::Normal => match r.functions.get(f) {
-                Some(call) => guarded(|| call(&args)),
+                Some(call) => guarded(|| call(&args, spec.split_returns.then_some(returns.len()))),
                 None => unknown("function"),
             },
             pb::TaskKind::ActorCreation => match r.constructors.get(f) {
