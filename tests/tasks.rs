@@ -254,6 +254,12 @@ impl Counter {
         self.n
     }
 
+    /// Adds another actor's count, read through a handle it was passed.
+    fn add_from(&mut self, other: CounterHandle) -> i64 {
+        self.n += arca::get_timeout(&other.get(), GET).expect("actor call from an actor");
+        self.n
+    }
+
     fn push(&mut self, x: i64) -> usize {
         self.log.push(x);
         self.log.len()
@@ -913,6 +919,11 @@ mod scenarios {
             );
         }
         assert_eq!(st.actors_alive, 2, "{st:?}");
+
+        // A handle passed to another actor, which calls it.
+        let e = Counter::remote(100);
+        assert_eq!(get(&e.add_from(d.clone())), 105);
+        drop(e);
 
         // Handles passed to tasks, which call the actor.
         let bumps: Vec<_> = (0..5).map(|_| bump::remote(c.clone(), 1)).collect();
