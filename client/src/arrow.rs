@@ -105,19 +105,21 @@ impl StoreClient {
         batches: &[RecordBatch],
         primary: bool,
     ) -> Result<ObjectId> {
-        self.put_record_batches_as(ObjectId::random(), schema, batches, primary)
+        let size = encoded_len(schema, batches)?;
+        self.put_record_batches_as(ObjectId::random(), size, schema, batches, primary)
     }
 
-    /// [`StoreClient::put_record_batches`] under a chosen id.
+    /// [`StoreClient::put_record_batches`] under a chosen id, with the
+    /// stream's size already known (see [`encoded_len`]).
     pub(crate) fn put_record_batches_as(
         &self,
         id: ObjectId,
+        size: usize,
         schema: &SchemaRef,
         batches: &[RecordBatch],
         primary: bool,
     ) -> Result<ObjectId> {
-        let size = encoded_len(schema, batches)? as u64;
-        let mut w = self.create(id, size, ARROW_METADATA, primary)?;
+        let mut w = self.create(id, size as u64, ARROW_METADATA, primary)?;
         let rest = write_batches(&mut w[..], schema, batches)?;
         if !rest.is_empty() {
             return Err(Error::Protocol(

@@ -154,8 +154,8 @@ impl Encoded {
                 };
                 store.put_with(&b, &opts)?;
             }
-            Payload::Arrow(batch, _) => {
-                store.put_record_batches_as(id, &batch.schema(), &[batch], true)?;
+            Payload::Arrow(batch, size) => {
+                store.put_record_batches_as(id, size, &batch.schema(), &[batch], true)?;
             }
         }
         Ok(pb::object::Body::Stored(len as u64))
