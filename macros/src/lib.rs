@@ -166,23 +166,18 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
     // A function returning Vec<X> may be split into one ObjectRef per
     // element at call time, as Ray's `.options(num_returns=n)`.
     let elem = (num_returns == 1).then(|| vec_elem(&value)).flatten();
-    let split = match &elem {
-        Some(_) => {
+    let (split, split_struct) = match &elem {
+        Some(x) => {
             encode = quote!(::arca::__private::results(__r, __split)?);
-            quote! {
+            let option = quote! {
                 /// Returns one ObjectRef per element of the returned `Vec`,
                 /// which must have `n` elements (else every ref gets the
                 /// error).
                 pub fn num_returns(self, n: usize) -> Split { Split(self.0.split_returns(), n) }
-            }
-        }
-        None => quote!(),
-    };
-    let split_struct = match &elem {
-        Some(x) => {
+            };
             let tys = &tys;
             let names = &names;
-            quote! {
+            let builder = quote! {
                 /// Call options with `num_returns`; end with `.remote(args)`.
                 #[derive(Debug, Clone)]
                 pub struct Split(pub ::arca::TaskOptions, usize);
@@ -195,15 +190,14 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
 
                     /// Submits the call, returning errors.
                     pub fn try_remote(self, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::arca::Result<::std::vec::Vec<::arca::ObjectRef<#x>>> {
-                        let mut __a = ::arca::__private::ArgsBuilder::default();
-                        #(__a.push::<#tys>(#names)?;)*
-                        let __ids = ::arca::__private::submit(&self.0, __a, self.1)?;
+                        let __ids = __submit(&self.0, self.1, #(#names),*)?;
                         ::core::result::Result::Ok((0..__ids.len()).map(|i| ::arca::__private::returns::<#x>(&__ids, i)).collect())
                     }
                 }
-            }
+            };
+            (option, builder)
         }
-        None => quote!(),
+        None => (quote!(), quote!()),
     };
     let doc = format!("`{name}` as a task: [`remote`] runs it in a worker process.");
     Ok(quote! {
@@ -257,14 +251,19 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
 
                 /// Submits the call, returning errors.
                 pub fn try_remote(self, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::arca::Result<#ret> {
-                    let mut __a = ::arca::__private::ArgsBuilder::default();
-                    #(__a.push::<#tys>(#names)?;)*
-                    let __ids = ::arca::__private::submit(&self.0, __a, #num_returns)?;
+                    let __ids = __submit(&self.0, #num_returns, #(#names),*)?;
                     ::core::result::Result::Ok(#build)
                 }
             }
 
             #split_struct
+
+            /// Submits a call with `n` results; their ids.
+            fn __submit(__o: &::arca::TaskOptions, __n: usize, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::arca::Result<::std::vec::Vec<::arca::ObjectId>> {
+                let mut __a = ::arca::__private::ArgsBuilder::default();
+                #(__a.push::<#tys>(#names)?;)*
+                ::arca::__private::submit(__o, __a, __n)
+            }
 
             fn __call(__args: &[::arca::__private::ArgData], __split: ::core::option::Option<usize>) -> ::core::result::Result<::std::vec::Vec<::arca::__private::Encoded>, ::arca::__private::TaskFailure> {
                 if __args.len() != #n_args {
