@@ -130,6 +130,27 @@ fn id_bytes(id: ObjectId) -> bytes::Bytes {
     id.as_bytes().to_vec().into()
 }
 
+/// A task of function "f" with these arguments and one result, `ret`.
+fn task(ret: ObjectId, args: Vec<pb::Arg>) -> Q {
+    Q::Submit(pb::Submit {
+        spec: Some(pb::TaskSpec {
+            task_id: id_bytes(ObjectId::random()),
+            function: "f".into(),
+            args,
+            returns: vec![id_bytes(ret)],
+            ..Default::default()
+        }),
+    })
+}
+
+/// A get of one object.
+fn get_one(id: ObjectId, timeout_ms: i64) -> Q {
+    Q::Get(pb::Get {
+        ids: vec![id_bytes(id)],
+        timeout_ms,
+    })
+}
+
 #[test]
 fn garbage_and_bad_handshakes_get_errors() {
     let (node, _dir) = node();
@@ -237,13 +258,7 @@ fn unknown_ids_are_errors_not_hangs() {
     let (node, _dir) = node();
     let mut c = driver(&node);
     let unknown = ObjectId::random();
-    send(
-        &mut c,
-        Q::Get(pb::Get {
-            ids: vec![id_bytes(unknown)],
-            timeout_ms: -1,
-        }),
-    );
+    send(&mut c, get_one(unknown, -1));
     match recv(&mut c) {
         Ok(R::Get(g)) => match &g.objects[0].body {
             Some(pb::object::Body::Error(e)) => {
@@ -287,27 +302,11 @@ fn unknown_ids_are_errors_not_hangs() {
     );
     // A task whose argument does not exist fails with ObjectLost.
     let ret = ObjectId::random();
-    send(
-        &mut c,
-        Q::Submit(pb::Submit {
-            spec: Some(pb::TaskSpec {
-                task_id: id_bytes(ObjectId::random()),
-                function: "f".into(),
-                args: vec![pb::Arg {
-                    kind: Some(pb::arg::Kind::Object(id_bytes(unknown))),
-                }],
-                returns: vec![id_bytes(ret)],
-                ..Default::default()
-            }),
-        }),
-    );
-    send(
-        &mut c,
-        Q::Get(pb::Get {
-            ids: vec![id_bytes(ret)],
-            timeout_ms: 10_000,
-        }),
-    );
+    let arg = pb::Arg {
+        kind: Some(pb::arg::Kind::Object(id_bytes(unknown))),
+    };
+    send(&mut c, task(ret, vec![arg]));
+    send(&mut c, get_one(ret, 10_000));
     match recv(&mut c) {
         Ok(R::Get(g)) => match &g.objects[0].body {
             Some(pb::object::Body::Error(e)) => {
@@ -382,25 +381,8 @@ fn replies_echo_their_request_seq_in_any_order() {
     send_seq(&mut c, 7, hello(pb::Role::Driver, &["/bin/sleep", "60"]));
     assert!(matches!(recv_seq(&mut c), Ok((7, R::Hello(_)))));
     let ret = ObjectId::random();
-    send(
-        &mut c,
-        Q::Submit(pb::Submit {
-            spec: Some(pb::TaskSpec {
-                task_id: id_bytes(ObjectId::random()),
-                function: "f".into(),
-                returns: vec![id_bytes(ret)],
-                ..Default::default()
-            }),
-        }),
-    );
-    send_seq(
-        &mut c,
-        8,
-        Q::Get(pb::Get {
-            ids: vec![id_bytes(ret)],
-            timeout_ms: -1,
-        }),
-    );
+    send(&mut c, task(ret, vec![]));
+    send_seq(&mut c, 8, get_one(ret, -1));
     send_seq(
         &mut c,
         9,
