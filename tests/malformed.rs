@@ -244,6 +244,11 @@ fn garbage_is_rejected_and_the_daemon_keeps_serving() {
         1,
         100_000,
     );
+    // `normal` releases its pin on its own connection, which the daemon may
+    // serve after `fresh` asks: wait for it rather than race it.
+    common::wait_until("the gets' pins to be released", WAIT, || {
+        common::totals(&fresh).pinned == 0
+    });
     let t = common::totals(&fresh);
     assert_eq!((t.objects, t.pinned, t.creating), (2, 0, 0), "{t:?}");
     drop(fresh);
