@@ -39,6 +39,11 @@ fn block_on(started: String, flag: String) -> bool {
 /// `block_on` for the driver-exit tests: waits longer than those tests
 /// wait for its worker to go, so a worker that outlives its driver shows.
 #[arca::remote]
+fn worker_pid(_i: u32) -> u32 {
+    std::process::id()
+}
+
+#[arca::remote]
 fn block_long(started: String) -> bool {
     touch(&started);
     wait_for("never", Duration::from_secs(90))
@@ -207,6 +212,7 @@ fn child_entry() {
         "external_squares" | "external_squares_2" => external_squares(),
         "external_put_and_wait" => external_put_and_wait(),
         "external_check_empty" => external_check_empty(),
+        "rebuilt_old" | "rebuilt_new" => report_worker_pids(name),
         other => scenario(other),
     });
 }
@@ -762,19 +768,41 @@ fn external_check_empty() {
     });
 }
 
+/// Driver: runs tasks on the external node and prints the pids of the
+/// workers that ran them; `rebuilt_old` then stays until flag `old-release`,
+/// so that its job (and its pooled workers) outlive the next driver's run.
+fn report_worker_pids(name: &str) {
+    init_external();
+    let refs: Vec<_> = (0..8).map(worker_pid::remote).collect();
+    let pids: Vec<String> = arca::get_many_timeout(&refs, GET)
+        .unwrap()
+        .iter()
+        .map(u32::to_string)
+        .collect();
+    println!("worker-pids: {}", pids.join(" "));
+    if name == "rebuilt_old" {
+        touch("old-ran");
+        assert!(wait_for("old-release", DRIVER_LIMIT), "never released");
+    }
+}
+
+/// The pids a driver printed after `worker-pids: `.
+fn printed_pids(out: &str) -> std::collections::BTreeSet<u32> {
+    out.lines()
+        .find_map(|l| l.split_once("worker-pids: ").map(|(_, p)| p))
+        .unwrap_or_else(|| panic!("no worker pids printed:\n{out}"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
 /// Runs a driver that exits mid-task and returns the pids of the workers
 /// that were running its tasks.
 fn exited_driver_workers(d: &mut Driver) -> Vec<u32> {
     let status = d.wait();
     let out = d.stdout();
     assert!(status.success(), "driver failed ({status})\n{}", d.output());
-    let line = out
-        .lines()
-        .find_map(|l| l.split_once("worker-pids: ").map(|(_, pids)| pids))
-        .unwrap_or_else(|| panic!("the driver printed no worker pids\n{}", d.output()));
-    line.split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect()
+    printed_pids(&out).into_iter().collect()
 }
 
 #[test]
@@ -806,12 +834,7 @@ fn driver_exit_external_node_leaves_no_workers() {
     let b = Driver::spawn_at(dir.path(), "external_squares_2");
     let mut pids = Vec::new();
     for d in [a, b] {
-        let out = d.finish();
-        let line = out
-            .lines()
-            .find_map(|l| l.split_once("worker-pids: ").map(|(_, pids)| pids))
-            .expect("the driver printed its workers");
-        pids.extend(line.split_whitespace().map(|p| p.parse::<u32>().unwrap()));
+        pids.extend(printed_pids(&d.finish()));
     }
     let _reaper = Reaper(pids.clone());
     for pid in pids {
@@ -823,18 +846,51 @@ fn driver_exit_external_node_leaves_no_workers() {
     common::wait_until("the driver to hold its objects", WAIT, || {
         dir.path().join("holding").exists()
     });
-    let worker: u32 = holder
-        .stdout()
-        .lines()
-        .find_map(|l| {
-            l.split_once("worker-pids: ")
-                .map(|(_, p)| p.trim().parse().unwrap())
-        })
+    let worker = *printed_pids(&holder.stdout())
+        .first()
         .expect("the driver printed its worker");
     let _reaper2 = Reaper(vec![worker]);
     holder.kill();
     expect_gone(worker);
     Driver::spawn_at(dir.path(), "external_check_empty").finish();
+    std::fs::write(dir.path().join("stop"), b"1").unwrap();
+    let status = node.wait();
+    assert!(
+        status.success(),
+        "node failed ({status})\n{}",
+        node.output()
+    );
+}
+
+/// A program rebuilt under the same path while a run of the old build still
+/// goes: the new run's tasks must not go to the old build's pooled workers,
+/// which would run stale code.
+#[test]
+fn rebuilt_program_gets_its_own_workers() {
+    let dir = common::TempDir::new();
+    let me = std::env::current_exe().unwrap();
+    let program = dir.path().join("program");
+    let rebuilt = dir.path().join("program.next");
+    std::fs::copy(&me, &program).unwrap();
+    std::fs::copy(&me, &rebuilt).unwrap();
+    let mut node = Driver::spawn_at(dir.path(), "external_node");
+    common::wait_until("the node to start", WAIT, || {
+        dir.path().join("node-ready").exists()
+    });
+    let old = Driver::spawn_program(dir.path(), &program, "rebuilt_old");
+    common::wait_until("the old build's tasks to run", WAIT, || {
+        dir.path().join("old-ran").exists()
+    });
+    // The rebuild: a new file renamed over the old, as linkers write one.
+    std::fs::rename(&rebuilt, &program).unwrap();
+    let new_pids =
+        printed_pids(&Driver::spawn_program(dir.path(), &program, "rebuilt_new").finish());
+    std::fs::write(dir.path().join("old-release"), b"1").unwrap();
+    let old_pids = printed_pids(&old.finish());
+    assert!(
+        old_pids.is_disjoint(&new_pids),
+        "the rebuilt program ran tasks in the old build's workers: old {old_pids:?}, new {new_pids:?}"
+    );
     std::fs::write(dir.path().join("stop"), b"1").unwrap();
     let status = node.wait();
     assert!(

@@ -383,9 +383,16 @@ impl Driver {
     /// Starts `scenario` in a child process sharing the directory `dir`
     /// (which the caller keeps).
     pub fn spawn_at(dir: &Path, scenario: &str) -> Self {
+        let program = std::env::current_exe().expect("current_exe");
+        Self::spawn_program(dir, &program, scenario)
+    }
+
+    /// Starts `scenario` in a child process running `program` (a copy of
+    /// this test binary), sharing the directory `dir`.
+    pub fn spawn_program(dir: &Path, program: &Path, scenario: &str) -> Self {
         let out = dir.join(format!("{scenario}.stdout"));
         let err = dir.join(format!("{scenario}.stderr"));
-        let mut cmd = Command::new(std::env::current_exe().expect("current_exe"));
+        let mut cmd = Command::new(program);
         cmd.args(entry_args())
             .env(SCENARIO_VAR, scenario)
             .env(DIR_VAR, dir)

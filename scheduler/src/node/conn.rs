@@ -12,7 +12,7 @@ use arca_store::wire::{Conn, MAX_REQUEST_FRAME, RecvError, Side};
 use parking_lot::Mutex;
 
 use super::objects::Hold;
-use super::state::{ConnId, ConnState, Job, State, WaitKind, parse_id};
+use super::state::{ConnId, ConnState, Job, State, WaitKind, WorkerCommand, parse_id};
 use super::{NODE_PROTOCOL_VERSION, Shared};
 
 use pb::reply::Kind as R;
@@ -146,7 +146,7 @@ fn register(
             st.jobs.insert(
                 id,
                 Job {
-                    command: hello.worker_command.clone().into(),
+                    command: Arc::new(WorkerCommand::new(hello.worker_command.clone())),
                     startup_failures: 0,
                     alive: true,
                 },

@@ -31,10 +31,32 @@ pub(crate) struct ConnState {
     pub waiters: Vec<WaiterId>,
 }
 
+/// How a job's workers start, and which build of the program that is.
+/// Jobs share pooled workers only when both match, so a driver rebuilt while
+/// a run of the old build is still going never gets the old build's workers.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct WorkerCommand {
+    pub argv: Vec<String>,
+    /// The program file's device, inode, size and modification time when
+    /// the job started; `None` for a program found on `PATH`.
+    build: Option<(u64, u64, u64, i64, i64)>,
+}
+
+impl WorkerCommand {
+    pub fn new(argv: Vec<String>) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let build = argv
+            .first()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+        Self { argv, build }
+    }
+}
+
 /// A driver and the workers started for it.
 pub(crate) struct Job {
     /// How its workers start; jobs with the same command share workers.
-    pub command: Arc<[String]>,
+    pub command: Arc<WorkerCommand>,
     /// Workers that exited before connecting, in a row.
     pub startup_failures: u32,
     pub alive: bool,
@@ -121,7 +143,7 @@ pub(crate) struct Worker {
     pub pid: u32,
     /// The job it was started for.
     pub job: JobId,
-    pub command: Arc<[String]>,
+    pub command: Arc<WorkerCommand>,
     pub conn: Option<ConnId>,
     pub state: WorkerState,
     /// Blocked in `get`/`wait` with its task's resources lent out.
@@ -194,7 +216,7 @@ pub(crate) struct State {
     pub workers: HashMap<WorkerId, Worker>,
     /// Idle task workers by the command that started them: any job with
     /// that command may use them.
-    pub pools: HashMap<Arc<[String]>, Vec<WorkerId>>,
+    pub pools: HashMap<Arc<WorkerCommand>, Vec<WorkerId>>,
     pub actors: HashMap<ObjectId, Actor>,
     pub waiters: HashMap<WaiterId, Waiter>,
     pub deadlines: BTreeSet<(Instant, WaiterId)>,
@@ -270,7 +292,7 @@ impl State {
     }
 
     /// Task workers of `command` still starting.
-    pub fn starting(&self, command: &[String]) -> usize {
+    pub fn starting(&self, command: &WorkerCommand) -> usize {
         self.workers
             .values()
             .filter(|w| {

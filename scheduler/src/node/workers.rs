@@ -13,7 +13,9 @@ use nix::unistd::Pid;
 
 use super::Shared;
 use super::objects::Hold;
-use super::state::{ConnId, JobId, State, TaskState, Worker, WorkerId, WorkerState, error};
+use super::state::{
+    ConnId, JobId, State, TaskState, Worker, WorkerCommand, WorkerId, WorkerState, error,
+};
 use crate::{ENV_NODE_SOCKET, ENV_WORKER_ID};
 
 use pb::ErrorKind as K;
@@ -40,7 +42,7 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 impl Shared {
     /// Frees a pool slot for `job` if the pool is full, by ending an idle
     /// worker of another job. True if a worker may be started.
-    pub(crate) fn make_room(&self, st: &mut State, command: &[String], cap: usize) -> bool {
+    pub(crate) fn make_room(&self, st: &mut State, command: &WorkerCommand, cap: usize) -> bool {
         if st.pool_size() < cap {
             return true;
         }
@@ -73,8 +75,8 @@ impl Shared {
         let command = Arc::clone(&st.jobs.get(&job).filter(|j| j.alive)?.command);
         let wid = st.next_worker;
         st.next_worker += 1;
-        let spawned = Command::new(&command[0])
-            .args(&command[1..])
+        let spawned = Command::new(&command.argv[0])
+            .args(&command.argv[1..])
             .env(ENV_WORKER_ID, wid.to_string())
             .env(ENV_NODE_SOCKET, self.config.node_socket())
             .stdin(Stdio::null())
@@ -82,7 +84,10 @@ impl Shared {
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
-                let msg = format!("cannot start a worker process ({}): {e}", command.join(" "));
+                let msg = format!(
+                    "cannot start a worker process ({}): {e}",
+                    command.argv.join(" ")
+                );
                 tracing::error!(job, "{msg}");
                 self.startup_failed(st, job, msg);
                 return None;
