@@ -24,6 +24,6 @@
 #![forbid(unsafe_code)]
 
 pub use arca_client::*;
-pub use arca_macros::{actor, remote};
+pub use arca_macros::{actor, method, remote};
 pub use arca_scheduler as scheduler;
 pub use arca_store as store;

@@ -273,6 +273,13 @@ impl Counter {
         std::process::id()
     }
 
+    /// The count and a log of `len` bytes: two ObjectRefs, the second too
+    /// big to travel inline.
+    #[arca::method(num_returns = 2)]
+    fn count_and_bytes(&self, len: usize) -> (i64, Vec<u8>) {
+        (self.n, common::pattern(7, len))
+    }
+
     /// Runs a task from inside the actor and waits for it.
     fn square_via_task(&self, x: i64) -> i64 {
         arca::get_timeout(&square::remote(x), GET).expect("task from an actor")
@@ -934,6 +941,11 @@ mod scenarios {
 
         // An actor method running a task of its own.
         assert_eq!(get(&c.square_via_task(12)), 144);
+
+        // A method with two returns, one stored and read from the store.
+        let (n, bytes) = c.count_and_bytes(300 << 10);
+        assert_eq!(get(&n), 27);
+        check_pattern("actor's second return", &get(&bytes), 7, 300 << 10);
 
         // Dropping every handle ends the actor's process.
         drop(d);

@@ -287,21 +287,77 @@ fn expand_remote(f: &ItemFn, num_returns: usize) -> syn::Result<Tokens> {
 ///
 /// Generates `Type::remote(args) -> TypeHandle` (and `Type::options()` for
 /// resources and `max_restarts`), and on `TypeHandle` one method per actor
-/// method, returning an `ObjectRef` to its result.
+/// method, returning an `ObjectRef` to its result. A method marked
+/// `#[arca::method(num_returns = N)]` returns an N-tuple and its handle
+/// method N ObjectRefs, one per element (Ray's `@ray.method(num_returns=N)`).
 #[proc_macro_attribute]
 pub fn actor(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let e = syn::Error::new(Span::call_site(), "#[arca::actor] takes no arguments");
         return e.to_compile_error().into();
     }
-    let block = parse_macro_input!(item as ItemImpl);
-    match expand_actor(&block) {
+    let mut block = parse_macro_input!(item as ItemImpl);
+    match expand_actor(&mut block) {
         Ok(t) => t.into(),
         Err(e) => e.to_compile_error().into(),
     }
 }
 
-fn expand_actor(block: &ItemImpl) -> syn::Result<Tokens> {
+/// `#[arca::method(num_returns = N)]`: read by `#[arca::actor]` on the
+/// methods of its block. Anywhere else it is an error.
+#[proc_macro_attribute]
+pub fn method(_attr: TokenStream, _item: TokenStream) -> TokenStream {
+    syn::Error::new(
+        Span::call_site(),
+        "#[arca::method] goes on a method inside an #[arca::actor] impl block",
+    )
+    .to_compile_error()
+    .into()
+}
+
+/// Takes a method's `#[arca::method(num_returns = N)]` (or `#[method(..)]`)
+/// off it and returns N (1 without the attribute).
+fn take_method_attr(m: &mut syn::ImplItemFn) -> syn::Result<usize> {
+    let mut num_returns = 1usize;
+    let mut err = None;
+    m.attrs.retain(|a| {
+        let p = a.path();
+        let ours = p.is_ident("method")
+            || (p.segments.len() == 2
+                && p.segments[0].ident == "arca"
+                && p.segments[1].ident == "method");
+        if ours {
+            let r = a.parse_nested_meta(|meta| {
+                if meta.path.is_ident("num_returns") {
+                    let n: syn::LitInt = meta.value()?.parse()?;
+                    num_returns = n.base10_parse()?;
+                    Ok(())
+                } else {
+                    Err(meta.error("expected `num_returns = N`"))
+                }
+            });
+            if let Err(e) = r {
+                err = Some(e);
+            }
+        }
+        !ours
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(num_returns),
+    }
+}
+
+fn expand_actor(block: &mut ItemImpl) -> syn::Result<Tokens> {
+    let mut returns = Vec::new();
+    for item in &mut block.items {
+        if let ImplItem::Fn(m) = item
+            && matches!(m.sig.inputs.first(), Some(FnArg::Receiver(_)))
+        {
+            returns.push(take_method_attr(m)?);
+        }
+    }
+    let block = &*block;
     let ty = &block.self_ty;
     let Type::Path(tp) = &**ty else {
         return Err(syn::Error::new_spanned(
@@ -352,12 +408,14 @@ fn expand_actor(block: &ItemImpl) -> syn::Result<Tokens> {
 
     let mut handle_methods = Vec::new();
     let mut registrations = Vec::new();
-    for m in &methods {
+    for (m, &num_returns) in methods.iter().zip(&returns) {
         let mname = &m.sig.ident;
         let const_name = format_ident!("__ARCA_{}", mname.to_string().to_uppercase());
         let full = format!("::{tname}::{mname}");
         let ps = params(m.sig.inputs.iter().skip(1))?;
         let (value, is_result) = output(&m.sig.output);
+        let span = syn::spanned::Spanned::span(&m.sig);
+        let (ret, build, encode) = refs(&value, num_returns, span)?;
         let names: Vec<&Ident> = ps.iter().map(|p| &p.name).collect();
         let tys: Vec<&Type> = ps.iter().map(|p| &p.ty).collect();
         let idx: Vec<usize> = (0..ps.len()).collect();
@@ -377,12 +435,12 @@ fn expand_actor(block: &ItemImpl) -> syn::Result<Tokens> {
             const #const_name: &'static str = ::core::concat!(::core::module_path!(), #full);
 
             #[doc = #doc]
-            #vis fn #mname(&self, #(#names: impl ::arca::IntoArg<#tys>),*) -> ::arca::ObjectRef<#value> {
-                let __go = || -> ::arca::Result<::arca::ObjectRef<#value>> {
+            #vis fn #mname(&self, #(#names: impl ::arca::IntoArg<#tys>),*) -> #ret {
+                let __go = || -> ::arca::Result<#ret> {
                     let mut __a = ::arca::__private::ArgsBuilder::default();
                     #(__a.push::<#tys>(#names)?;)*
-                    let __ids = self.0.call(Self::#const_name, __a, 1)?;
-                    ::core::result::Result::Ok(::arca::__private::returns::<#value>(&__ids, 0))
+                    let __ids = self.0.call(Self::#const_name, __a, #num_returns)?;
+                    ::core::result::Result::Ok(#build)
                 };
                 __go().unwrap_or_else(|e| ::core::panic!("cannot call {}: {e}", Self::#const_name))
             }
@@ -398,7 +456,7 @@ fn expand_actor(block: &ItemImpl) -> syn::Result<Tokens> {
                 let __s = __state.downcast_mut::<#ty>().ok_or_else(|| ::arca::__private::TaskFailure::new("the actor's state has another type"))?;
                 let __r = __s.#mname(#(__args[#idx].decode::<#tys>()?),*);
                 #unwrap
-                ::core::result::Result::Ok(::std::vec![::arca::__private::result(&__r)?])
+                ::core::result::Result::Ok(#encode)
             }
             ::arca::__private::inventory::submit! {
                 ::arca::__private::ActorMethod { name: #handle::#const_name, call: #call_fn }
