@@ -33,20 +33,22 @@ use syn::{FnArg, Ident, ImplItem, ItemFn, ItemImpl, Pat, ReturnType, Type, parse
 #[proc_macro_attribute]
 pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut num_returns = 1usize;
-    let parser = syn::meta::parser(|meta| {
-        if meta.path.is_ident("num_returns") {
-            let n: syn::LitInt = meta.value()?.parse()?;
-            num_returns = n.base10_parse()?;
-            Ok(())
-        } else {
-            Err(meta.error("expected `num_returns = N`"))
-        }
-    });
+    let parser = syn::meta::parser(|meta| parse_num_returns(meta, &mut num_returns));
     parse_macro_input!(attr with parser);
     let f = parse_macro_input!(item as ItemFn);
     match expand_remote(&f, num_returns) {
         Ok(t) => t.into(),
         Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Reads the one argument `remote` and `method` take: `num_returns = N`.
+fn parse_num_returns(meta: syn::meta::ParseNestedMeta, n: &mut usize) -> syn::Result<()> {
+    if meta.path.is_ident("num_returns") {
+        *n = meta.value()?.parse::<syn::LitInt>()?.base10_parse()?;
+        Ok(())
+    } else {
+        Err(meta.error("expected `num_returns = N`"))
     }
 }
 
@@ -326,19 +328,10 @@ fn take_method_attr(m: &mut syn::ImplItemFn) -> syn::Result<usize> {
             || (p.segments.len() == 2
                 && p.segments[0].ident == "arca"
                 && p.segments[1].ident == "method");
-        if ours {
-            let r = a.parse_nested_meta(|meta| {
-                if meta.path.is_ident("num_returns") {
-                    let n: syn::LitInt = meta.value()?.parse()?;
-                    num_returns = n.base10_parse()?;
-                    Ok(())
-                } else {
-                    Err(meta.error("expected `num_returns = N`"))
-                }
-            });
-            if let Err(e) = r {
-                err = Some(e);
-            }
+        if ours
+            && let Err(e) = a.parse_nested_meta(|meta| parse_num_returns(meta, &mut num_returns))
+        {
+            err = Some(e);
         }
         !ours
     });
