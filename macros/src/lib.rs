@@ -342,12 +342,19 @@ fn take_method_attr(m: &mut syn::ImplItemFn) -> syn::Result<usize> {
 }
 
 fn expand_actor(block: &mut ItemImpl) -> syn::Result<Tokens> {
-    let mut returns = Vec::new();
+    // The methods (with their number of returns, the attribute taken off
+    // the block the macro emits again) and the constructor, copied out.
+    let mut ctor = None;
+    let mut methods = Vec::new();
     for item in &mut block.items {
-        if let ImplItem::Fn(m) = item
-            && matches!(m.sig.inputs.first(), Some(FnArg::Receiver(_)))
-        {
-            returns.push(take_method_attr(m)?);
+        let ImplItem::Fn(m) = item else { continue };
+        match m.sig.inputs.first() {
+            Some(FnArg::Receiver(_)) => {
+                let num_returns = take_method_attr(m)?;
+                methods.push((m.clone(), num_returns));
+            }
+            _ if m.sig.ident == "new" => ctor = Some(m.clone()),
+            _ => {}
         }
     }
     let block = &*block;
@@ -373,16 +380,6 @@ fn expand_actor(block: &mut ItemImpl) -> syn::Result<Tokens> {
     let handle = format_ident!("{tname}Handle");
     let options = format_ident!("{tname}Options");
     let hidden = format_ident!("__arca_actor_{tname}");
-    let mut ctor = None;
-    let mut methods = Vec::new();
-    for item in &block.items {
-        let ImplItem::Fn(m) = item else { continue };
-        match m.sig.inputs.first() {
-            Some(FnArg::Receiver(_)) => methods.push(m),
-            _ if m.sig.ident == "new" => ctor = Some(m),
-            _ => {}
-        }
-    }
     let ctor = ctor.ok_or_else(|| {
         syn::Error::new_spanned(ty, "an actor needs a constructor `fn new(..) -> Self`")
     })?;
@@ -401,7 +398,8 @@ fn expand_actor(block: &mut ItemImpl) -> syn::Result<Tokens> {
 
     let mut handle_methods = Vec::new();
     let mut registrations = Vec::new();
-    for (m, &num_returns) in methods.iter().zip(&returns) {
+    for (m, num_returns) in &methods {
+        let num_returns = *num_returns;
         let mname = &m.sig.ident;
         let const_name = format_ident!("__ARCA_{}", mname.to_string().to_uppercase());
         let full = format!("::{tname}::{mname}");
