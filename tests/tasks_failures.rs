@@ -36,13 +36,14 @@ fn block_on(started: String, flag: String) -> bool {
     wait_for(&flag, BLOCK_LIMIT)
 }
 
-/// `block_on` for the driver-exit tests: waits longer than those tests
-/// wait for its worker to go, so a worker that outlives its driver shows.
+/// The pid of the worker process that runs it.
 #[arca::remote]
 fn worker_pid(_i: u32) -> u32 {
     std::process::id()
 }
 
+/// `block_on` for the driver-exit tests: waits longer than those tests
+/// wait for its worker to go, so a worker that outlives its driver shows.
 #[arca::remote]
 fn block_long(started: String) -> bool {
     touch(&started);
@@ -796,6 +797,26 @@ fn printed_pids(out: &str) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// Starts the `external_node` scenario in `dir` and waits until it serves.
+fn start_external_node(dir: &std::path::Path) -> Driver {
+    let node = Driver::spawn_at(dir, "external_node");
+    common::wait_until("the node to start", WAIT, || {
+        dir.join("node-ready").exists()
+    });
+    node
+}
+
+/// Tells the external node to stop and checks that it exits cleanly.
+fn stop_external_node(dir: &std::path::Path, mut node: Driver) {
+    std::fs::write(dir.join("stop"), b"1").unwrap();
+    let status = node.wait();
+    assert!(
+        status.success(),
+        "node failed ({status})\n{}",
+        node.output()
+    );
+}
+
 /// Runs a driver that exits mid-task and returns the pids of the workers
 /// that were running its tasks.
 fn exited_driver_workers(d: &mut Driver) -> Vec<u32> {
@@ -818,10 +839,7 @@ fn driver_exit_embedded_leaves_no_workers() {
 #[test]
 fn driver_exit_external_node_leaves_no_workers() {
     let dir = common::TempDir::new();
-    let mut node = Driver::spawn_at(dir.path(), "external_node");
-    common::wait_until("the node to start", WAIT, || {
-        dir.path().join("node-ready").exists()
-    });
+    let node = start_external_node(dir.path());
     let mut d = Driver::spawn_at(dir.path(), "exit_external");
     let pids = exited_driver_workers(&mut d);
     let _reaper = Reaper(pids.clone());
@@ -853,13 +871,7 @@ fn driver_exit_external_node_leaves_no_workers() {
     holder.kill();
     expect_gone(worker);
     Driver::spawn_at(dir.path(), "external_check_empty").finish();
-    std::fs::write(dir.path().join("stop"), b"1").unwrap();
-    let status = node.wait();
-    assert!(
-        status.success(),
-        "node failed ({status})\n{}",
-        node.output()
-    );
+    stop_external_node(dir.path(), node);
 }
 
 /// A program rebuilt under the same path while a run of the old build still
@@ -873,10 +885,7 @@ fn rebuilt_program_gets_its_own_workers() {
     let rebuilt = dir.path().join("program.next");
     std::fs::copy(&me, &program).unwrap();
     std::fs::copy(&me, &rebuilt).unwrap();
-    let mut node = Driver::spawn_at(dir.path(), "external_node");
-    common::wait_until("the node to start", WAIT, || {
-        dir.path().join("node-ready").exists()
-    });
+    let node = start_external_node(dir.path());
     let old = Driver::spawn_program(dir.path(), &program, "rebuilt_old");
     common::wait_until("the old build's tasks to run", WAIT, || {
         dir.path().join("old-ran").exists()
@@ -891,11 +900,5 @@ fn rebuilt_program_gets_its_own_workers() {
         old_pids.is_disjoint(&new_pids),
         "the rebuilt program ran tasks in the old build's workers: old {old_pids:?}, new {new_pids:?}"
     );
-    std::fs::write(dir.path().join("stop"), b"1").unwrap();
-    let status = node.wait();
-    assert!(
-        status.success(),
-        "node failed ({status})\n{}",
-        node.output()
-    );
+    stop_external_node(dir.path(), node);
 }
