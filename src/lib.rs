@@ -23,7 +23,10 @@
 
 #![forbid(unsafe_code)]
 
+mod embed;
+
 pub use arca_client::*;
 pub use arca_macros::{actor, method, remote};
 pub use arca_scheduler as scheduler;
 pub use arca_store as store;
+pub use embed::{Config, init, init_with, start_embedded};

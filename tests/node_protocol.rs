@@ -92,6 +92,7 @@ fn hello(role: pb::Role, command: &[&str]) -> Q {
         name: "test".into(),
         worker_command: command.iter().map(|s| s.to_string()).collect(),
         worker_id: 0,
+        ..Default::default()
     })
 }
 
@@ -304,6 +305,7 @@ fn unknown_ids_are_errors_not_hangs() {
     let ret = ObjectId::random();
     let arg = pb::Arg {
         kind: Some(pb::arg::Kind::Object(id_bytes(unknown))),
+        encoding: 0,
     };
     send(&mut c, task(ret, vec![arg]));
     send(&mut c, get_one(ret, 10_000));
@@ -332,6 +334,7 @@ fn puts_are_counted_and_freed() {
                     id: id_bytes(*id),
                     body: Some(pb::object::Body::Inline(vec![1, 2, 3].into())),
                     contained: vec![],
+                    encoding: 0,
                 }),
             }),
         );
@@ -362,6 +365,7 @@ fn puts_are_counted_and_freed() {
                 id: id_bytes(id),
                 body: Some(pb::object::Body::Inline(vec![].into())),
                 contained: vec![],
+                encoding: 0,
             }),
         })
     };

@@ -26,6 +26,7 @@ mod error;
 mod runtime;
 mod tensor;
 
+pub use arca_proto::node::{Encoding, ErrorInfo, ErrorKind, Language, TaskKind};
 pub use arca_proto::store::{
     ClientInfo, MemoryReport, ObjectInfo, ObjectState, PinInfo, StoreTotals,
 };
@@ -35,10 +36,11 @@ pub use buffer::{ObjectBuffer, ObjectWriter};
 pub use client::{ClientOptions, INLINE_MAX, PutOptions, StoreClient};
 pub use error::{Error, Result};
 pub use runtime::{
-    ActorHandle, Arg, ArrowBatch, Buffer, Config, DEFAULT_MAX_RETRIES, ENV_ADDRESS, FromObject,
-    IntoArg, ObjectRef, TaskOptions, ToObject, cancel, get, get_many, get_many_timeout,
-    get_timeout, init, init_with, is_initialized, kill, memory, put, shutdown, status,
-    store_client, wait,
+    ActorHandle, Arg, ArgData, ArgsBuilder, ArrowBatch, Buffer, Config, DEFAULT_MAX_RETRIES,
+    DEFAULT_SESSION_DIR, ENV_ADDRESS, EmbeddedNode, Encoded, FromObject, IntoArg, ObjectRef,
+    TaskOptions, ToObject, cancel, connect_worker, core, get, get_many, get_many_timeout,
+    get_timeout, init, init_with, init_with_node, is_initialized, is_worker_process, kill, memory,
+    node_running, put, shutdown, status, store_client, submit_kind, wait,
 };
 pub use tensor::{Element, Tensor};
 

@@ -20,3 +20,21 @@ pub mod store {
 pub mod node {
     include!(concat!(env!("OUT_DIR"), "/arca.node.rs"));
 }
+
+/// Constants of the node protocol that both ends (the node daemon and every
+/// client) must agree on; here so that a client need not link the daemon.
+pub mod consts {
+    /// The node protocol's version, checked at `Hello`.
+    pub const NODE_PROTOCOL_VERSION: u32 = 3;
+    /// Values up to this size travel inline in node messages (puts, results,
+    /// arguments); larger ones are written to the store.
+    pub const INLINE_RESULT_MAX: usize = 100 << 10;
+    /// Set in a worker process's environment: its id at the node.
+    pub const ENV_WORKER_ID: &str = "ARCA_WORKER_ID";
+    /// Set in a worker process's environment: the node's socket.
+    pub const ENV_NODE_SOCKET: &str = "ARCA_NODE_SOCKET";
+    /// The node's socket, inside its session directory.
+    pub const NODE_SOCKET: &str = "node.sock";
+    /// The node's embedded store's socket, beside the node's.
+    pub const STORE_SOCKET: &str = "store.sock";
+}

@@ -6,10 +6,7 @@ use arca_store::spill::SpillConfig;
 
 use crate::resources::{InvalidResource, ResourceSet};
 
-/// File names inside a node's session directory.
-pub const NODE_SOCKET: &str = "node.sock";
-/// The embedded store's socket, beside the node's.
-pub const STORE_SOCKET: &str = "store.sock";
+pub use arca_proto::consts::{NODE_SOCKET, STORE_SOCKET};
 
 /// A node daemon's settings. `Default` is a node sized to this machine with
 /// its session in `/tmp/arca`.
@@ -111,4 +108,35 @@ fn hostname() -> String {
 /// True if a node answers on `session_dir`'s socket.
 pub fn node_running(session_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(session_dir.join(NODE_SOCKET)).is_ok()
+}
+
+/// A new session directory for an embedded node, `<tmp>/arca-<pid>-<n>`.
+/// Those of processes that no longer exist (killed before they could clean
+/// up) are removed on the way.
+pub fn fresh_session_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("arca-"))
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(pid, n)| n.parse::<u32>().ok().and(pid.parse::<i32>().ok()));
+            let dead = pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                    == Err(nix::errno::Errno::ESRCH)
+            });
+            if dead && e.path().join(NODE_SOCKET).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    tmp.join(format!(
+        "arca-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }

@@ -31,11 +31,10 @@ mod config;
 mod node;
 mod resources;
 
-pub use config::{NODE_SOCKET, NodeConfig, STORE_SOCKET, node_running, total_ram};
+pub use config::{
+    NODE_SOCKET, NodeConfig, STORE_SOCKET, fresh_session_dir, node_running, total_ram,
+};
 pub use node::{INLINE_RESULT_MAX, NODE_PROTOCOL_VERSION, Node, NodeStartError};
 pub use resources::{InvalidResource, ResourceSet};
 
-/// Set in a worker process's environment: its id at the node.
-pub const ENV_WORKER_ID: &str = "ARCA_WORKER_ID";
-/// Set in a worker process's environment: the node's socket.
-pub const ENV_NODE_SOCKET: &str = "ARCA_NODE_SOCKET";
+pub use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID};

@@ -7,8 +7,8 @@
 use std::cell::RefCell;
 use std::ops::Deref;
 
+use arca_proto::consts::INLINE_RESULT_MAX;
 use arca_proto::node as pb;
-use arca_scheduler::INLINE_RESULT_MAX;
 use arca_store::ObjectId;
 use arrow_array::RecordBatch;
 use bytes::Bytes;
@@ -65,6 +65,12 @@ pub(crate) enum Payload {
     /// A record batch, written as an Arrow IPC stream only where it goes
     /// (straight into shared memory when stored).
     Arrow(RecordBatch, usize),
+    /// `len` bytes made of pieces at their offsets (a Python pickle and its
+    /// out-of-band buffers), copied once, straight to where they go.
+    Parts {
+        len: usize,
+        parts: Vec<(usize, Bytes)>,
+    },
 }
 
 impl Default for Payload {
@@ -77,6 +83,8 @@ impl Default for Payload {
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub(crate) payload: Payload,
+    /// How readers are to decode it.
+    pub encoding: pb::Encoding,
     /// ObjectRefs found inside the value.
     pub contained: Vec<ObjectId>,
     /// Clones of those refs: the value may be dropped right after encoding,
@@ -100,18 +108,55 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded> {
         .collect();
     Ok(Encoded {
         payload: Payload::Bytes(bytes.into()),
+        encoding: pb::Encoding::Postcard,
         contained,
         keep,
     })
 }
 
 impl Encoded {
-    /// Encoded raw bytes (nothing nested).
-    fn raw(payload: Payload) -> Self {
+    /// Bytes with nothing nested, read back as `encoding`.
+    fn raw(payload: Payload, encoding: pb::Encoding) -> Self {
         Self {
             payload,
+            encoding,
             ..Self::default()
         }
+    }
+
+    /// A value already encoded in `bytes` (by another language's runtime),
+    /// holding references to `contained`. The caller keeps those alive until
+    /// the message carrying it is sent.
+    pub fn from_bytes(encoding: pb::Encoding, bytes: Bytes, contained: Vec<ObjectId>) -> Self {
+        Self {
+            payload: Payload::Bytes(bytes),
+            encoding,
+            contained,
+            keep: Vec::new(),
+        }
+    }
+
+    /// A value of `len` bytes made of `parts`, each written at its offset
+    /// (gaps between them are padding): copied once, into the message if
+    /// small, else straight into shared memory.
+    pub fn from_parts(
+        encoding: pb::Encoding,
+        len: usize,
+        parts: Vec<(usize, Bytes)>,
+        contained: Vec<ObjectId>,
+    ) -> Result<Self> {
+        if let Some((off, p)) = parts.iter().find(|(off, p)| off + p.len() > len) {
+            return Err(Error::Serialization(format!(
+                "a part of {} bytes at offset {off} does not fit in {len} bytes",
+                p.len()
+            )));
+        }
+        Ok(Self {
+            payload: Payload::Parts { len, parts },
+            encoding,
+            contained,
+            keep: Vec::new(),
+        })
     }
 
     /// The size of the object it makes.
@@ -119,6 +164,7 @@ impl Encoded {
         match &self.payload {
             Payload::Bytes(b) => b.len(),
             Payload::Arrow(_, n) => *n,
+            Payload::Parts { len, .. } => *len,
         }
     }
 
@@ -134,6 +180,11 @@ impl Encoded {
             Payload::Arrow(batch, n) => {
                 let mut v = Vec::with_capacity(n);
                 crate::arrow::write_batches(&mut v, &batch.schema(), &[batch])?;
+                Ok(v.into())
+            }
+            Payload::Parts { len, parts } => {
+                let mut v = vec![0u8; len];
+                write_parts(&mut v, &parts);
                 Ok(v.into())
             }
         }
@@ -157,8 +208,20 @@ impl Encoded {
             Payload::Arrow(batch, size) => {
                 store.put_record_batches_as(id, size, &batch.schema(), &[batch], true)?;
             }
+            Payload::Parts { len, parts } => {
+                let mut w = store.create(id, len as u64, &[], true)?;
+                write_parts(&mut w, &parts);
+                w.seal()?;
+            }
         }
         Ok(pb::object::Body::Stored(len as u64))
+    }
+}
+
+/// Copies each part to its offset (checked to fit by `from_parts`).
+fn write_parts(dst: &mut [u8], parts: &[(usize, Bytes)]) {
+    for (off, p) in parts {
+        dst[*off..*off + p.len()].copy_from_slice(p);
     }
 }
 
@@ -228,7 +291,10 @@ impl From<ObjectBuffer> for Buffer {
 
 impl ToObject for Buffer {
     fn to_object(&self) -> Result<Encoded> {
-        Ok(Encoded::raw(Payload::Bytes(self.0.clone())))
+        Ok(Encoded::raw(
+            Payload::Bytes(self.0.clone()),
+            pb::Encoding::Raw,
+        ))
     }
 }
 
@@ -264,7 +330,10 @@ impl From<RecordBatch> for ArrowBatch {
 impl ToObject for ArrowBatch {
     fn to_object(&self) -> Result<Encoded> {
         let n = crate::arrow::encoded_len(&self.0.schema(), std::slice::from_ref(&self.0))?;
-        Ok(Encoded::raw(Payload::Arrow(self.0.clone(), n)))
+        Ok(Encoded::raw(
+            Payload::Arrow(self.0.clone(), n),
+            pb::Encoding::Arrow,
+        ))
     }
 }
 
@@ -304,6 +373,21 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             arca_store::ByteSize(bytes.len() as u64),
             std::any::type_name::<T>()
         ))
+    })
+}
+
+/// Starts (`true`) or ends (`false`) collecting the refs deserialization
+/// makes this process hold, for [`super::core::begin_borrow`]; ending
+/// returns them.
+pub(crate) fn collect_borrowed(start: bool) -> Vec<ObjectId> {
+    NESTED_IN.with(|n| {
+        let mut n = n.borrow_mut();
+        if start {
+            n.get_or_insert_with(Vec::new);
+            Vec::new()
+        } else {
+            n.take().unwrap_or_default()
+        }
     })
 }
 

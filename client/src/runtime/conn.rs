@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 pub(crate) struct NodeConn {
     /// Held only while a request is written.
     writer: Mutex<Conn>,
+    /// References dropped while another thread was writing, sent by that
+    /// thread when it is done (see [`NodeConn::release`]).
+    releases: Mutex<Vec<bytes::Bytes>>,
     next_seq: AtomicU64,
     inbox: Mutex<Inbox>,
     /// Signalled when a reply is filed, the read half is put back (another
@@ -36,8 +39,8 @@ struct Inbox {
     reader: Option<Box<Conn>>,
     /// Replies read by another thread than the one waiting for them, by seq.
     replies: HashMap<u64, pb::reply::Kind>,
-    /// Tasks the node sent this worker, for its serve loop.
-    executes: VecDeque<pb::Execute>,
+    /// Tasks (and task cancellations) the node sent this worker.
+    executes: VecDeque<pb::reply::Kind>,
     /// Set once nothing more can be read: every waiter fails with it.
     broken: Option<Broken>,
 }
@@ -67,7 +70,7 @@ impl Inbox {
         match want {
             Want::Reply(seq) if !self.replies.is_empty() => self.replies.remove(&seq),
             Want::Reply(_) => None,
-            Want::Execute => self.executes.pop_front().map(pb::reply::Kind::Execute),
+            Want::Execute => self.executes.pop_front(),
         }
     }
 }
@@ -87,6 +90,7 @@ impl NodeConn {
                 Side::Client,
                 std::time::Duration::ZERO,
             )),
+            releases: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(1),
             inbox: Mutex::new(Inbox {
                 reader: Some(Box::new(Conn::new(stream, Side::Client, DEFAULT_SPIN))),
@@ -104,11 +108,45 @@ impl NodeConn {
 
     /// Sends a one-way request.
     pub(crate) fn send(&self, kind: pb::request::Kind) -> Result<()> {
-        self.writer.lock().send(&pb::Request {
+        self.write(pb::Request {
             kind: Some(kind),
             seq: 0,
-        })?;
+        })
+    }
+
+    fn write(&self, req: pb::Request) -> Result<()> {
+        let sent = self.writer.lock().send(&req);
+        self.flush_releases();
+        sent?;
         Ok(())
+    }
+
+    /// Drops this process's reference to `id` at the node without waiting
+    /// for the writer: if another thread is writing, it sends the release
+    /// when done. Safe to call from a destructor (Python's `__del__` runs
+    /// one while its thread holds the GIL).
+    pub(crate) fn release(&self, id: bytes::Bytes) {
+        self.releases.lock().push(id);
+        self.flush_releases();
+    }
+
+    /// Sends the queued releases if the writer is free. A thread that queues
+    /// one while the writer is held finds it freed here later, or its holder
+    /// (which calls this after unlocking) sends it.
+    fn flush_releases(&self) {
+        if self.releases.lock().is_empty() {
+            return;
+        }
+        let Some(mut w) = self.writer.try_lock() else {
+            return;
+        };
+        let ids = std::mem::take(&mut *self.releases.lock());
+        if !ids.is_empty() {
+            let _ = w.send(&pb::Request {
+                kind: Some(pb::request::Kind::RemoveRefs(pb::Refs { ids })),
+                seq: 0,
+            });
+        }
     }
 
     /// Sends a request and waits for its reply; an `Error` reply becomes `Err`.
@@ -122,19 +160,16 @@ impl NodeConn {
     /// Sends a request and waits for its reply, `Error` replies included.
     pub(crate) fn request(&self, kind: pb::request::Kind) -> Result<pb::reply::Kind> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.writer.lock().send(&pb::Request {
+        self.write(pb::Request {
             kind: Some(kind),
             seq,
         })?;
         self.wait_for(Want::Reply(seq))
     }
 
-    /// Waits for the node's next `Execute` (on a worker).
-    pub(crate) fn next_execute(&self) -> Result<pb::Execute> {
-        match self.wait_for(Want::Execute)? {
-            pb::reply::Kind::Execute(e) => Ok(e),
-            other => Err(unexpected(&other)),
-        }
+    /// Waits for the node's next `Execute` or `CancelTask` (on a worker).
+    pub(crate) fn next_execute(&self) -> Result<pb::reply::Kind> {
+        self.wait_for(Want::Execute)
     }
 
     fn wait_for(&self, want: Want) -> Result<pb::reply::Kind> {
@@ -191,14 +226,14 @@ impl NodeConn {
                 });
             };
             match (reply.seq, kind, want) {
-                (0, pb::reply::Kind::Execute(e), Want::Execute) => {
-                    return Ok(pb::reply::Kind::Execute(e));
-                }
-                (seq, kind, Want::Reply(w)) if seq == w => return Ok(kind),
-                (0, pb::reply::Kind::Execute(e), _) => {
-                    self.inbox.lock().executes.push_back(e);
+                (0, k @ (pb::reply::Kind::Execute(_) | pb::reply::Kind::CancelTask(_)), w) => {
+                    if let Want::Execute = w {
+                        return Ok(k);
+                    }
+                    self.inbox.lock().executes.push_back(k);
                     self.changed.notify_all();
                 }
+                (seq, kind, Want::Reply(w)) if seq == w => return Ok(kind),
                 // The node could not read a request, or refused a one-way
                 // one, and closes the connection.
                 (0, pb::reply::Kind::Error(e), _) => {
@@ -229,6 +264,8 @@ pub(crate) fn unexpected(reply: &pb::reply::Kind) -> Error {
         pb::reply::Kind::Execute(_) => "Execute",
         pb::reply::Kind::Ok(_) => "Ok",
         pb::reply::Kind::Error(_) => "Error",
+        pb::reply::Kind::CancelTask(_) => "CancelTask",
+        pb::reply::Kind::Log(_) => "Log",
     };
     Error::Protocol(format!("unexpected {name} reply from the node"))
 }

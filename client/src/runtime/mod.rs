@@ -5,17 +5,19 @@
 mod actor;
 mod codec;
 mod conn;
+pub mod core;
+mod logs;
 mod object_ref;
 mod task;
 mod worker;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, NODE_SOCKET};
 use arca_proto::node as pb;
-use arca_scheduler::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, Node, NodeConfig};
 use arca_store::ObjectId;
 use parking_lot::{Mutex, RwLock};
 
@@ -26,7 +28,9 @@ use conn::{NodeConn, unexpected};
 pub use actor::ActorHandle;
 pub use codec::{ArrowBatch, Buffer, Encoded, FromObject, ToObject, decode, encode};
 pub use object_ref::ObjectRef;
-pub use task::{Arg, ArgsBuilder, DEFAULT_MAX_RETRIES, IntoArg, TaskOptions, returns, submit};
+pub use task::{
+    Arg, ArgsBuilder, DEFAULT_MAX_RETRIES, IntoArg, TaskOptions, returns, submit, submit_kind,
+};
 pub use worker::{
     ActorConstructor, ActorMethod, ArgData, RemoteFunction, TaskFailure, failure, result, results,
 };
@@ -35,19 +39,56 @@ pub use worker::{
 /// [`init`] to connect to.
 pub const ENV_ADDRESS: &str = "ARCA_ADDRESS";
 
-/// How [`init_with`] finds or starts a node.
-#[derive(Debug, Clone, Default)]
+/// The session directory a node runs in unless told otherwise.
+pub const DEFAULT_SESSION_DIR: &str = "/tmp/arca";
+
+/// How [`init_with`] finds a node and how the node starts this job's workers.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Connect to the node in this session directory (as made by
     /// `arca start --head --temp-dir DIR`). Default: `$ARCA_ADDRESS`, else
-    /// `/tmp/arca` if a node runs there, else start an embedded node.
+    /// `/tmp/arca` if a node runs there.
     pub address: Option<PathBuf>,
-    /// Always start an embedded node, with these settings (its session
-    /// directory is made fresh and removed at shutdown when left default).
-    pub embedded: Option<NodeConfig>,
     /// Arguments the node passes to this program when it starts it as a
     /// worker (for test binaries: the name of a test that calls `init`).
     pub worker_args: Vec<String>,
+    /// The whole command that starts a worker, instead of this program and
+    /// `worker_args` (a Python driver's `python -m arca._worker`).
+    pub worker_command: Option<Vec<String>>,
+    /// Where workers start (default: the node's directory).
+    pub worker_cwd: Option<PathBuf>,
+    /// Variables set in the workers' environment.
+    pub worker_env: Vec<(String, String)>,
+    /// Print the workers' output here, each line prefixed with the task or
+    /// actor and pid, as Ray does (default true). Else it goes to the node's
+    /// own output (`node.log` for a node started by `arca start`).
+    pub log_to_driver: bool,
+    /// [`init_with_node`]: start a node even if an address is given or a
+    /// node runs at the default session directory.
+    pub start_node: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            address: None,
+            worker_args: Vec::new(),
+            worker_command: None,
+            worker_cwd: None,
+            worker_env: Vec::new(),
+            log_to_driver: true,
+            start_node: false,
+        }
+    }
+}
+
+/// A node this process runs in itself (see the `arca` crate's `init`): kept
+/// with the runtime and stopped by [`shutdown`].
+pub trait EmbeddedNode: Send {
+    /// Its session directory, which holds its socket.
+    fn session_dir(&self) -> &Path;
+    /// Stops it: its workers end and its objects are freed.
+    fn shutdown(self: Box<Self>);
 }
 
 /// The process's runtime.
@@ -58,7 +99,9 @@ pub(crate) struct Runtime {
     store: StoreClient,
     /// Local reference counts; the node hears of the first and the last.
     refs: Mutex<HashMap<ObjectId, u32>>,
-    embedded: Mutex<Option<Node>>,
+    embedded: Mutex<Option<Box<dyn EmbeddedNode>>>,
+    session_dir: PathBuf,
+    job_id: u64,
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -76,7 +119,7 @@ impl Runtime {
         self.node.call(kind)
     }
 
-    pub(crate) fn next_execute(&self) -> Result<pb::Execute> {
+    pub(crate) fn next_execute(&self) -> Result<pb::reply::Kind> {
         self.node.next_execute()
     }
 
@@ -90,6 +133,7 @@ impl Runtime {
         let _keep = std::mem::take(&mut e.keep);
         let id = ObjectId::random();
         let contained = task::ids(&e.contained);
+        let encoding = e.encoding as i32;
         let body = e.into_body(id, &self.store)?;
         let r = ObjectRef::owned(id);
         self.send(pb::request::Kind::Put(pb::Put {
@@ -97,6 +141,7 @@ impl Runtime {
                 id: id.as_bytes().to_vec().into(),
                 body: Some(body),
                 contained,
+                encoding,
             }),
         }))?;
         Ok(r)
@@ -122,8 +167,10 @@ pub(crate) fn local_hold(id: ObjectId, announce: bool) {
     }
 }
 
+/// Drops a local reference; never blocks on the connection (it runs in
+/// destructors, Python's `__del__` among them).
 pub(crate) fn local_release(id: ObjectId) {
-    let Ok(rt) = runtime() else {
+    let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) else {
         return;
     };
     let last = {
@@ -141,9 +188,7 @@ pub(crate) fn local_release(id: ObjectId) {
         }
     };
     if last {
-        let _ = rt.send(pb::request::Kind::RemoveRefs(pb::Refs {
-            ids: task::ids(&[id]),
-        }));
+        rt.node.release(id.as_bytes().to_vec().into());
     }
 }
 
@@ -156,9 +201,9 @@ pub(crate) fn announce_refs(ids: Vec<ObjectId>) {
     }
 }
 
-/// Connects this process to a node: the running one (`$ARCA_ADDRESS`, or
-/// `/tmp/arca`), or else a new embedded node that lives as long as this
-/// process (as `ray.init()` does).
+/// Connects this process to the running node (`$ARCA_ADDRESS`, or
+/// `/tmp/arca`). The `arca` crate's `init` also starts an embedded node when
+/// none runs, as `ray.init()` does.
 ///
 /// Call it first thing in `main`: the node starts this same program as its
 /// worker processes, and in a worker `init` runs tasks and never returns.
@@ -168,102 +213,132 @@ pub fn init() -> Result<()> {
 
 /// [`init`] with explicit settings.
 pub fn init_with(config: Config) -> Result<()> {
-    if let Some(wid) = std::env::var_os(ENV_WORKER_ID) {
-        let wid: u64 = wid
-            .to_string_lossy()
-            .parse()
-            .map_err(|_| Error::Node(format!("bad {ENV_WORKER_ID}")))?;
-        let socket = std::env::var_os(ENV_NODE_SOCKET)
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::Node(format!("{ENV_NODE_SOCKET} is not set")))?;
-        connect(&socket, pb::Role::Worker, wid, Vec::new(), None)?;
+    init_with_node(config, || {
+        Err(Error::Node(format!(
+            "no Arca node is running (none at $ARCA_ADDRESS or {DEFAULT_SESSION_DIR}); \
+             start one with `arca start --head`, or use the arca crate's init(), which embeds one"
+        )))
+    })
+}
+
+/// [`init_with`], starting a node with `start` when no address is given and
+/// none runs at the default session directory.
+pub fn init_with_node(
+    config: Config,
+    start: impl FnOnce() -> Result<Box<dyn EmbeddedNode>>,
+) -> Result<()> {
+    if std::env::var_os(ENV_WORKER_ID).is_some() {
+        connect_worker()?;
         worker::serve();
     }
     if RUNTIME.read().is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let exe = std::env::current_exe().map_err(|e| {
-        Error::Node(format!(
-            "cannot find this program's path to start workers: {e}"
-        ))
-    })?;
-    let mut command = vec![exe.display().to_string()];
-    command.extend(config.worker_args.iter().cloned());
     let address = config
         .address
         .clone()
         .or_else(|| std::env::var_os(ENV_ADDRESS).map(PathBuf::from));
-    let (session, node) = match (address, config.embedded) {
-        (Some(dir), None) => (dir, None),
-        (None, None) if arca_scheduler::node_running(&NodeConfig::default().session_dir) => {
-            (NodeConfig::default().session_dir, None)
+    let (session, node) = match address {
+        _ if config.start_node => {
+            let node = start()?;
+            (node.session_dir().to_path_buf(), Some(node))
         }
-        (_, embedded) => {
-            let mut nc = embedded.unwrap_or_default();
-            if nc.session_dir == NodeConfig::default().session_dir {
-                nc.session_dir = fresh_session_dir();
-                nc.remove_session_dir = true;
-            }
-            let node = Node::start(nc)
-                .map_err(|e| Error::Node(format!("cannot start an embedded node: {e}")))?;
+        Some(dir) => (dir, None),
+        None if node_running(Path::new(DEFAULT_SESSION_DIR)) => {
+            (PathBuf::from(DEFAULT_SESSION_DIR), None)
+        }
+        None => {
+            let node = start()?;
             (node.session_dir().to_path_buf(), Some(node))
         }
     };
+    connect_driver(&session, config, node)
+}
+
+/// True if a node answers in `session_dir`.
+pub fn node_running(session_dir: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(session_dir.join(NODE_SOCKET)).is_ok()
+}
+
+/// True in a process the node started as a worker.
+pub fn is_worker_process() -> bool {
+    std::env::var_os(ENV_WORKER_ID).is_some()
+}
+
+/// In a process the node started as a worker (`ARCA_WORKER_ID` is set):
+/// connects as that worker. The caller then runs tasks from
+/// [`core::next_event`] (a Rust program's `init` does this by itself).
+pub fn connect_worker() -> Result<()> {
+    let wid: u64 = std::env::var(ENV_WORKER_ID)
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| Error::Node(format!("{ENV_WORKER_ID} is not set to a worker id")))?;
+    let socket = std::env::var_os(ENV_NODE_SOCKET)
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::Node(format!("{ENV_NODE_SOCKET} is not set")))?;
+    let hello = pb::Hello {
+        role: pb::Role::Worker as i32,
+        worker_id: wid,
+        ..hello()
+    };
+    let session = socket.parent().map(Path::to_path_buf).unwrap_or_default();
+    connect(&socket, hello, None, session, false)
+}
+
+fn hello() -> pb::Hello {
+    pb::Hello {
+        version: NODE_PROTOCOL_VERSION,
+        pid: std::process::id(),
+        name: ClientOptions::default().name,
+        ..Default::default()
+    }
+}
+
+fn connect_driver(
+    session: &Path,
+    config: Config,
+    node: Option<Box<dyn EmbeddedNode>>,
+) -> Result<()> {
+    let command = match config.worker_command {
+        Some(c) => c,
+        None => {
+            let exe = std::env::current_exe().map_err(|e| {
+                Error::Node(format!(
+                    "cannot find this program's path to start workers: {e}"
+                ))
+            })?;
+            let mut command = vec![exe.display().to_string()];
+            command.extend(config.worker_args.iter().cloned());
+            command
+        }
+    };
+    let hello = pb::Hello {
+        role: pb::Role::Driver as i32,
+        worker_command: command,
+        worker_cwd: config
+            .worker_cwd
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        worker_env: config.worker_env.into_iter().collect(),
+        ..hello()
+    };
+    let socket = session.join(NODE_SOCKET);
     connect(
-        &session.join(arca_scheduler::NODE_SOCKET),
-        pb::Role::Driver,
-        0,
-        command,
+        &socket,
+        hello,
         node,
+        session.to_path_buf(),
+        config.log_to_driver,
     )
 }
 
-/// A new session directory for an embedded node, `<tmp>/arca-<pid>-<n>`.
-/// Those of processes that no longer exist (killed before they could clean
-/// up) are removed on the way.
-fn fresh_session_dir() -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let tmp = std::env::temp_dir();
-    if let Ok(entries) = std::fs::read_dir(&tmp) {
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let pid = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("arca-"))
-                .and_then(|n| n.split_once('-'))
-                .and_then(|(pid, n)| n.parse::<u32>().ok().and(pid.parse::<i32>().ok()));
-            let dead = pid.is_some_and(|p| {
-                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                    == Err(nix::errno::Errno::ESRCH)
-            });
-            if dead && e.path().join(arca_scheduler::NODE_SOCKET).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    tmp.join(format!(
-        "arca-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ))
-}
-
 fn connect(
-    socket: &std::path::Path,
-    role: pb::Role,
-    worker_id: u64,
-    command: Vec<String>,
-    node: Option<Node>,
+    socket: &Path,
+    hello: pb::Hello,
+    node: Option<Box<dyn EmbeddedNode>>,
+    session_dir: PathBuf,
+    log_to_driver: bool,
 ) -> Result<()> {
-    let hello = pb::Hello {
-        version: NODE_PROTOCOL_VERSION,
-        pid: std::process::id(),
-        role: role as i32,
-        name: ClientOptions::default().name,
-        worker_command: command,
-        worker_id,
-    };
     let (conn, reply) = NodeConn::connect(socket, hello)?;
     let store = StoreClient::connect_with(
         &reply.store_socket,
@@ -272,11 +347,16 @@ fn connect(
             ..Default::default()
         },
     )?;
+    if log_to_driver {
+        logs::stream(socket, reply.job_id)?;
+    }
     *RUNTIME.write() = Some(Arc::new(Runtime {
         node: conn,
         store,
         refs: Mutex::new(HashMap::new()),
         embedded: Mutex::new(node),
+        session_dir,
+        job_id: reply.job_id,
     }));
     Ok(())
 }

@@ -29,6 +29,16 @@ impl<T> ObjectRef<T> {
         }
     }
 
+    /// A reference that arrived inside a value: counted, and announced to
+    /// the node if this process did not hold it yet.
+    pub(crate) fn borrowed(id: ObjectId) -> Self {
+        super::local_hold(id, true);
+        ObjectRef {
+            id,
+            _value: PhantomData,
+        }
+    }
+
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         self.id
@@ -101,11 +111,6 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
                 ObjectId::from_slice(v).map_err(E::custom)
             }
         }
-        let id = d.deserialize_bytes(V)?;
-        super::local_hold(id, true);
-        Ok(ObjectRef {
-            id,
-            _value: PhantomData,
-        })
+        Ok(ObjectRef::borrowed(d.deserialize_bytes(V)?))
     }
 }

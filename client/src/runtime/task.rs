@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use arca_proto::node as pb;
 use arca_store::ObjectId;
 
-use super::codec::ToObject;
+use super::codec::{Encoded, ToObject};
 use super::{ObjectRef, runtime};
 use crate::error::Result;
 
@@ -47,7 +47,11 @@ impl<T> IntoArg<T> for &ObjectRef<T> {
 /// Options of a task or actor: resources, retries, restarts.
 #[derive(Debug, Clone)]
 pub struct TaskOptions {
-    pub(crate) function: &'static str,
+    pub(crate) function: std::sync::Arc<str>,
+    pub(crate) language: pb::Language,
+    /// For Python: the object holding the pickled function or class.
+    pub(crate) function_ref: Option<ObjectId>,
+    pub(crate) max_concurrency: u32,
     pub(crate) resources: Option<BTreeMap<String, f64>>,
     pub(crate) max_retries: u32,
     pub(crate) max_restarts: u32,
@@ -62,9 +66,12 @@ pub const DEFAULT_MAX_RETRIES: u32 = 3;
 
 impl TaskOptions {
     /// Options for the function registered as `function`.
-    pub fn new(function: &'static str) -> Self {
+    pub fn new(function: &str) -> Self {
         Self {
-            function,
+            function: function.into(),
+            language: pb::Language::Rust,
+            function_ref: None,
+            max_concurrency: 0,
             resources: None,
             max_retries: DEFAULT_MAX_RETRIES,
             max_restarts: 0,
@@ -74,7 +81,7 @@ impl TaskOptions {
     }
 
     /// Options for the actor whose constructor is registered as `constructor`.
-    pub fn actor(constructor: &'static str) -> Self {
+    pub fn actor(constructor: &str) -> Self {
         Self {
             actor: true,
             max_retries: 0,
@@ -136,6 +143,27 @@ impl TaskOptions {
         self.max_restarts = n;
         self
     }
+
+    /// Method calls an actor may run at once (default 1: in order).
+    pub fn max_concurrency(mut self, n: u32) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+
+    /// A Python function or class, pickled into object `function_ref`
+    /// (which the submitting process holds), named `function` for display.
+    /// (`None` for an actor method: the actor's worker has its instance.)
+    pub fn python(mut self, function_ref: Option<ObjectId>) -> Self {
+        self.language = pb::Language::Python;
+        self.function_ref = function_ref;
+        self
+    }
+
+    /// Replaces the resources asked for (nothing is added by default).
+    pub fn with_resources(mut self, resources: BTreeMap<String, f64>) -> Self {
+        self.resources = Some(resources);
+        self
+    }
 }
 
 /// Builds a task's arguments. Used by the code `#[arca::remote]` generates.
@@ -153,29 +181,49 @@ impl ArgsBuilder {
     pub fn push<T: ToObject>(&mut self, arg: impl IntoArg<T>) -> Result<()> {
         match arg.into_arg() {
             Arg::Value(v) => {
-                let mut e = v.to_object()?;
-                if e.len() > arca_scheduler::INLINE_RESULT_MAX {
+                let e = v.to_object()?;
+                if e.len() > arca_proto::consts::INLINE_RESULT_MAX {
                     let r: ObjectRef<()> = runtime()?.put_encoded(e)?;
-                    self.args.push(pb::Arg {
-                        kind: Some(pb::arg::Kind::Object(r.id().as_bytes().to_vec().into())),
-                    });
+                    self.push_ref(r.id());
                     self.keep.push(r);
                 } else {
-                    self.contained.append(&mut e.contained);
-                    self.keep.append(&mut e.keep);
-                    self.args.push(pb::Arg {
-                        kind: Some(pb::arg::Kind::Value(e.into_bytes()?)),
-                    });
+                    self.push_encoded(e)?;
                 }
             }
             Arg::Ref(r) => {
-                self.args.push(pb::Arg {
-                    kind: Some(pb::arg::Kind::Object(r.id().as_bytes().to_vec().into())),
-                });
+                self.push_ref(r.id());
                 self.keep.push(r.cast());
             }
         }
         Ok(())
+    }
+
+    /// Adds an encoded value, passed inline (the caller keeps the refs
+    /// nested in it alive until the submit is sent).
+    pub fn push_encoded(&mut self, mut e: Encoded) -> Result<()> {
+        self.contained.append(&mut e.contained);
+        self.keep.append(&mut e.keep);
+        let encoding = e.encoding as i32;
+        self.args.push(pb::Arg {
+            kind: Some(pb::arg::Kind::Value(e.into_bytes()?)),
+            encoding,
+        });
+        Ok(())
+    }
+
+    /// Adds an ObjectRef argument: the task receives its value (the caller
+    /// holds the ref until the submit is sent).
+    pub fn push_ref(&mut self, id: ObjectId) {
+        self.args.push(pb::Arg {
+            kind: Some(pb::arg::Kind::Object(id.as_bytes().to_vec().into())),
+            encoding: 0,
+        });
+    }
+
+    /// Holds `id` for as long as the task lives without passing it as an
+    /// argument (a Python function's pickle, refs nested in keyword args).
+    pub fn hold(&mut self, id: ObjectId) {
+        self.contained.push(id);
     }
 }
 
@@ -189,7 +237,9 @@ pub fn submit(opts: &TaskOptions, args: ArgsBuilder, num_returns: usize) -> Resu
     submit_kind(opts, args, num_returns, pb::TaskKind::Normal, None)
 }
 
-pub(crate) fn submit_kind(
+/// Submits a task of any kind (for actor creation, `actor` is the new
+/// actor's id, which is also its one return); returns the ids of its results.
+pub fn submit_kind(
     opts: &TaskOptions,
     args: ArgsBuilder,
     num_returns: usize,
@@ -218,6 +268,12 @@ pub(crate) fn submit_kind(
         max_restarts: opts.max_restarts,
         contained: ids(&args.contained),
         split_returns: opts.split_returns,
+        language: opts.language as i32,
+        function_ref: opts
+            .function_ref
+            .map(|r| r.as_bytes().to_vec().into())
+            .unwrap_or_default(),
+        max_concurrency: opts.max_concurrency,
     };
     rt.send(pb::request::Kind::Submit(pb::Submit { spec: Some(spec) }))?;
     drop(args.keep);

@@ -9,7 +9,6 @@ use std::sync::OnceLock;
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
-use bytes::Bytes;
 
 use super::codec::{Encoded, FromObject, ToObject};
 use super::runtime;
@@ -21,7 +20,7 @@ use crate::error::Result;
 #[derive(Debug)]
 pub enum ArgData {
     /// Sent with the task.
-    Inline(Bytes),
+    Inline(bytes::Bytes),
     /// Read from the store, zero-copy.
     Stored(ObjectBuffer),
 }
@@ -189,7 +188,9 @@ pub(crate) fn serve() -> ! {
     let mut actor: Option<Box<dyn Any + Send>> = None;
     loop {
         let exec = match runtime().and_then(|rt| rt.next_execute()) {
-            Ok(e) => e,
+            Ok(pb::reply::Kind::Execute(e)) => e,
+            // A Rust task cannot be interrupted: the node discards its result.
+            Ok(_) => continue,
             Err(_) => std::process::exit(0),
         };
         let (done, keep) = execute(exec, &mut actor);
@@ -206,7 +207,7 @@ pub(crate) fn serve() -> ! {
 /// A worker busy in a long task would not notice its node dying (the
 /// connection's end is read only between tasks), so a thread watches for
 /// the node (its parent) to go away and ends the process.
-fn exit_with_parent() {
+pub(crate) fn exit_with_parent() {
     let parent = nix::unistd::getppid();
     let watch = move || {
         loop {
@@ -326,32 +327,20 @@ fn guarded<T>(
 }
 
 fn load_args(args: &[pb::ResolvedArg]) -> std::result::Result<Vec<ArgData>, Failure> {
-    let rt = runtime().map_err(|e| Failure::Task(TaskFailure::new(e.to_string())))?;
-    args.iter()
-        .map(|a| match &a.kind {
-            Some(pb::resolved_arg::Kind::Value(v)) => Ok(ArgData::Inline(v.clone())),
-            Some(pb::resolved_arg::Kind::Stored(id)) => {
-                let id =
-                    ObjectId::from_slice(id).map_err(|e| Failure::Task(TaskFailure::new(e.0)))?;
-                rt.store()
-                    .get_one(id, None)
-                    .map(ArgData::Stored)
-                    .map_err(|e| {
-                        Failure::Task(TaskFailure::new(format!("cannot read argument {id}: {e}")))
-                    })
-            }
-            None => Ok(ArgData::Inline(Bytes::new())),
-        })
-        .collect()
+    super::core::load_args(args)
+        .map(|v| v.into_iter().map(|v| v.data).collect())
+        .map_err(|e| Failure::Task(TaskFailure::new(e)))
 }
 
 fn store_result(id: ObjectId, v: Encoded) -> Result<pb::Object> {
     let contained = super::task::ids(&v.contained);
+    let encoding = v.encoding as i32;
     let body = v.into_body(id, runtime()?.store())?;
     Ok(pb::Object {
         id: id.as_bytes().to_vec().into(),
         body: Some(body),
         contained,
+        encoding,
     })
 }
 
@@ -369,7 +358,9 @@ fn error_object(
             function: f.to_string(),
             message,
             backtrace,
+            ..Default::default()
         })),
         contained: Vec::new(),
+        encoding: 0,
     }
 }

@@ -38,7 +38,8 @@ impl Shared {
                 state: ActorState::Pending,
                 worker: None,
                 queue: Default::default(),
-                running: None,
+                running: Vec::new(),
+                max_concurrency: task.spec.max_concurrency.max(1) as usize,
                 restarts_left: task.spec.max_restarts,
                 resources: task.resources.clone(),
                 holds: Vec::new(),
@@ -172,37 +173,51 @@ impl Shared {
         }
     }
 
-    /// Runs the actor's next call if it is idle and the call's arguments exist.
+    /// Runs the actor's next calls, in order, while it has free slots
+    /// (`max_concurrency`) and the next call's arguments exist.
     pub(crate) fn actor_dispatch(&self, st: &mut State, a: &ObjectId) {
+        loop {
+            let Some(actor) = st.actors.get(a) else {
+                return;
+            };
+            if actor.state != ActorState::Alive || actor.running.len() >= actor.max_concurrency {
+                return;
+            }
+            let Some(wid) = actor.worker.filter(|w| {
+                st.workers
+                    .get(w)
+                    .is_some_and(|w| w.conn.is_some() && w.state != WorkerState::Starting)
+            }) else {
+                return;
+            };
+            let next = actor.queue.front().copied();
+            match next {
+                Some(tid)
+                    if st
+                        .tasks
+                        .get(&tid)
+                        .is_some_and(|t| t.state == TaskState::Ready) =>
+                {
+                    if let Some(actor) = st.actors.get_mut(a) {
+                        actor.queue.pop_front();
+                        actor.running.push(tid);
+                    }
+                    self.dispatch(st, wid, tid);
+                }
+                _ => return self.actor_idle(st, a, wid),
+            }
+        }
+    }
+
+    /// Nothing more to dispatch to the actor now: one without handles ends
+    /// once its last call is done.
+    fn actor_idle(&self, st: &mut State, a: &ObjectId, wid: WorkerId) {
         let Some(actor) = st.actors.get(a) else {
             return;
         };
-        if actor.state != ActorState::Alive || actor.running.is_some() {
-            return;
-        }
-        let Some(wid) = actor.worker.filter(|w| {
-            st.workers
-                .get(w)
-                .is_some_and(|w| w.state == WorkerState::Idle)
-        }) else {
-            return;
-        };
-        let next = actor.queue.front().copied();
-        match next {
-            Some(tid)
-                if st
-                    .tasks
-                    .get(&tid)
-                    .is_some_and(|t| t.state == TaskState::Ready) =>
-            {
-                if let Some(actor) = st.actors.get_mut(a) {
-                    actor.queue.pop_front();
-                    actor.running = Some(tid);
-                }
-                self.dispatch(st, wid, tid);
-            }
+        match actor.queue.front() {
             Some(_) => {}
-            None if actor.orphaned => {
+            None if actor.orphaned && actor.running.is_empty() => {
                 let e = error(
                     K::ActorDied,
                     "",
@@ -274,7 +289,7 @@ impl Shared {
         let why = actor.killed.take().unwrap_or(why);
         let resources = actor.resources.clone();
         let class = Arc::clone(&actor.class);
-        let running = actor.running.take();
+        let running = std::mem::take(&mut actor.running);
         let job_alive = st.jobs.get(&actor.job).is_some_and(|j| j.alive);
         let restart = actor.restarts_left > 0
             && !actor.orphaned
@@ -289,7 +304,7 @@ impl Shared {
             };
             error(K::ActorDied, f, msg)
         };
-        if let Some(t) = running {
+        for t in running {
             let f = st
                 .tasks
                 .get(&t)

@@ -146,9 +146,10 @@ fn register(
             st.jobs.insert(
                 id,
                 Job {
-                    command: Arc::new(WorkerCommand::new(hello.worker_command.clone())),
+                    command: Arc::new(WorkerCommand::new(hello)),
                     startup_failures: 0,
                     alive: true,
+                    logs: None,
                 },
             );
             job = Some(id);
@@ -163,6 +164,14 @@ fn register(
             worker = Some(hello.worker_id);
         }
         pb::Role::Tool => {}
+        pb::Role::Logs => {
+            let j = st
+                .jobs
+                .get_mut(&hello.job_id)
+                .ok_or_else(|| format!("no job {} at this node to stream logs of", hello.job_id))?;
+            j.logs = Some(id);
+            job = Some(hello.job_id);
+        }
     }
     st.conns.insert(
         id,

@@ -31,11 +31,12 @@ use crate::resources::InvalidResource;
 pub(crate) use state::State;
 
 /// Version of the node protocol; the handshake rejects any other. 2: replies
-/// echo their request's `seq` and may come out of order.
-pub const NODE_PROTOCOL_VERSION: u32 = 2;
+/// echo their request's `seq` and may come out of order. 3: objects carry
+/// their encoding, tasks their language, and actors may run calls at once.
+pub use arca_proto::consts::NODE_PROTOCOL_VERSION;
 
 /// Values up to this size travel inline through the node instead of the store.
-pub const INLINE_RESULT_MAX: usize = 100 << 10;
+pub use arca_proto::consts::INLINE_RESULT_MAX;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,7 @@ impl Obj {
             dependents: Vec::new(),
             function,
             actor: false,
+            encoding: 0,
         }
     }
 }
@@ -56,6 +57,7 @@ impl Shared {
         let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
         let mut o = Obj::new(ObjState::Pending(id), pid, "put".into());
         o.conn_holds = 1;
+        o.encoding = obj.encoding;
         st.objects.insert(id, o);
         if let Some(c) = st.conns.get_mut(&conn) {
             c.holds.insert(id);
@@ -327,7 +329,8 @@ impl Shared {
 
     fn object_reply(&self, st: &State, id: &ObjectId) -> pb::Object {
         use pb::object::Body as B;
-        let body = match st.objects.get(id).map(|o| &o.state) {
+        let obj = st.objects.get(id);
+        let body = match obj.map(|o| &o.state) {
             Some(ObjState::Ready(Body::Inline(b))) => B::Inline(b.clone()),
             Some(ObjState::Ready(Body::Stored(n))) => B::Stored(*n),
             Some(ObjState::Ready(Body::Error(e))) => B::Error(e.clone()),
@@ -344,6 +347,7 @@ impl Shared {
             id: id.as_bytes().to_vec().into(),
             body: Some(body),
             contained: Vec::new(),
+            encoding: obj.map_or(0, |o| o.encoding),
         }
     }
 

@@ -37,19 +37,35 @@ pub(crate) struct ConnState {
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub(crate) struct WorkerCommand {
     pub argv: Vec<String>,
+    /// Where workers start (empty: the node's directory).
+    pub cwd: String,
+    /// Added to the node's environment, sorted by name.
+    pub env: Vec<(String, String)>,
     /// The program file's device, inode, size and modification time when
     /// the job started; `None` for a program found on `PATH`.
     build: Option<(u64, u64, u64, i64, i64)>,
 }
 
 impl WorkerCommand {
-    pub fn new(argv: Vec<String>) -> Self {
+    pub fn new(hello: &pb::Hello) -> Self {
         use std::os::unix::fs::MetadataExt;
+        let argv = hello.worker_command.clone();
         let build = argv
             .first()
             .and_then(|p| std::fs::metadata(p).ok())
             .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
-        Self { argv, build }
+        let mut env: Vec<_> = hello
+            .worker_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.sort();
+        Self {
+            argv,
+            cwd: hello.worker_cwd.clone(),
+            env,
+            build,
+        }
     }
 }
 
@@ -60,6 +76,8 @@ pub(crate) struct Job {
     /// Workers that exited before connecting, in a row.
     pub startup_failures: u32,
     pub alive: bool,
+    /// The driver's LOGS connection, which gets its workers' output.
+    pub logs: Option<ConnId>,
 }
 
 /// A finished object's contents.
@@ -95,6 +113,8 @@ pub(crate) struct Obj {
     pub function: Arc<str>,
     /// This id is an actor's: freeing it ends the actor.
     pub actor: bool,
+    /// How its value is to be read (`pb::Encoding`), passed on to readers.
+    pub encoding: i32,
 }
 
 impl Obj {
@@ -151,6 +171,8 @@ pub(crate) struct Worker {
     pub actor: Option<ObjectId>,
     /// Killed on purpose (cancel, kill, job end): no retry.
     pub killed: Option<pb::ErrorInfo>,
+    /// The function of its last task, to label output written after it.
+    pub last_function: Option<Arc<str>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +192,10 @@ pub(crate) struct Actor {
     pub state: ActorState,
     pub worker: Option<WorkerId>,
     pub queue: VecDeque<TaskId>,
-    pub running: Option<TaskId>,
+    /// Calls its worker runs now: at most `max_concurrency`.
+    pub running: Vec<TaskId>,
+    /// Calls it may run at once (1: in order, one at a time).
+    pub max_concurrency: usize,
     pub restarts_left: u32,
     pub resources: ResourceSet,
     /// Constructor arguments held for restarts.
@@ -272,6 +297,21 @@ impl State {
         }
     }
 
+    /// How a worker's output lines are labelled: its actor's class, else the
+    /// function it runs (or last ran), by its last name as Ray prints them.
+    pub fn worker_label(&self, wid: WorkerId) -> String {
+        let Some(w) = self.workers.get(&wid) else {
+            return "worker".into();
+        };
+        let full: &str = match (w.actor.and_then(|a| self.actors.get(&a)), w.state) {
+            (Some(a), _) => &a.class,
+            (None, WorkerState::Busy(t)) => self.tasks.get(&t).map_or("worker", |t| &t.function),
+            _ => w.last_function.as_deref().unwrap_or("worker"),
+        };
+        let short = full.rsplit("::").next().unwrap_or(full);
+        short.rsplit('.').next().unwrap_or(short).to_string()
+    }
+
     /// Puts an idle task worker in its pool.
     pub fn pool_push(&mut self, wid: WorkerId) {
         if let Some(w) = self.workers.get(&wid) {
@@ -317,7 +357,7 @@ pub(crate) fn error(kind: pb::ErrorKind, function: &str, message: String) -> pb:
         kind: kind as i32,
         function: function.to_string(),
         message,
-        backtrace: String::new(),
+        ..Default::default()
     }
 }
 

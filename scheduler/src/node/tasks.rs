@@ -265,20 +265,21 @@ impl Shared {
         for a in &t.spec.args {
             use pb::resolved_arg::Kind as A;
             let resolved = match &a.kind {
-                Some(pb::arg::Kind::Value(v)) => A::Value(v.clone()),
+                Some(pb::arg::Kind::Value(v)) => (A::Value(v.clone()), a.encoding),
                 Some(pb::arg::Kind::Object(b)) => {
-                    match parse_id(b)
-                        .and_then(|id| st.objects.get(&id))
-                        .map(|o| &o.state)
-                    {
-                        Some(ObjState::Ready(Body::Inline(v))) => A::Value(v.clone()),
-                        _ => A::Stored(b.clone()),
+                    match parse_id(b).and_then(|id| st.objects.get(&id)) {
+                        Some(o) => match &o.state {
+                            ObjState::Ready(Body::Inline(v)) => (A::Value(v.clone()), o.encoding),
+                            _ => (A::Stored(b.clone()), o.encoding),
+                        },
+                        None => (A::Stored(b.clone()), 0),
                     }
                 }
-                None => A::Value(Default::default()),
+                None => (A::Value(Default::default()), 0),
             };
             args.push(pb::ResolvedArg {
-                kind: Some(resolved),
+                kind: Some(resolved.0),
+                encoding: resolved.1,
             });
         }
         let mut spec = t.spec.clone();
@@ -314,10 +315,12 @@ impl Shared {
             .and_then(|c| c.worker)
             .ok_or("TaskDone from a process that is not a worker")?;
         let tid = parse_id(&done.task_id).ok_or("TaskDone: malformed task id")?;
-        let running = st
-            .workers
-            .get(&wid)
-            .is_some_and(|w| w.state == WorkerState::Busy(tid));
+        let running = st.workers.get(&wid).is_some_and(|w| {
+            w.state == WorkerState::Busy(tid)
+                || w.actor
+                    .and_then(|a| st.actors.get(&a))
+                    .is_some_and(|a| a.running.contains(&tid))
+        });
         if !running {
             return Err(format!(
                 "TaskDone for task {tid}, which this worker is not running"
@@ -329,6 +332,7 @@ impl Shared {
         let kind = kind(&task.spec);
         if let Some(w) = st.workers.get_mut(&wid) {
             w.state = WorkerState::Idle;
+            w.last_function = Some(Arc::clone(&task.function));
         }
         let returns: Vec<ObjectId> = task
             .spec
@@ -372,6 +376,9 @@ impl Shared {
                 None => {
                     let obj = &done.results[i];
                     let contained = obj.contained.iter().filter_map(|b| parse_id(b)).collect();
+                    if let Some(o) = st.objects.get_mut(r) {
+                        o.encoding = obj.encoding;
+                    }
                     (self.adopt(r, body_of(obj), &task.function), contained)
                 }
             };
@@ -409,7 +416,12 @@ impl Shared {
                 }
                 if let Some(a) = parse_id(&task.spec.actor_id) {
                     if let Some(actor) = st.actors.get_mut(&a) {
-                        actor.running = None;
+                        actor.running.retain(|t| *t != tid);
+                        if let (Some(&other), Some(w)) =
+                            (actor.running.first(), st.workers.get_mut(&wid))
+                        {
+                            w.state = WorkerState::Busy(other);
+                        }
                     }
                     self.actor_dispatch(st, &a);
                 }
@@ -433,9 +445,7 @@ impl Shared {
             && let Some(a) = parse_id(&task.spec.actor_id).and_then(|a| st.actors.get_mut(&a))
         {
             a.queue.retain(|t| *t != tid);
-            if a.running == Some(tid) {
-                a.running = None;
-            }
+            a.running.retain(|t| *t != tid);
         }
         st.failed += 1;
         for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
@@ -477,6 +487,20 @@ impl Shared {
             }
             TaskState::Running(wid) => {
                 t.cancelled = true;
+                // A Python worker can interrupt its task (KeyboardInterrupt);
+                // a Rust one cannot, and its result is discarded instead.
+                if !force && t.spec.language == pb::Language::Python as i32 {
+                    let interrupt = pb::reply::Kind::CancelTask(pb::CancelTask {
+                        task_id: t.spec.task_id.clone(),
+                    });
+                    if let Some(conn) = st.workers.get(&wid).and_then(|w| w.conn) {
+                        st.send(conn, 0, interrupt);
+                    }
+                    return;
+                }
+                let Some(t) = st.tasks.get(&tid) else {
+                    return;
+                };
                 if force && kind(&t.spec) == pb::TaskKind::Normal {
                     let e = error(
                         K::TaskCancelled,

@@ -1,6 +1,7 @@
 //! Worker processes: starting them, their connection, their death, and the
 //! end of a job or of the node.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -75,12 +76,18 @@ impl Shared {
         let command = Arc::clone(&st.jobs.get(&job).filter(|j| j.alive)?.command);
         let wid = st.next_worker;
         st.next_worker += 1;
-        let spawned = Command::new(&command.argv[0])
-            .args(&command.argv[1..])
+        let mut cmd = Command::new(&command.argv[0]);
+        cmd.args(&command.argv[1..])
+            .envs(command.env.iter().map(|(k, v)| (k, v)))
             .env(ENV_WORKER_ID, wid.to_string())
             .env(ENV_NODE_SOCKET, self.config.node_socket())
             .stdin(Stdio::null())
-            .spawn();
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if !command.cwd.is_empty() {
+            cmd.current_dir(&command.cwd);
+        }
+        let spawned = cmd.spawn();
         let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
@@ -94,6 +101,26 @@ impl Shared {
             }
         };
         let pid = child.id();
+        for (pipe, stderr) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                false,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn Read + Send>),
+                true,
+            ),
+        ] {
+            if let Some(pipe) = pipe {
+                self.forward_output(wid, pid, job, pipe, stderr);
+            }
+        }
         st.workers.insert(
             wid,
             Worker {
@@ -105,6 +132,7 @@ impl Shared {
                 blocked: false,
                 actor,
                 killed: None,
+                last_function: None,
             },
         );
         tracing::debug!(job, worker = wid, pid, "worker starting");
@@ -123,6 +151,76 @@ impl Shared {
             tracing::error!("cannot start a thread to wait for worker {pid}: {e}");
         }
         Some(wid)
+    }
+
+    /// Sends what a worker writes to its driver's LOGS connection, line by
+    /// line (lines that arrive together go in one message), or, without one,
+    /// to the node's own output, each line prefixed with the worker's task
+    /// or actor and pid as Ray prints them.
+    fn forward_output(
+        &self,
+        wid: WorkerId,
+        pid: u32,
+        job: JobId,
+        pipe: Box<dyn Read + Send>,
+        stderr: bool,
+    ) {
+        let me = self.me.clone();
+        let forward = move || {
+            let mut reader = BufReader::with_capacity(64 << 10, pipe);
+            let mut line = String::new();
+            loop {
+                let mut lines = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) if lines.is_empty() => return,
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => lines.push(line.trim_end_matches(['\n', '\r']).to_string()),
+                    }
+                    if !reader.buffer().contains(&b'\n') || lines.len() >= 1000 {
+                        break;
+                    }
+                }
+                let Some(shared) = me.upgrade() else {
+                    return;
+                };
+                let st = shared.state.lock();
+                let name = st.worker_label(wid);
+                let logs = st.jobs.get(&job).and_then(|j| j.logs);
+                match logs {
+                    Some(conn) => st.send(
+                        conn,
+                        0,
+                        pb::reply::Kind::Log(pb::Log {
+                            pid,
+                            name,
+                            stderr,
+                            lines,
+                        }),
+                    ),
+                    None => {
+                        drop(st);
+                        let text: String = lines
+                            .iter()
+                            .map(|l| format!("({name} pid={pid}) {l}\n"))
+                            .collect();
+                        let _ = if stderr {
+                            std::io::stderr().write_all(text.as_bytes())
+                        } else {
+                            std::io::stdout().write_all(text.as_bytes())
+                        };
+                    }
+                }
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name(format!("arca-out-{pid}"))
+            .stack_size(128 << 10)
+            .spawn(forward)
+        {
+            tracing::error!("cannot start a thread to read worker {pid}'s output: {e}");
+        }
     }
 
     fn startup_failed(&self, st: &mut State, job: JobId, why: String) {
@@ -273,6 +371,12 @@ impl Shared {
         let Some(c) = st.conns.remove(&conn) else {
             return;
         };
+        if c.role == pb::Role::Logs
+            && let Some(j) = c.job.and_then(|j| st.jobs.get_mut(&j))
+            && j.logs == Some(conn)
+        {
+            j.logs = None;
+        }
         for w in c.waiters {
             self.drop_waiter(st, w);
         }

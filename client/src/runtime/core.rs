@@ -1,0 +1,319 @@
+//! The untyped core of the runtime: objects as encoded bytes with the
+//! references nested in them, tasks as specs, and a worker's events. The
+//! typed API and the `#[arca::remote]` macros build on it, and so do other
+//! languages' bindings (the Python extension), so that every language
+//! shares one implementation of ownership, reference counting and tasks.
+//!
+//! References: an [`ObjectRef`] counts one local reference; the node hears
+//! of a process's first and last. A ref found inside a value (by the
+//! language's deserializer) is taken with [`borrow`], between
+//! [`begin_borrow`] and [`end_borrow`] to announce them in one message.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use arca_proto::node as pb;
+use arca_store::ObjectId;
+
+use super::codec::{self, Encoded};
+use super::worker::ArgData;
+use super::{ObjectRef, runtime, task};
+use crate::error::{Error, Result};
+
+/// An object's value as read: its encoding and its bytes (inline, or in
+/// place in shared memory).
+#[derive(Debug)]
+pub struct Value {
+    /// How to decode `data`.
+    pub encoding: pb::Encoding,
+    /// The bytes.
+    pub data: ArgData,
+}
+
+/// What `get` found for one object.
+#[derive(Debug)]
+pub enum Fetched {
+    /// The value.
+    Value(Value),
+    /// The task that makes it failed (or the object is lost): why.
+    Error(pb::ErrorInfo),
+}
+
+/// Stores an encoded value that this process owns.
+pub fn put(e: Encoded) -> Result<ObjectRef<()>> {
+    runtime()?.put_encoded(e)
+}
+
+/// Waits for objects (up to `timeout`, else `Error::GetTimeout`) and reads
+/// them, in order.
+pub fn get(ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Fetched>> {
+    let rt = runtime()?;
+    let objects = super::fetch(&rt, ids, timeout)?;
+    objects
+        .into_iter()
+        .map(|o| {
+            let encoding = pb::Encoding::try_from(o.encoding).unwrap_or_default();
+            Ok(match o.body {
+                Some(pb::object::Body::Inline(b)) => Fetched::Value(Value {
+                    encoding,
+                    data: ArgData::Inline(b),
+                }),
+                Some(pb::object::Body::Stored(_)) => {
+                    let id = ObjectId::from_slice(&o.id).map_err(|e| Error::Protocol(e.0))?;
+                    let buf = rt.store.get_one(id, Some(Duration::from_secs(60)))?;
+                    Fetched::Value(Value {
+                        encoding,
+                        data: ArgData::Stored(buf),
+                    })
+                }
+                Some(pb::object::Body::Error(e)) => Fetched::Error(e),
+                None => return Err(Error::Protocol("object without a body".into())),
+            })
+        })
+        .collect()
+}
+
+/// Waits until `num_returns` of `ids` are ready or `timeout` passes; returns
+/// the indices of the ready ones, in order (at most `num_returns`).
+pub fn wait(ids: &[ObjectId], num_returns: usize, timeout: Option<Duration>) -> Result<Vec<usize>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rt = runtime()?;
+    let reply = rt.call(pb::request::Kind::Wait(pb::Wait {
+        ids: task::ids(ids),
+        num_returns: num_returns.min(u32::MAX as usize) as u32,
+        timeout_ms: timeout_ms(timeout),
+    }))?;
+    match reply {
+        pb::reply::Kind::Wait(w) => Ok(w.ready.into_iter().map(|i| i as usize).collect()),
+        other => Err(super::unexpected(&other)),
+    }
+}
+
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i64 {
+    timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64)
+}
+
+/// Cancels the task that makes `id` (see [`crate::cancel`]).
+pub fn cancel(id: ObjectId, force: bool) -> Result<()> {
+    runtime()?.send(pb::request::Kind::Cancel(pb::Cancel {
+        id: id.as_bytes().to_vec().into(),
+        force,
+    }))
+}
+
+/// Ends actor `id`; with `no_restart` false it may be restarted.
+pub fn kill_actor(id: ObjectId, no_restart: bool) -> Result<()> {
+    runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
+        actor_id: id.as_bytes().to_vec().into(),
+        no_restart,
+    }))
+}
+
+/// A reference the node already counts for this process (a submit's
+/// returns, an actor id about to be created): only the local count changes.
+pub fn owned(id: ObjectId) -> ObjectRef<()> {
+    ObjectRef::owned(id)
+}
+
+/// A reference this process got inside a value: counted locally, and
+/// announced to the node (at [`end_borrow`], if a borrow scope is open).
+pub fn borrow(id: ObjectId) -> ObjectRef<()> {
+    ObjectRef::borrowed(id)
+}
+
+thread_local! {
+    static BORROW_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Opens a scope in which [`borrow`]ed refs are announced together.
+pub fn begin_borrow() {
+    if BORROW_DEPTH.with(|d| d.replace(d.get() + 1)) == 0 {
+        codec::collect_borrowed(true);
+    }
+}
+
+/// Closes the scope [`begin_borrow`] opened, announcing its refs.
+pub fn end_borrow() {
+    let depth = BORROW_DEPTH.with(|d| {
+        let n = d.get().saturating_sub(1);
+        d.set(n);
+        n
+    });
+    if depth == 0 {
+        let fresh = codec::collect_borrowed(false);
+        if !fresh.is_empty() {
+            super::announce_refs(fresh);
+        }
+    }
+}
+
+/// The connected node's session directory.
+pub fn session_dir() -> Result<PathBuf> {
+    Ok(runtime()?.session_dir.clone())
+}
+
+/// This driver's job id at the node (a worker's is its driver's).
+pub fn job_id() -> Result<u64> {
+    Ok(runtime()?.job_id)
+}
+
+/// What the node sends a worker.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// Run this task.
+    Execute(TaskCall),
+    /// Interrupt this running task (the caller cancelled it).
+    Cancel(ObjectId),
+}
+
+/// A task as a worker runs it: its arguments read (in place, for stored ones).
+#[derive(Debug)]
+pub struct TaskCall {
+    /// The task.
+    pub task_id: ObjectId,
+    /// A function, an actor's constructor or an actor method.
+    pub kind: pb::TaskKind,
+    /// The function's name (for Python actor methods: the method's).
+    pub function: String,
+    /// Python: the object holding the pickled function or class.
+    pub function_ref: Option<ObjectId>,
+    /// The arguments, in order.
+    pub args: Vec<Value>,
+    /// The ids its results get, one per return value.
+    pub returns: Vec<ObjectId>,
+    /// The function returns a list with one element per return id.
+    pub split_returns: bool,
+    /// The actor it creates or calls.
+    pub actor_id: Option<ObjectId>,
+    /// 1 on the first run, more on retries.
+    pub attempt: u32,
+    /// Actor creation: method calls it may run at once.
+    pub max_concurrency: u32,
+}
+
+/// Waits for the node's next task or cancellation (in a worker process
+/// connected with [`super::connect_worker`]). An error means the node is gone:
+/// the worker should exit.
+pub fn next_event() -> Result<WorkerEvent> {
+    let rt = runtime()?;
+    match rt.next_execute()? {
+        pb::reply::Kind::CancelTask(c) => Ok(WorkerEvent::Cancel(
+            ObjectId::from_slice(&c.task_id).map_err(|e| Error::Protocol(e.0))?,
+        )),
+        pb::reply::Kind::Execute(exec) => {
+            let spec = exec.spec.unwrap_or_default();
+            let id = |b: &[u8]| ObjectId::from_slice(b).ok();
+            let args = load_args(&exec.args);
+            let task_id = id(&spec.task_id)
+                .ok_or_else(|| Error::Protocol("Execute with a malformed task id".into()))?;
+            let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| id(b)).collect();
+            let kind = pb::TaskKind::try_from(spec.kind).unwrap_or(pb::TaskKind::Normal);
+            let args = match args {
+                Ok(a) => a,
+                Err(message) => {
+                    // The task cannot run; its results say why.
+                    let e = pb::ErrorInfo {
+                        kind: pb::ErrorKind::TaskFailed as i32,
+                        function: spec.function.clone(),
+                        message,
+                        ..Default::default()
+                    };
+                    task_done(
+                        task_id,
+                        returns.iter().map(|r| (*r, Err(e.clone()))).collect(),
+                    )?;
+                    return next_event();
+                }
+            };
+            Ok(WorkerEvent::Execute(TaskCall {
+                task_id,
+                kind,
+                function: spec.function,
+                function_ref: id(&spec.function_ref),
+                args,
+                returns,
+                split_returns: spec.split_returns,
+                actor_id: id(&spec.actor_id),
+                attempt: exec.attempt,
+                max_concurrency: spec.max_concurrency,
+            }))
+        }
+        other => Err(super::unexpected(&other)),
+    }
+}
+
+/// Reads a task's resolved arguments, stored ones in place from the store.
+pub(crate) fn load_args(args: &[pb::ResolvedArg]) -> std::result::Result<Vec<Value>, String> {
+    let rt = runtime().map_err(|e| e.to_string())?;
+    args.iter()
+        .map(|a| {
+            let encoding = pb::Encoding::try_from(a.encoding).unwrap_or_default();
+            let data = match &a.kind {
+                Some(pb::resolved_arg::Kind::Value(v)) => ArgData::Inline(v.clone()),
+                Some(pb::resolved_arg::Kind::Stored(id)) => {
+                    let id = ObjectId::from_slice(id).map_err(|e| e.0)?;
+                    let buf = rt
+                        .store()
+                        .get_one(id, None)
+                        .map_err(|e| format!("cannot read argument {id}: {e}"))?;
+                    ArgData::Stored(buf)
+                }
+                None => ArgData::Inline(bytes::Bytes::new()),
+            };
+            Ok(Value { encoding, data })
+        })
+        .collect()
+}
+
+/// Reports a task's results: a value or an error for each return id. Large
+/// values are written to the store first. The refs nested in the values
+/// must stay held by the caller until this returns.
+pub fn task_done(
+    task_id: ObjectId,
+    results: Vec<(ObjectId, std::result::Result<Encoded, pb::ErrorInfo>)>,
+) -> Result<()> {
+    let rt = runtime()?;
+    let results = results
+        .into_iter()
+        .map(|(id, r)| {
+            let error = |e: pb::ErrorInfo| pb::Object {
+                id: id.as_bytes().to_vec().into(),
+                body: Some(pb::object::Body::Error(e)),
+                contained: Vec::new(),
+                encoding: 0,
+            };
+            match r {
+                Ok(v) => {
+                    let contained = task::ids(&v.contained);
+                    let encoding = v.encoding as i32;
+                    match v.into_body(id, rt.store()) {
+                        Ok(body) => pb::Object {
+                            id: id.as_bytes().to_vec().into(),
+                            body: Some(body),
+                            contained,
+                            encoding,
+                        },
+                        Err(e) => error(pb::ErrorInfo {
+                            kind: pb::ErrorKind::TaskFailed as i32,
+                            message: format!("cannot store the result: {e}"),
+                            ..Default::default()
+                        }),
+                    }
+                }
+                Err(e) => error(e),
+            }
+        })
+        .collect();
+    rt.send(pb::request::Kind::TaskDone(pb::TaskDone {
+        task_id: task_id.as_bytes().to_vec().into(),
+        results,
+    }))
+}
+
+/// Watches for the node (this worker's parent) to exit, and then exits.
+pub fn exit_with_node() {
+    super::worker::exit_with_parent();
+}

@@ -1,0 +1,496 @@
+"""The process's connection: ``init``, ``shutdown``, ``get``/``put``/``wait``,
+``cancel``/``kill``, and what the cluster looks like."""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import pickle
+import socket
+import sys
+import threading
+from typing import Any
+
+from . import _native
+from . import exceptions as exc
+from ._serialization import deserialize, serialize
+
+ObjectRef = _native.ObjectRef
+
+DEFAULT_SESSION_DIR = "/tmp/arca"
+
+# ErrorKind numbers (proto/arca/node.proto).
+_TASK_FAILED, _CANCELLED, _CRASHED, _ACTOR_DIED, _UNSCHEDULABLE, _LOST, _UNKNOWN_FN = range(7)
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.connected = False
+        self.session_dir = ""
+        self.job_id = 0
+        self.embedded = False
+        self.namespace = ""
+        self.worker = False
+        # Bumped at every init: functions and classes are put again per session.
+        self.session = 0
+        self.log_to_driver = True
+        self.current_task_id: bytes | None = None
+        self.current_actor_id: bytes | None = None
+        self.node_id = ""
+
+
+_state = _State()
+
+
+class RayContext(dict):
+    """What ``init`` returns: ``address_info`` and versions; a context manager
+    that calls ``shutdown`` on exit. Indexing reads ``address_info``."""
+
+    def __init__(self, address_info: dict[str, Any]):
+        super().__init__(address_info)
+        self.address_info = address_info
+        self.dashboard_url = None
+        self.python_version = ".".join(map(str, sys.version_info[:3]))
+        self.ray_version = _version()
+        self.ray_commit = ""
+
+    def __enter__(self) -> RayContext:
+        return self
+
+    def __exit__(self, *a: Any) -> None:
+        shutdown()
+
+    def __repr__(self) -> str:
+        return f"RayContext({self.address_info!r})"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("arca")
+    except Exception:
+        return "0.1.0"
+
+
+_KNOWN_INIT_ARGS = {
+    "include_dashboard",
+    "dashboard_host",
+    "dashboard_port",
+    "configure_logging",
+    "logging_level",
+    "logging_format",
+    "log_to_driver",
+    "runtime_env",
+    "labels",
+    "_temp_dir",
+    "_system_config",
+    "job_config",
+    "local_mode",
+    "namespace",
+    "storage",
+    "_node_ip_address",
+}
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+    namespace: str | None = None,
+    **kwargs: Any,
+) -> RayContext:
+    """Connects to a node, or starts one inside this process, as ``ray.init``.
+
+    ``address``: ``None`` uses ``$ARCA_ADDRESS`` (or ``$RAY_ADDRESS``), else the node
+    running in ``/tmp/arca``, else starts an embedded node; ``"auto"`` the same but
+    raises ``ConnectionError`` instead of starting one; ``"local"`` always starts
+    one; anything else is a node's session directory (``arca start --temp-dir``).
+    """
+    unknown = set(kwargs) - _KNOWN_INIT_ARGS
+    if unknown:
+        raise TypeError(f"Unknown keyword argument(s): {', '.join(sorted(unknown))}")
+    if kwargs.get("local_mode"):
+        raise RuntimeError("local_mode is no longer supported (as in Ray); remove it")
+    with _state.lock:
+        if _state.connected:
+            if ignore_reinit_error:
+                return _context()
+            raise RuntimeError(
+                "Maybe you called ray.init twice by accident? This error can be suppressed by "
+                "passing in 'ignore_reinit_error=True' or by calling 'ray.shutdown()' prior to "
+                "'ray.init()'."
+            )
+        if address in (None, "auto"):
+            address = os.environ.get("ARCA_ADDRESS") or os.environ.get("RAY_ADDRESS") or address
+        node_args = {
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+            "resources": resources,
+            "object_store_memory": object_store_memory,
+        }
+        session: str | None
+        if address == "local":
+            session = None
+        elif address in (None, "auto"):
+            running = _native.node_running(DEFAULT_SESSION_DIR)
+            if address == "auto" and not running:
+                raise ConnectionError(
+                    f"Could not find a running Arca node (none in {DEFAULT_SESSION_DIR} or "
+                    "$ARCA_ADDRESS); start one with `arca start --head`, or call init() "
+                    "without an address to start one in this process"
+                )
+            session = DEFAULT_SESSION_DIR if running else None
+        else:
+            if not _native.node_running(address):
+                raise ConnectionError(
+                    f"No Arca node runs in {address!r} (from the address given or "
+                    "$ARCA_ADDRESS): start one with `arca start --head --temp-dir "
+                    f"{address}`, or unset ARCA_ADDRESS to start one in this process"
+                )
+            session = address
+        if session is not None:
+            given = [k for k, v in node_args.items() if v is not None]
+            if given:
+                raise ValueError(
+                    "When connecting to an existing cluster, "
+                    f"{', '.join(given)} must not be provided."
+                )
+        embedded = {k: v for k, v in node_args.items() if v is not None} if session is None else None
+        if embedded is not None and object_store_memory is not None:
+            embedded["object_store_memory"] = int(object_store_memory)
+        cwd = os.getcwd()
+        path = [p or cwd for p in sys.path]
+        env = [("PYTHONPATH", os.pathsep.join(path)), ("ARCA_DRIVER_NAMESPACE", namespace or "")]
+        session_dir, job_id = _native.connect(
+            session,
+            embedded,
+            [sys.executable, "-m", "arca._worker"],
+            cwd,
+            env,
+            bool(log_to_driver),
+        )
+        _state.connected = True
+        _state.session_dir = session_dir
+        _state.job_id = job_id
+        _state.embedded = session is None
+        _state.namespace = namespace or ""
+        _state.session += 1
+        _state.node_id = _node_id()
+        atexit.register(shutdown)
+        return _context()
+
+
+def _context() -> RayContext:
+    d = _state.session_dir
+    return RayContext(
+        {
+            "node_ip_address": "127.0.0.1",
+            "raylet_ip_address": "127.0.0.1",
+            "redis_address": None,
+            "object_store_address": os.path.join(d, "store.sock"),
+            "raylet_socket_name": os.path.join(d, "node.sock"),
+            "webui_url": None,
+            "session_dir": d,
+            "metrics_export_port": None,
+            "gcs_address": d,
+            "address": d,
+            "dashboard_agent_listen_port": None,
+            "node_id": _state.node_id,
+        }
+    )
+
+
+def _node_id() -> str:
+    s = _native.status()
+    return hashlib.sha1(f"{s['node_name']}:{s['pid']}:{s['session_dir']}".encode()).hexdigest()[:56]
+
+
+def connect_worker() -> None:
+    """In a worker process started by the node."""
+    _native.worker_connect()
+    _state.connected = True
+    _state.worker = True
+    _state.namespace = os.environ.get("ARCA_DRIVER_NAMESPACE", "")
+    _state.session = 1
+    _state.node_id = _node_id()
+
+
+def is_initialized() -> bool:
+    return _state.connected
+
+
+def shutdown(_exiting_interpreter: bool = False) -> None:
+    """Disconnects; stops the embedded node if ``init`` started one. Idempotent."""
+    with _state.lock:
+        if not _state.connected or _state.worker:
+            return
+        _native.shutdown()
+        _state.connected = False
+        _state.embedded = False
+
+
+def ensure_init() -> None:
+    if not _state.connected:
+        if os.environ.get("RAY_ENABLE_AUTO_CONNECT", "1") == "0":
+            raise exc.RaySystemError("Arca is not initialized: call arca.init() first")
+        init()
+
+
+def put(value: Any, **kwargs: Any) -> ObjectRef:
+    """Stores ``value`` and returns a reference to it."""
+    if kwargs:
+        raise TypeError(f"put() got unexpected keyword arguments: {', '.join(kwargs)}")
+    ensure_init()
+    if isinstance(value, ObjectRef):
+        raise TypeError(
+            "Calling 'put' on an ray.ObjectRef is not allowed. If you really want to do this, "
+            "you can wrap the ray.ObjectRef in a list and call 'put' on it."
+        )
+    enc, data, buffers, contained = serialize(value)
+    return _native.put(enc, data, buffers, contained)
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """The value of a ref, or the values of a list of refs (in order)."""
+    ensure_init()
+    single = isinstance(object_refs, ObjectRef)
+    if single:
+        refs = [object_refs]
+    elif isinstance(object_refs, list):
+        refs = object_refs
+        for r in refs:
+            if not isinstance(r, ObjectRef):
+                raise ValueError(
+                    f"Invalid type of object refs, {type(r)}, is given. 'object_refs' must "
+                    "either be an ObjectRef or a list of ObjectRefs."
+                )
+    else:
+        raise ValueError(
+            f"Invalid type of object refs, {type(object_refs)}, is given. 'object_refs' must "
+            "either be an ObjectRef or a list of ObjectRefs."
+        )
+    if not refs:
+        return []
+    if timeout is not None and timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number or None")
+    values = []
+    for item in _native.get(refs, timeout):
+        if item[0] < 0:
+            raise error_from_info(item)
+        values.append(deserialize(item[0], item[1], item[2]))
+    return values[0] if single else values
+
+
+def error_from_info(t: tuple) -> Exception:
+    """The exception for a failed object (see ``errors.rs`` for the tuple)."""
+    _, kind, function, message, backtrace, cause, cause_type, pid = t
+    name = function.rsplit("::", 1)[-1] if "::" in function else function.rsplit(".", 1)[-1]
+    if kind == _TASK_FAILED:
+        cause_exc: BaseException | None = None
+        if cause:
+            try:
+                cause_exc = pickle.loads(cause)
+            except Exception:
+                cause_exc = None
+        if cause_exc is None:
+            cause_exc = exc.UnserializableException(
+                backtrace or message, cause_type or "Exception", message
+            )
+        err = exc.RayTaskError(
+            name, backtrace or message, cause_exc, pid=pid or None, cause_type=cause_type
+        )
+        return err.as_instanceof_cause()
+    cls = {
+        _CANCELLED: exc.TaskCancelledError,
+        _CRASHED: exc.WorkerCrashedError,
+        _ACTOR_DIED: exc.ActorDiedError,
+        _UNSCHEDULABLE: exc.TaskUnschedulableError,
+        _LOST: exc.ObjectLostError,
+    }.get(kind)
+    if cls is None:
+        return exc.RaySystemError(message)
+    if cls is exc.TaskCancelledError:
+        return exc.TaskCancelledError(error_message=message)
+    if cls is exc.ActorDiedError:
+        return exc.ActorDiedError(error_msg=message)
+    return cls(message)
+
+
+def wait(
+    object_refs: list,
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list, list]:
+    """``(ready, not_ready)``, each in the order given, once ``num_returns`` are
+    ready or ``timeout`` seconds pass."""
+    ensure_init()
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
+        raise TypeError(
+            f"wait() expected a list of ray.ObjectRef, got {type(object_refs)}"
+        )
+    for r in object_refs:
+        if not isinstance(r, ObjectRef):
+            raise TypeError(f"wait() expected a list of ray.ObjectRef, got list containing {type(r)}")
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if num_returns <= 0:
+        raise ValueError("Invalid number of objects to return %d." % num_returns)
+    if num_returns > len(object_refs):
+        raise ValueError(
+            "num_returns cannot be greater than the number of objects provided to ray.wait."
+        )
+    if not object_refs:
+        return [], []
+    ready_idx = set(_native.wait(object_refs, num_returns, timeout))
+    ready = [r for i, r in enumerate(object_refs) if i in ready_idx]
+    not_ready = [r for i, r in enumerate(object_refs) if i not in ready_idx]
+    return ready, not_ready
+
+
+def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancels the task that makes ``object_ref``; ``get`` then raises
+    ``TaskCancelledError``. A running task gets ``KeyboardInterrupt``; with
+    ``force`` its worker is killed."""
+    ensure_init()
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError(
+            "ray.cancel() only supported for object refs. For actors, try ray.kill(). "
+            f"Got: {type(object_ref)}."
+        )
+    _native.cancel(object_ref, force)
+
+
+def _as_future(ref: ObjectRef):
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    return asyncio.wrap_future(_future(ref), loop=loop)
+
+
+_executor = None
+
+
+def _future(ref: ObjectRef):
+    import concurrent.futures
+
+    global _executor
+    if _executor is None:
+        _executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=32, thread_name_prefix="arca-future"
+        )
+    return _executor.submit(get, ref)
+
+
+# What the cluster looks like.
+
+
+def nodes() -> list[dict[str, Any]]:
+    ensure_init()
+    s = _native.status()
+    nid = _state.node_id
+    return [
+        {
+            "NodeID": nid,
+            "Alive": True,
+            "NodeManagerAddress": "127.0.0.1",
+            "NodeManagerHostname": socket.gethostname(),
+            "NodeManagerPort": 0,
+            "ObjectManagerPort": 0,
+            "ObjectStoreSocketName": os.path.join(s["session_dir"], "store.sock"),
+            "RayletSocketName": os.path.join(s["session_dir"], "node.sock"),
+            "MetricsExportPort": 0,
+            "NodeName": "127.0.0.1",
+            "RuntimeEnvAgentPort": 0,
+            "alive": True,
+            "Resources": _resources(s, available=False),
+            "Labels": {"ray.io/node_id": nid},
+        }
+    ]
+
+
+def _resources(s: dict, available: bool) -> dict[str, float]:
+    src = s["available"] if available else s["total"]
+    out = {k: float(v) for k, v in src.items() if not (k == "GPU" and v == 0 and not available)}
+    if available:
+        out["object_store_memory"] = float(s["store_capacity"] - s["store_used"])
+    else:
+        out["object_store_memory"] = float(s["store_capacity"])
+    out["node:127.0.0.1"] = 1.0
+    out["node:__internal_head__"] = 1.0
+    if available:
+        out = {k: v for k, v in out.items() if v != 0}
+    return out
+
+
+def cluster_resources() -> dict[str, float]:
+    ensure_init()
+    return _resources(_native.status(), available=False)
+
+
+def available_resources() -> dict[str, float]:
+    ensure_init()
+    return _resources(_native.status(), available=True)
+
+
+def get_gpu_ids() -> list:
+    ensure_init()
+    v = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not v:
+        return []
+    return [int(x) if x.isdigit() else x for x in v.split(",") if x]
+
+
+class RuntimeContext:
+    """What ``get_runtime_context()`` returns."""
+
+    def get_node_id(self) -> str:
+        return _state.node_id
+
+    def get_worker_id(self) -> str:
+        return hashlib.sha1(f"{_state.node_id}:{os.getpid()}".encode()).hexdigest()[:56]
+
+    def get_job_id(self) -> str:
+        return f"{_state.job_id:08x}"
+
+    def get_task_id(self) -> str | None:
+        t = _state.current_task_id
+        return t.hex() if t else None
+
+    def get_actor_id(self) -> str | None:
+        a = _state.current_actor_id
+        return a.hex() if a else None
+
+    @property
+    def namespace(self) -> str:
+        return _state.namespace
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        return False
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return {}
+
+    def is_canceled(self) -> bool:
+        return False
+
+    @property
+    def gcs_address(self) -> str:
+        return _state.session_dir
+
+
+def get_runtime_context() -> RuntimeContext:
+    ensure_init()
+    return RuntimeContext()

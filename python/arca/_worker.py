@@ -1,0 +1,232 @@
+"""A worker process: ``python -m arca._worker``, started by the node in the
+driver's interpreter, working directory and ``sys.path``.
+
+It runs tasks one at a time on the main thread (so a cancel can interrupt
+one with ``KeyboardInterrupt``), or for an actor with ``max_concurrency`` > 1
+on a thread pool (threaded actor) or one asyncio event loop (async actor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from . import _native, _runtime
+from ._serialization import _Kwargs, deserialize, serialize
+
+NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
+_TASK_FAILED = 0
+
+
+class RetryPolicy:
+    """The last argument of a task with ``retry_exceptions``: which exceptions
+    are retried (``True``: any), up to the task's ``max_retries``."""
+
+    __slots__ = ("exceptions",)
+
+    def __init__(self, exceptions: Any):
+        self.exceptions = exceptions
+
+    def __reduce__(self):
+        return (RetryPolicy, (self.exceptions,))
+
+    def matches(self, e: BaseException) -> bool:
+        if self.exceptions is True:
+            return isinstance(e, Exception)
+        if isinstance(self.exceptions, (list, tuple)):
+            return isinstance(e, tuple(self.exceptions))
+        return False
+
+
+class _Cancelled(KeyboardInterrupt):
+    pass
+
+
+_interruptible = False
+
+
+def _on_cancel(signum: int, frame: Any) -> None:
+    # SIGUSR1 from the reader thread: the running task was cancelled.
+    if _interruptible:
+        raise _Cancelled()
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.functions: dict[bytes, Any] = {}
+        self.instance: Any = None
+        self.class_name = ""
+        self.pool: ThreadPoolExecutor | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.slots: asyncio.Semaphore | None = None
+
+    def load(self, ref: Any) -> Any:
+        key = ref.binary()
+        f = self.functions.get(key)
+        if f is None:
+            f = _runtime.get(ref)
+            self.functions[key] = f
+        return f
+
+    def serve(self) -> None:
+        global _interruptible
+        while True:
+            sequential = self.pool is None and self.loop is None
+            task = _native.next_task(sequential)
+            if sequential:
+                _interruptible = True
+                try:
+                    self.run(task)
+                finally:
+                    _interruptible = False
+            elif self.loop is not None:
+                asyncio.run_coroutine_threadsafe(self.run_async(task), self.loop)
+            else:
+                self.pool.submit(self.run, task)
+
+    def call(self, task: tuple) -> tuple[Any, int, list]:
+        """Runs the task's function; returns (result, num returns, returns)."""
+        (task_id, kind, function, function_ref, args, returns, split, actor_id,
+         attempt, max_concurrency) = task
+        values = [deserialize(*a) for a in args]
+        policy = None
+        if values and type(values[-1]) is RetryPolicy:
+            policy = values.pop()
+        kwargs = {}
+        if values and type(values[-1]) is _Kwargs:
+            names = values.pop().names
+            kwargs = dict(zip(names, values[len(values) - len(names):], strict=True))
+            del values[len(values) - len(names):]
+        _runtime._state.current_task_id = task_id
+        if kind == NORMAL:
+            fn = self.load(function_ref)
+            fn = getattr(fn, "_function", fn)
+            while True:
+                try:
+                    return fn(*values, **kwargs)
+                except Exception as e:
+                    if policy is None or not policy.matches(e) or attempt > 1000:
+                        raise
+                    attempt += 1
+        if kind == ACTOR_CREATION:
+            cls = self.load(function_ref)
+            cls = getattr(cls, "_cls", cls)
+            _runtime._state.current_actor_id = actor_id
+            self.class_name = cls.__name__
+            self.instance = cls(*values, **kwargs)
+            if max_concurrency > 1:
+                if any(asyncio.iscoroutinefunction(getattr(cls, m, None))
+                       for m in dir(cls) if not m.startswith("__")):
+                    self.start_loop(max_concurrency)
+                else:
+                    self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="arca-actor")
+            return None
+        name = function.rsplit("::", 1)[-1]
+        return getattr(self.instance, name)(*values, **kwargs)
+
+    def start_loop(self, max_concurrency: int) -> None:
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            self.slots = asyncio.Semaphore(max_concurrency)
+            loop.run_forever()
+
+        t = threading.Thread(target=run, name="arca-actor-loop", daemon=True)
+        t.start()
+
+    def run(self, task: tuple) -> None:
+        try:
+            result = self.call(task)
+        except BaseException as e:  # noqa: BLE001 - a task's failure of any kind is reported
+            self.report_error(task, e)
+            return
+        self.report(task, result)
+
+    async def run_async(self, task: tuple) -> None:
+        assert self.slots is not None
+        async with self.slots:
+            try:
+                result = self.call(task)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except BaseException as e:  # noqa: BLE001
+                self.report_error(task, e)
+                return
+            self.report(task, result)
+
+    def report(self, task: tuple, result: Any) -> None:
+        task_id, kind, function, _, _, returns, _, _, _, _ = task
+        n = len(returns)
+        if kind == ACTOR_CREATION:
+            values = [None]
+        elif n == 1:
+            values = [result]
+        else:
+            try:
+                values = list(result)
+            except TypeError:
+                values = None
+            if values is None or len(values) != n:
+                got = "a value" if values is None else f"{len(values)} values"
+                e = ValueError(f"Task returned {got}, but num_returns={n}.")
+                self.report_error(task, e)
+                return
+        try:
+            out = [(rid, serialize(v)) for rid, v in zip(returns, values, strict=True)]
+        except Exception as e:
+            self.report_error(task, e)
+            return
+        _native.task_done(task_id, out)
+
+    def report_error(self, task: tuple, e: BaseException) -> None:
+        task_id, kind, function, _, _, returns, _, _, _, _ = task
+        name = function.rsplit("::", 1)[-1] if "::" in function else function.rsplit(".", 1)[-1]
+        if isinstance(e, _Cancelled):
+            e = KeyboardInterrupt()
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        try:
+            import cloudpickle
+
+            cause = cloudpickle.dumps(e)
+        except Exception:
+            cause = b""
+        cls = type(e)
+        info = (
+            -1,
+            _TASK_FAILED,
+            function,
+            f"{cls.__name__}: {e}",
+            f"Traceback (most recent call last) in {name}:\n{tb}",
+            cause,
+            f"{cls.__module__}.{cls.__qualname__}",
+            os.getpid(),
+        )
+        _native.task_done(task_id, [(rid, info) for rid in returns])
+
+
+def main() -> None:
+    # A terminal's Ctrl-C is the driver's to handle; a cancel arrives as SIGUSR1.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _on_cancel)
+    _runtime.connect_worker()
+    try:
+        Worker().serve()
+    except RuntimeError:
+        # The node closed the connection.
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this __main__ copy's, so that the
+    # classes tasks pickle (RetryPolicy, _Kwargs) are the same ones.
+    from arca._worker import main as _main
+
+    _main()

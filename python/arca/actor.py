@@ -1,0 +1,285 @@
+"""Actors: ``@remote`` classes, their handles, ``@method``, named actors."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from typing import Any
+
+from . import _native, _runtime
+from .remote_function import (
+    ACTOR_CREATION,
+    ACTOR_METHOD,
+    _Shipped,
+    check_options,
+    encode_args,
+    resource_request,
+)
+
+ObjectRef = _native.ObjectRef
+
+# Ray's actor options and their defaults.
+ACTOR_OPTIONS: dict[str, Any] = {
+    "num_cpus": None,
+    "num_gpus": 0,
+    "resources": None,
+    "memory": None,
+    "max_restarts": 0,
+    "max_task_retries": 0,
+    "max_concurrency": None,
+    "name": None,
+    "namespace": None,
+    "lifetime": None,
+    "get_if_exists": False,
+    "max_pending_calls": -1,
+    "concurrency_groups": None,
+    "allow_out_of_order_execution": False,
+    "runtime_env": None,
+    "scheduling_strategy": None,
+    "accelerator_type": None,
+    "label_selector": None,
+    "placement_group": None,
+    "placement_group_bundle_index": None,
+    "placement_group_capture_child_tasks": None,
+    "_metadata": None,
+    "enable_task_events": None,
+}
+
+DEFAULT_MAX_CONCURRENCY_ASYNC = 1000
+
+_METHOD_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions"}
+
+
+def method(*args: Any, **kwargs: Any) -> Any:
+    """``@method(num_returns=N)`` on an actor method."""
+    if args:
+        raise ValueError("@ray.method takes keyword arguments only, e.g. @ray.method(num_returns=2)")
+    bad = set(kwargs) - _METHOD_OPTIONS
+    if bad:
+        raise ValueError(f"Invalid option keyword(s) for @ray.method: {', '.join(sorted(bad))}")
+
+    def decorate(f: Any) -> Any:
+        if "num_returns" in kwargs:
+            f.__ray_num_returns__ = kwargs["num_returns"]
+        return f
+
+    return decorate
+
+
+def _methods(cls: type) -> dict[str, int]:
+    """Each public method's num_returns."""
+    out = {}
+    for name, m in inspect.getmembers(cls, predicate=inspect.isfunction):
+        if name.startswith("__") and name not in ("__call__",):
+            continue
+        out[name] = getattr(m, "__ray_num_returns__", 1)
+    return out
+
+
+def _is_async(cls: type) -> bool:
+    return any(
+        inspect.iscoroutinefunction(m) or inspect.isasyncgenfunction(m)
+        for _, m in inspect.getmembers(cls, predicate=inspect.isfunction)
+    )
+
+
+# Named actors of this job (a cluster-wide registry comes with the control
+# service; see docs/python.md).
+_named: dict[tuple[str, str], ActorHandle] = {}
+_named_lock = threading.Lock()
+
+
+class ActorClass:
+    """A class made remote by ``@remote``: ``.remote(...)`` starts an actor."""
+
+    def __init__(self, cls: type, options: dict[str, Any], shipped: _Shipped | None = None):
+        check_options(options, ACTOR_OPTIONS, "actors")
+        lifetime = options.get("lifetime")
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError("actor `lifetime` argument must be one of 'detached', "
+                             "'non_detached' and 'None'.")
+        self._cls = cls
+        self._options = options
+        self._shipped = shipped or _Shipped(cls)
+        self._name = f"{cls.__module__}.{cls.__qualname__}"
+        self._methods = _methods(cls)
+        self._async = _is_async(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self.__module__ = cls.__module__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "Actors cannot be instantiated directly. "
+            f"Instead of '{self._cls.__name__}()', use '{self._cls.__name__}.remote()'."
+        )
+
+    def options(self, **options: Any) -> ActorClass:
+        return ActorClass(self._cls, {**self._options, **options}, self._shipped)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        _runtime.ensure_init()
+        opts = self._options
+        name = opts.get("name")
+        namespace = opts.get("namespace") or _runtime._state.namespace
+        if name is not None:
+            if not isinstance(name, str) or not name:
+                raise ValueError("Actor name must be a non-empty string")
+            with _named_lock:
+                existing = _named.get((namespace, name))
+                if existing is not None:
+                    if opts.get("get_if_exists"):
+                        return existing
+                    from .exceptions import ActorAlreadyExistsError
+
+                    raise ActorAlreadyExistsError(
+                        f"The name {name} (namespace={namespace!r}) is already taken. Please use "
+                        "a different name or get the existing actor using "
+                        f"ray.get_actor('{name}', namespace='{namespace}')"
+                    )
+        max_concurrency = opts.get("max_concurrency")
+        if max_concurrency is None:
+            max_concurrency = DEFAULT_MAX_CONCURRENCY_ASYNC if self._async else 1
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        max_restarts = opts.get("max_restarts") or 0
+        if max_restarts < 0:
+            max_restarts = 2**32 - 1
+        actor_ref = _native.new_actor_ref()
+        _native.submit(
+            ACTOR_CREATION,
+            f"{self._name}::__init__",
+            self._shipped.ref(),
+            encode_args(args, kwargs),
+            [],
+            1,
+            resource_request(opts, 0),
+            0,
+            max_restarts,
+            max_concurrency,
+            actor_ref,
+        )
+        handle = ActorHandle(actor_ref, self._name, self._methods)
+        if name is not None:
+            with _named_lock:
+                _named[(namespace, name)] = handle
+        return handle
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by Arca yet")
+
+
+class ActorMethod:
+    """``handle.method``: ``.remote(...)`` calls it; ``.options(num_returns=)``."""
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int):
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"Actor methods cannot be called directly. Instead of running "
+            f"'object.{self._name}()', try 'object.{self._name}.remote()'."
+        )
+
+    def options(self, **options: Any) -> ActorMethod:
+        bad = set(options) - _METHOD_OPTIONS - {"name"}
+        if bad:
+            raise ValueError(f"Invalid option keyword(s) for actor methods: {', '.join(bad)}")
+        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        h = self._handle
+        n = self._num_returns
+        refs = _native.submit(
+            ACTOR_METHOD,
+            f"{h._class_name}::{self._name}",
+            None,
+            encode_args(args, kwargs),
+            [],
+            n,
+            None,
+            0,
+            0,
+            0,
+            h._actor_ref,
+        )
+        if n == 1:
+            return refs[0]
+        if n == 0:
+            return None
+        return refs
+
+
+class ActorHandle:
+    """A handle to an actor. Pass it to tasks and other actors; the actor ends
+    when the last handle anywhere is dropped, or with ``kill``."""
+
+    def __init__(self, actor_ref: ObjectRef, class_name: str, methods: dict[str, int]):
+        self._actor_ref = actor_ref
+        self._class_name = class_name
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods")
+        if methods is None or name not in methods:
+            raise AttributeError(
+                f"'{self.__dict__.get('_class_name', 'actor')}' has no method {name!r}"
+            )
+        return ActorMethod(self, name, methods[name])
+
+    @property
+    def __ray_terminate__(self) -> Any:
+        handle = self
+
+        class _Terminate:
+            def remote(self) -> None:
+                _native.kill(handle._actor_ref, True)
+
+        return _Terminate()
+
+    def __repr__(self) -> str:
+        short = self._class_name.rsplit(".", 1)[-1]
+        return f"Actor({short}, {self._actor_ref.hex()})"
+
+    def __hash__(self) -> int:
+        return hash(self._actor_ref)
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_ref == self._actor_ref
+
+    def __reduce__(self):
+        # The actor's ref is pickled too, so the value holding this handle
+        # holds the actor alive.
+        return (ActorHandle, (self._actor_ref, self._class_name, self._methods))
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    _runtime.ensure_init()
+    if not isinstance(name, str) or not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    ns = namespace or _runtime._state.namespace
+    with _named_lock:
+        h = _named.get((ns, name))
+    if h is None:
+        raise ValueError(f"Failed to look up actor with name '{name}'. This could because 1. "
+                         "You are trying to look up a named actor you didn't create. 2. The named "
+                         "actor died. 3. You did not use a namespace matching the namespace of the "
+                         "actor.")
+    return h
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    _runtime.ensure_init()
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(
+            "ray.kill() only supported for actors. For tasks, try ray.cancel(). "
+            f"Got: {type(actor)}."
+        )
+    _native.kill(actor._actor_ref, no_restart)
+    with _named_lock:
+        for k, v in list(_named.items()):
+            if v is actor or v == actor:
+                del _named[k]

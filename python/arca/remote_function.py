@@ -1,0 +1,171 @@
+"""``@remote`` functions: options, and ``.remote()`` submitting tasks."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from . import _native, _runtime
+from ._serialization import _Kwargs, serialize
+
+ObjectRef = _native.ObjectRef
+
+NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
+
+# Ray's task options and their defaults (_common/ray_option_utils.py).
+TASK_OPTIONS: dict[str, Any] = {
+    "num_cpus": 1,
+    "num_gpus": 0,
+    "resources": None,
+    "memory": None,
+    "num_returns": 1,
+    "max_retries": 3,
+    "retry_exceptions": False,
+    "max_calls": 0,
+    "runtime_env": None,
+    "scheduling_strategy": None,
+    "accelerator_type": None,
+    "label_selector": None,
+    "name": None,
+    "placement_group": None,
+    "placement_group_bundle_index": None,
+    "placement_group_capture_child_tasks": None,
+    "_metadata": None,
+    "enable_task_events": None,
+}
+
+
+def check_options(opts: dict[str, Any], valid: dict[str, Any], what: str) -> None:
+    for k, v in opts.items():
+        if k not in valid:
+            raise ValueError(f"Invalid option keyword {k} for {what}.")
+        if k in ("num_cpus", "num_gpus", "memory") and v is not None:
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"The keyword '{k}' only accepts None or a non-negative number")
+        if k == "resources" and v is not None:
+            if not isinstance(v, dict):
+                raise TypeError("The 'resources' option must be a dict of name to quantity")
+            for name, option in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+                if name in v:
+                    raise ValueError(
+                        f"Use the '{option}' option rather than resources={{'{name}': ...}}"
+                    )
+    if "object_store_memory" in opts:
+        raise ValueError("Setting 'object_store_memory' is not implemented for tasks")
+
+
+def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
+    cpus = opts.get("num_cpus")
+    r = {"CPU": float(default_cpus if cpus is None else cpus)}
+    if opts.get("num_gpus"):
+        r["GPU"] = float(opts["num_gpus"])
+    if opts.get("memory"):
+        r["memory"] = float(opts["memory"])
+    for k, v in (opts.get("resources") or {}).items():
+        r[k] = float(v)
+    return r
+
+
+def encode_args(args: tuple, kwargs: dict) -> list:
+    """Top-level ObjectRefs go by reference (the task gets their values);
+    everything else is serialized. Keyword values follow the positional
+    arguments, and a last ``_Kwargs`` names them."""
+    out: list = [a if type(a) is ObjectRef else serialize(a) for a in args]
+    if kwargs:
+        out.extend(v if type(v) is ObjectRef else serialize(v) for v in kwargs.values())
+        out.append(serialize(_Kwargs(tuple(kwargs))))
+    return out
+
+
+class _Shipped:
+    """A function or class put in the store once per session, as an object."""
+
+    def __init__(self, obj: Any):
+        self._obj = obj
+        self._ref: ObjectRef | None = None
+        self._session = -1
+
+    def ref(self) -> ObjectRef:
+        state = _runtime._state
+        if self._ref is None or self._session != state.session:
+            enc, data, buffers, contained = serialize(self._obj)
+            if len(data) > (1 << 20):
+                import warnings
+
+                warnings.warn(
+                    f"The remote function or actor class {getattr(self._obj, '__qualname__', '?')} "
+                    f"is {len(data) >> 20} MiB when pickled; pass large data as arguments or "
+                    "with put() instead of capturing it",
+                    stacklevel=4,
+                )
+            self._ref = _native.put(enc, data, buffers, contained)
+            self._session = state.session
+        return self._ref
+
+
+class RemoteFunction:
+    """A function made remote by ``@remote``: call ``.remote(...)`` to run it as
+    a task; ``.options(...)`` gives a copy with other options."""
+
+    def __init__(self, function: Any, options: dict[str, Any], shipped: _Shipped | None = None):
+        check_options(options, TASK_OPTIONS, "remote functions")
+        self._function = function
+        self._options = options
+        self._shipped = shipped or _Shipped(function)
+        self._name = f"{function.__module__}.{function.__qualname__}"
+        functools.update_wrapper(self, function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "Remote functions cannot be called directly. Instead "
+            f"of running '{self._function.__name__}()', "
+            f"try '{self._function.__name__}.remote()'."
+        )
+
+    def options(self, **options: Any) -> RemoteFunction:
+        if "max_calls" in options:
+            raise ValueError("max_calls cannot be set with .options(); set it in @remote")
+        merged = {**self._options, **options}
+        return RemoteFunction(self._function, merged, self._shipped)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        _runtime.ensure_init()
+        opts = self._options
+        num_returns = opts.get("num_returns", 1)
+        if num_returns is None:
+            num_returns = 1
+        if not isinstance(num_returns, int) or num_returns < 0:
+            raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+        max_retries = opts.get("max_retries", 3)
+        if max_retries is None:
+            max_retries = 3
+        if max_retries < 0:
+            max_retries = 2**32 - 1
+        retry = opts.get("retry_exceptions", False)
+        sargs = encode_args(args, kwargs)
+        holds = []
+        if retry:
+            from ._worker import RetryPolicy
+
+            sargs.append(serialize(RetryPolicy(retry)))
+        refs = _native.submit(
+            NORMAL,
+            self._name,
+            self._shipped.ref(),
+            sargs,
+            holds,
+            num_returns,
+            resource_request(opts, 1),
+            max_retries,
+            0,
+            0,
+            None,
+        )
+        if num_returns == 1:
+            return refs[0]
+        if num_returns == 0:
+            return None
+        return refs
+
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("Ray DAGs (.bind) are not supported by Arca yet")
