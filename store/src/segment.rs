@@ -18,6 +18,10 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 #[derive(Debug)]
 pub struct Mapping {
     raw: MmapRaw,
+    /// The ranges of the write views open on it now (start, end): a new
+    /// view that overlaps one is refused, so safe code can never hold a
+    /// `&mut` to bytes that another view also borrows.
+    pub(crate) writers: parking_lot::Mutex<Vec<(usize, usize)>>,
 }
 
 impl Mapping {
@@ -33,6 +37,7 @@ impl Mapping {
         }
         Ok(Self {
             raw: opts.map_raw(file)?,
+            writers: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -174,5 +179,21 @@ mod tests {
         assert!(seg.mapping().readable(1 << 16, 1).is_err());
         assert!(seg.mapping().readable(u64::MAX, 2).is_err());
         assert!(seg.mapping().readable((1 << 16) - 1, 1).is_ok());
+    }
+
+    #[test]
+    fn overlapping_views_of_an_open_write_are_refused() {
+        let seg = Segment::create(0, 1 << 16, false).unwrap();
+        let m = seg.mapping();
+        let w = m.writable(4096, 100).unwrap();
+        assert!(
+            m.writable(4100, 10).is_err(),
+            "a second &mut of the same bytes"
+        );
+        assert!(m.readable(4000, 200).is_err(), "a & of bytes a &mut covers");
+        assert!(m.writable(4196, 10).is_ok(), "the next bytes are free");
+        drop(w);
+        assert!(m.writable(4100, 10).is_ok());
+        assert!(m.readable(4000, 200).is_ok());
     }
 }

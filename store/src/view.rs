@@ -15,6 +15,36 @@ use std::sync::Arc;
 
 use crate::segment::{Mapping, OutOfBounds};
 
+/// Why a view cannot be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// The range is not inside the mapping.
+    #[error(transparent)]
+    OutOfBounds(#[from] OutOfBounds),
+    /// A write view of (part of) the range is open in this process: the
+    /// daemon handed out one location twice, or the caller asked twice.
+    #[error("range {offset}+{len} overlaps an object this process is still writing")]
+    Overlaps {
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+    },
+}
+
+impl Mapping {
+    fn overlaps_writer(&self, start: usize, len: usize) -> bool {
+        let end = start + len;
+        len > 0
+            && self
+                .writers
+                .lock()
+                .iter()
+                .any(|&(s, e)| s < end && start < e)
+    }
+}
+
 /// Read-only bytes of a sealed object in shared memory.
 #[derive(Debug)]
 pub struct SharedBytes {
@@ -34,8 +64,13 @@ pub struct WriteRegion {
 impl Mapping {
     /// A read view of `[offset, offset + len)`, which the daemon reported as a
     /// sealed object pinned for this process (see the module docs).
-    pub fn readable(self: &Arc<Self>, offset: u64, len: u64) -> Result<SharedBytes, OutOfBounds> {
-        let (offset, len) = self.check(offset, len)?;
+    /// Refused while a write view of an overlapping range is open.
+    pub fn readable(self: &Arc<Self>, offset: u64, len: u64) -> Result<SharedBytes, ViewError> {
+        let (start, n) = self.check(offset, len)?;
+        if self.overlaps_writer(start, n) {
+            return Err(ViewError::Overlaps { offset, len });
+        }
+        let (offset, len) = (start, n);
         Ok(SharedBytes {
             mapping: Arc::clone(self),
             offset,
@@ -45,8 +80,20 @@ impl Mapping {
 
     /// A write view of `[offset, offset + len)`, which the daemon allocated
     /// for an object this process is creating (see the module docs).
-    pub fn writable(self: &Arc<Self>, offset: u64, len: u64) -> Result<WriteRegion, OutOfBounds> {
-        let (offset, len) = self.check(offset, len)?;
+    /// Refused while a write view of an overlapping range is open; read
+    /// views of it cannot be made until this one is dropped.
+    pub fn writable(self: &Arc<Self>, offset: u64, len: u64) -> Result<WriteRegion, ViewError> {
+        let (start, n) = self.check(offset, len)?;
+        {
+            let mut writers = self.writers.lock();
+            if n > 0 && writers.iter().any(|&(s, e)| s < start + n && start < e) {
+                return Err(ViewError::Overlaps { offset, len });
+            }
+            if n > 0 {
+                writers.push((start, start + n));
+            }
+        }
+        let (offset, len) = (start, n);
         Ok(WriteRegion {
             mapping: Arc::clone(self),
             offset,
@@ -83,12 +130,25 @@ impl Deref for WriteRegion {
     }
 }
 
+impl Drop for WriteRegion {
+    fn drop(&mut self) {
+        let range = (self.offset, self.offset + self.len);
+        let mut writers = self.mapping.writers.lock();
+        if let Some(i) = writers.iter().position(|r| *r == range) {
+            writers.swap_remove(i);
+        }
+    }
+}
+
 impl DerefMut for WriteRegion {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: `writable` checked the range lies inside the mapping, which
-        // `self.mapping` keeps alive. The daemon gave this range to exactly one
-        // creator and nobody reads it before the seal; `WriteRegion` is not
-        // `Clone`, and `&mut self` makes this the only live borrow of it here.
+        // `self.mapping` keeps alive, and registered it: while this region
+        // lives no other write or read view of an overlapping range can be
+        // made in this process (both check the registry). `WriteRegion` is
+        // not `Clone`, and `&mut self` makes this the only live borrow of it.
+        // Other processes follow the store protocol: the daemon gave this
+        // range to exactly one creator and nobody reads it before the seal.
         unsafe { std::slice::from_raw_parts_mut(self.mapping.ptr().add(self.offset), self.len) }
     }
 }
