@@ -163,9 +163,11 @@ def init(
                     "When connecting to an existing cluster, "
                     f"{', '.join(given)} must not be provided."
                 )
-        embedded = {k: v for k, v in node_args.items() if v is not None} if session is None else None
-        if embedded is not None and object_store_memory is not None:
-            embedded["object_store_memory"] = int(object_store_memory)
+        embedded = None
+        if session is None:
+            embedded = {k: v for k, v in node_args.items() if v is not None}
+            if object_store_memory is not None:
+                embedded["object_store_memory"] = int(object_store_memory)
         cwd = os.getcwd()
         path = [p or cwd for p in sys.path]
         env = [("PYTHONPATH", os.pathsep.join(path)), ("ARCA_DRIVER_NAMESPACE", namespace or "")]
@@ -335,18 +337,18 @@ def wait(
     ready or ``timeout`` seconds pass."""
     ensure_init()
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
-        raise TypeError(
-            f"wait() expected a list of ray.ObjectRef, got {type(object_refs)}"
-        )
+        raise TypeError(f"wait() expected a list of ray.ObjectRef, got {type(object_refs)}")
     for r in object_refs:
         if not isinstance(r, ObjectRef):
-            raise TypeError(f"wait() expected a list of ray.ObjectRef, got list containing {type(r)}")
+            raise TypeError(
+                f"wait() expected a list of ray.ObjectRef, got list containing {type(r)}"
+            )
     if timeout is not None and timeout < 0:
         raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0:
-        raise ValueError("Invalid number of objects to return %d." % num_returns)
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
     if num_returns > len(object_refs):
         raise ValueError(
             "num_returns cannot be greater than the number of objects provided to ray.wait."

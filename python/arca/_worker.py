@@ -92,8 +92,18 @@ class Worker:
 
     def call(self, task: tuple) -> tuple[Any, int, list]:
         """Runs the task's function; returns (result, num returns, returns)."""
-        (task_id, kind, function, function_ref, args, returns, split, actor_id,
-         attempt, max_concurrency) = task
+        (
+            task_id,
+            kind,
+            function,
+            function_ref,
+            args,
+            returns,
+            split,
+            actor_id,
+            attempt,
+            max_concurrency,
+        ) = task
         values = [deserialize(*a) for a in args]
         policy = None
         if values and type(values[-1]) is RetryPolicy:
@@ -101,8 +111,8 @@ class Worker:
         kwargs = {}
         if values and type(values[-1]) is _Kwargs:
             names = values.pop().names
-            kwargs = dict(zip(names, values[len(values) - len(names):], strict=True))
-            del values[len(values) - len(names):]
+            kwargs = dict(zip(names, values[len(values) - len(names) :], strict=True))
+            del values[len(values) - len(names) :]
         _runtime._state.current_task_id = task_id
         if kind == NORMAL:
             fn = self.load(function_ref)
@@ -121,8 +131,11 @@ class Worker:
             self.class_name = cls.__name__
             self.instance = cls(*values, **kwargs)
             if max_concurrency > 1:
-                if any(asyncio.iscoroutinefunction(getattr(cls, m, None))
-                       for m in dir(cls) if not m.startswith("__")):
+                if any(
+                    asyncio.iscoroutinefunction(getattr(cls, m, None))
+                    for m in dir(cls)
+                    if not m.startswith("__")
+                ):
                     self.start_loop(max_concurrency)
                 else:
                     self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="arca-actor")

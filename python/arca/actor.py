@@ -53,7 +53,9 @@ _METHOD_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retr
 def method(*args: Any, **kwargs: Any) -> Any:
     """``@method(num_returns=N)`` on an actor method."""
     if args:
-        raise ValueError("@ray.method takes keyword arguments only, e.g. @ray.method(num_returns=2)")
+        raise ValueError(
+            "@ray.method takes keyword arguments only, e.g. @ray.method(num_returns=2)"
+        )
     bad = set(kwargs) - _METHOD_OPTIONS
     if bad:
         raise ValueError(f"Invalid option keyword(s) for @ray.method: {', '.join(sorted(bad))}")
@@ -96,8 +98,9 @@ class ActorClass:
         check_options(options, ACTOR_OPTIONS, "actors")
         lifetime = options.get("lifetime")
         if lifetime not in (None, "detached", "non_detached"):
-            raise ValueError("actor `lifetime` argument must be one of 'detached', "
-                             "'non_detached' and 'None'.")
+            raise ValueError(
+                "actor `lifetime` argument must be one of 'detached', 'non_detached' and 'None'."
+            )
         self._cls = cls
         self._options = options
         self._shipped = shipped or _Shipped(cls)
@@ -264,10 +267,12 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     with _named_lock:
         h = _named.get((ns, name))
     if h is None:
-        raise ValueError(f"Failed to look up actor with name '{name}'. This could because 1. "
-                         "You are trying to look up a named actor you didn't create. 2. The named "
-                         "actor died. 3. You did not use a namespace matching the namespace of the "
-                         "actor.")
+        raise ValueError(
+            f"Failed to look up actor with name '{name}'. This could because 1. "
+            "You are trying to look up a named actor you didn't create. 2. The named "
+            "actor died. 3. You did not use a namespace matching the namespace of the "
+            "actor."
+        )
     return h
 
 
