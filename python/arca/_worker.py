@@ -103,6 +103,7 @@ class Worker:
             actor_id,
             attempt,
             max_concurrency,
+            max_retries,
         ) = task
         values = [deserialize(*a) for a in args]
         policy = None
@@ -117,13 +118,14 @@ class Worker:
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
+            retries = 0
             while True:
                 try:
                     return fn(*values, **kwargs)
                 except Exception as e:
-                    if policy is None or not policy.matches(e) or attempt > 1000:
+                    if policy is None or not policy.matches(e) or retries >= max_retries:
                         raise
-                    attempt += 1
+                    retries += 1
         if kind == ACTOR_CREATION:
             cls = self.load(function_ref)
             cls = getattr(cls, "_cls", cls)
@@ -176,7 +178,7 @@ class Worker:
             self.report(task, result)
 
     def report(self, task: tuple, result: Any) -> None:
-        task_id, kind, function, _, _, returns, _, _, _, _ = task
+        task_id, kind, function, _, _, returns, *_ = task
         n = len(returns)
         if kind == ACTOR_CREATION:
             values = [None]
@@ -200,7 +202,7 @@ class Worker:
         _native.task_done(task_id, out)
 
     def report_error(self, task: tuple, e: BaseException) -> None:
-        task_id, kind, function, _, _, returns, _, _, _, _ = task
+        task_id, kind, function, _, _, returns, *_ = task
         name = function.rsplit("::", 1)[-1] if "::" in function else function.rsplit(".", 1)[-1]
         if isinstance(e, _Cancelled):
             e = KeyboardInterrupt()

@@ -72,7 +72,7 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<()> {
 }
 
 /// Waits for the next task: `(task_id, kind, function, function_ref, args,
-/// returns, split_returns, actor_id, attempt, max_concurrency)`, each arg
+/// returns, split_returns, actor_id, attempt, max_concurrency, max_retries)`, each arg
 /// `(encoding, data, buffers)`. `interruptible`: the main thread will run it,
 /// and a cancel may interrupt it.
 #[pyfunction]
@@ -109,6 +109,7 @@ pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTu
         call.actor_id.map(|a| PyBytes::new(py, a.as_bytes())),
         call.attempt,
         call.max_concurrency,
+        call.max_retries,
     )
         .into_pyobject(py)
 }

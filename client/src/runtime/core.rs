@@ -192,6 +192,8 @@ pub struct TaskCall {
     pub attempt: u32,
     /// Actor creation: method calls it may run at once.
     pub max_concurrency: u32,
+    /// Times the task may be retried.
+    pub max_retries: u32,
 }
 
 /// Waits for the node's next task or cancellation (in a worker process
@@ -239,6 +241,7 @@ pub fn next_event() -> Result<WorkerEvent> {
                 actor_id: id(&spec.actor_id),
                 attempt: exec.attempt,
                 max_concurrency: spec.max_concurrency,
+                max_retries: spec.max_retries,
             }))
         }
         other => Err(super::unexpected(&other)),
