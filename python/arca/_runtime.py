@@ -217,7 +217,7 @@ def _node_id() -> str:
 
 def connect_worker() -> None:
     """In a worker process started by the node."""
-    _native.worker_connect()
+    _state.job_id = _native.worker_connect()
     _state.connected = True
     _state.worker = True
     _state.namespace = os.environ.get("ARCA_DRIVER_NAMESPACE", "")
@@ -338,13 +338,10 @@ def wait(
     ensure_init()
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, list):
         raise TypeError(f"wait() expected a list of ray.ObjectRef, got {type(object_refs)}")
-    for r in object_refs:
-        if not isinstance(r, ObjectRef):
-            raise TypeError(
-                f"wait() expected a list of ray.ObjectRef, got list containing {type(r)}"
-            )
     if timeout is not None and timeout < 0:
         raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+    if not object_refs:
+        return [], []
     if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0:
@@ -353,11 +350,15 @@ def wait(
         raise ValueError(
             "num_returns cannot be greater than the number of objects provided to ray.wait."
         )
-    if not object_refs:
-        return [], []
-    ready_idx = set(_native.wait(object_refs, num_returns, timeout))
-    ready = [r for i, r in enumerate(object_refs) if i in ready_idx]
-    not_ready = [r for i, r in enumerate(object_refs) if i not in ready_idx]
+    # The native call checks every element is an ObjectRef (TypeError).
+    ready_idx = _native.wait(object_refs, num_returns, timeout)
+    if len(ready_idx) == len(object_refs):
+        return list(object_refs), []
+    mask = [False] * len(object_refs)
+    for i in ready_idx:
+        mask[i] = True
+    ready = [r for r, m in zip(object_refs, mask, strict=True) if m]
+    not_ready = [r for r, m in zip(object_refs, mask, strict=True) if not m]
     return ready, not_ready
 
 

@@ -25,6 +25,9 @@ POSTCARD, RAW, ARROW, PICKLE5 = 0, 1, 2, 3
 
 _NO_REFS = _native.end_collect(True)
 
+# Exact instances of these pickle the same with the C pickler, much faster.
+_PRIMITIVE = frozenset({int, float, str, bool, type(None)})
+
 
 class _Kwargs:
     """The last argument of a task called with keyword arguments: their names
@@ -41,8 +44,11 @@ class _Kwargs:
 
 def serialize(value: Any) -> tuple[int, Any, list | None, Any]:
     """``(encoding, data, out-of-band buffers, contained refs)`` for the native layer."""
-    if type(value) is bytes:
+    t = type(value)
+    if t is bytes:
         return (RAW, value, None, _NO_REFS)
+    if t in _PRIMITIVE:
+        return (PICKLE5, pickle.dumps(value, protocol=5), None, _NO_REFS)
     nested = _native.begin_collect()
     buffers: list[pickle.PickleBuffer] = []
     try:

@@ -59,7 +59,7 @@ def _on_cancel(signum: int, frame: Any) -> None:
 
 class Worker:
     def __init__(self) -> None:
-        self.functions: dict[bytes, Any] = {}
+        self.functions: dict[Any, Any] = {}
         self.instance: Any = None
         self.class_name = ""
         self.pool: ThreadPoolExecutor | None = None
@@ -67,11 +67,10 @@ class Worker:
         self.slots: asyncio.Semaphore | None = None
 
     def load(self, ref: Any) -> Any:
-        key = ref.binary()
-        f = self.functions.get(key)
+        f = self.functions.get(ref)
         if f is None:
             f = _runtime.get(ref)
-            self.functions[key] = f
+            self.functions[ref] = f
         return f
 
     def serve(self) -> None:

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arca_client::core::{self, Fetched};
 use arca_client::{ArgsBuilder, EmbeddedNode, Encoded, Encoding, ObjectId, TaskKind, TaskOptions};
@@ -176,30 +176,46 @@ fn ids(refs: &Bound<'_, PyList>) -> PyResult<Vec<ObjectId>> {
         .collect()
 }
 
-/// Runs `call(slice)` in slices of at most [`SLICE`] until it returns
-/// something other than a timeout or `timeout` passes, checking for signals
-/// (Ctrl-C) between slices. `call` returns `Ok(None)` on a slice's timeout.
-fn sliced<T: Send>(
+/// Runs `call(timeout)` once on a helper thread and waits for it in slices
+/// of [`SLICE`], checking for signals (Ctrl-C) between them: the request
+/// goes to the node once, however long it waits. On Ctrl-C the helper is
+/// left to finish (the node answers it when the objects are ready or the
+/// timeout passes) and its answer is dropped.
+fn blocking<T: Send + 'static>(
     py: Python<'_>,
-    timeout: Option<f64>,
-    mut call: impl FnMut(Option<Duration>) -> arca_client::Result<Option<T>> + Send,
-) -> PyResult<Option<T>> {
-    let deadline = match timeout {
-        Some(t) if t < 0.0 => return Err(PyValueError::new_err("timeout must be >= 0 or None")),
-        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t)),
-        None => None,
-    };
+    timeout: Option<Duration>,
+    call: impl FnOnce(Option<Duration>) -> arca_client::Result<T> + Send + 'static,
+) -> PyResult<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("arca-wait".into())
+        .spawn(move || {
+            let _ = tx.send(call(timeout));
+        })
+        .map_err(|e| PyValueError::new_err(format!("cannot start a thread to wait: {e}")))?;
+    let mut rx = rx;
     loop {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let slice = left.map_or(SLICE, |l| l.min(SLICE));
-        let last = left.is_some_and(|l| l <= SLICE);
-        if let Some(v) = py.detach(|| call(Some(slice))).map_err(to_py_err)? {
-            return Ok(Some(v));
+        let (got, back) = py.detach(move || (rx.recv_timeout(SLICE), rx));
+        rx = back;
+        match got {
+            Ok(r) => return r.map_err(to_py_err),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyValueError::new_err(
+                    "the waiting thread ended without an answer",
+                ));
+            }
         }
-        if last {
-            return Ok(None);
+    }
+}
+
+fn duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        Some(t) if t < 0.0 || t.is_nan() => {
+            Err(PyValueError::new_err("timeout must be >= 0 or None"))
         }
-        py.check_signals()?;
+        Some(t) => Ok(Some(Duration::from_secs_f64(t.min(1e9)))),
+        None => Ok(None),
     }
 }
 
@@ -214,29 +230,26 @@ pub fn get<'py>(
     timeout: Option<f64>,
 ) -> PyResult<Bound<'py, PyList>> {
     let ids = ids(refs)?;
-    // Ready objects need no slicing: ask once without blocking first.
-    let first = py.detach(|| core::get(&ids, Some(Duration::ZERO)));
-    let fetched = match first {
+    let timeout = duration(timeout)?;
+    // Most gets are answered within a first slice, on this thread.
+    let first_slice = timeout.map_or(SLICE, |t| t.min(SLICE));
+    let fetched = match py.detach(|| core::get(&ids, Some(first_slice))) {
         Ok(f) => f,
-        Err(arca_client::Error::GetTimeout { .. }) if timeout != Some(0.0) => {
-            let got = sliced(py, timeout, |slice| match core::get(&ids, slice) {
-                Ok(f) => Ok(Some(f)),
-                Err(arca_client::Error::GetTimeout { .. }) => Ok(None),
-                Err(e) => Err(e),
-            })?;
-            match got {
-                Some(f) => f,
-                None => {
-                    return Err(crate::errors::get_timeout(
-                        py,
-                        &ids,
-                        timeout.unwrap_or_default(),
-                    ));
+        Err(arca_client::Error::GetTimeout { .. }) if timeout.is_none_or(|t| t > SLICE) => {
+            py.check_signals()?;
+            let left = timeout.map(|t| t - first_slice);
+            let want = ids.clone();
+            match blocking(py, left, move |t| core::get(&want, t)) {
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyTimeoutError>(py) => {
+                    let waited = timeout.unwrap_or_default().as_secs_f64();
+                    return Err(crate::errors::get_timeout(py, &ids, waited));
                 }
+                other => other?,
             }
         }
         Err(arca_client::Error::GetTimeout { .. }) => {
-            return Err(crate::errors::get_timeout(py, &ids, 0.0));
+            let waited = timeout.unwrap_or_default().as_secs_f64();
+            return Err(crate::errors::get_timeout(py, &ids, waited));
         }
         Err(e) => return Err(to_py_err(e)),
     };
@@ -261,16 +274,17 @@ pub fn wait(
     timeout: Option<f64>,
 ) -> PyResult<Vec<usize>> {
     let ids = ids(refs)?;
-    let mut last = Vec::new();
-    let got = sliced(py, timeout, |slice| {
-        let ready = core::wait(&ids, num_returns, slice)?;
-        if ready.len() >= num_returns.min(ids.len()) {
-            return Ok(Some(ready));
-        }
-        last = ready;
-        Ok(None)
-    })?;
-    Ok(got.unwrap_or(last))
+    let timeout = duration(timeout)?;
+    let first_slice = timeout.map_or(SLICE, |t| t.min(SLICE));
+    let ready = py
+        .detach(|| core::wait(&ids, num_returns, Some(first_slice)))
+        .map_err(to_py_err)?;
+    if ready.len() >= num_returns.min(ids.len()) || timeout.is_some_and(|t| t <= SLICE) {
+        return Ok(ready);
+    }
+    py.check_signals()?;
+    let left = timeout.map(|t| t - first_slice);
+    blocking(py, left, move |t| core::wait(&ids, num_returns, t))
 }
 
 /// Submits a task, an actor's creation or an actor method call. `args`

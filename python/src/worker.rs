@@ -30,9 +30,9 @@ struct Worker {
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 
 /// Connects this process as the worker the node started, and starts the
-/// thread that reads the node's messages.
+/// thread that reads the node's messages. Returns its driver's job id.
 #[pyfunction]
-pub fn worker_connect(py: Python<'_>) -> PyResult<()> {
+pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     py.detach(arca_client::connect_worker).map_err(to_py_err)?;
     core::exit_with_node();
     let (tx, rx) = mpsc::channel();
@@ -68,7 +68,7 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<()> {
         .name("arca-worker-reader".into())
         .spawn(read)
         .map_err(|e| PyRuntimeError::new_err(format!("cannot start the reader thread: {e}")))?;
-    Ok(())
+    core::job_id().map_err(to_py_err)
 }
 
 /// Waits for the next task: `(task_id, kind, function, function_ref, args,

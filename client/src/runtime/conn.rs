@@ -114,33 +114,44 @@ impl NodeConn {
         })
     }
 
+    /// Writes one request, after the releases queued before it: a release
+    /// must reach the node before a later message that holds the same object
+    /// again (an `AddRefs` of a ref received anew), or the node would drop
+    /// a hold the process has.
     fn write(&self, req: pb::Request) -> Result<()> {
-        let sent = self.writer.lock().send(&req);
+        let sent = {
+            let mut w = self.writer.lock();
+            Self::send_releases(&mut w, &self.releases);
+            w.send(&req)
+        };
         self.flush_releases();
         sent?;
         Ok(())
     }
 
-    /// Drops this process's reference to `id` at the node without waiting
-    /// for the writer: if another thread is writing, it sends the release
-    /// when done. Safe to call from a destructor (Python's `__del__` runs
-    /// one while its thread holds the GIL).
-    pub(crate) fn release(&self, id: bytes::Bytes) {
+    /// Queues the release of this process's reference to `id` (the caller
+    /// does it while holding its reference-count lock, so that the release
+    /// is queued before any later hold of the same id is announced), and
+    /// sends it if the writer is free. Never waits for the writer: safe in
+    /// a destructor (Python's `__del__` runs one with the GIL held).
+    pub(crate) fn queue_release(&self, id: bytes::Bytes) {
         self.releases.lock().push(id);
-        self.flush_releases();
     }
 
-    /// Sends the queued releases if the writer is free. A thread that queues
-    /// one while the writer is held finds it freed here later, or its holder
-    /// (which calls this after unlocking) sends it.
-    fn flush_releases(&self) {
+    /// Sends the queued releases if the writer is free. A release queued
+    /// while another thread holds the writer is sent by that thread, which
+    /// calls this after unlocking.
+    pub(crate) fn flush_releases(&self) {
         if self.releases.lock().is_empty() {
             return;
         }
-        let Some(mut w) = self.writer.try_lock() else {
-            return;
-        };
-        let ids = std::mem::take(&mut *self.releases.lock());
+        if let Some(mut w) = self.writer.try_lock() {
+            Self::send_releases(&mut w, &self.releases);
+        }
+    }
+
+    fn send_releases(w: &mut Conn, releases: &Mutex<Vec<bytes::Bytes>>) {
+        let ids = std::mem::take(&mut *releases.lock());
         if !ids.is_empty() {
             let _ = w.send(&pb::Request {
                 kind: Some(pb::request::Kind::RemoveRefs(pb::Refs { ids })),

@@ -99,6 +99,10 @@ pub(crate) struct Runtime {
     store: StoreClient,
     /// Local reference counts; the node hears of the first and the last.
     refs: Mutex<HashMap<ObjectId, u32>>,
+    /// Inline values of objects this process holds, as put or first read:
+    /// objects are immutable, so a `get` of these needs no round trip (as
+    /// Ray's in-process memory store). Dropped with the last local ref.
+    inline: Mutex<HashMap<ObjectId, (i32, bytes::Bytes)>>,
     embedded: Mutex<Option<Box<dyn EmbeddedNode>>>,
     session_dir: PathBuf,
     job_id: u64,
@@ -136,6 +140,9 @@ impl Runtime {
         let encoding = e.encoding as i32;
         let body = e.into_body(id, &self.store)?;
         let r = ObjectRef::owned(id);
+        if let pb::object::Body::Inline(b) = &body {
+            self.inline.lock().insert(id, (encoding, b.clone()));
+        }
         self.send(pb::request::Kind::Put(pb::Put {
             object: Some(pb::Object {
                 id: id.as_bytes().to_vec().into(),
@@ -182,13 +189,16 @@ pub(crate) fn local_release(id: ObjectId) {
             }
             Some(_) => {
                 refs.remove(&id);
+                // Queued under the count's lock: see `NodeConn::queue_release`.
+                rt.node.queue_release(id.as_bytes().to_vec().into());
                 true
             }
             None => false,
         }
     };
     if last {
-        rt.node.release(id.as_bytes().to_vec().into());
+        rt.inline.lock().remove(&id);
+        rt.node.flush_releases();
     }
 }
 
@@ -354,6 +364,7 @@ fn connect(
         node: conn,
         store,
         refs: Mutex::new(HashMap::new()),
+        inline: Mutex::new(HashMap::new()),
         embedded: Mutex::new(node),
         session_dir,
         job_id: reply.job_id,
@@ -421,13 +432,41 @@ pub fn get_many_timeout<T: FromObject>(
 }
 
 fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<pb::Object>> {
-    let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64);
+    {
+        let cache = rt.inline.lock();
+        let cached: Option<Vec<pb::Object>> = ids
+            .iter()
+            .map(|id| {
+                cache.get(id).map(|(encoding, b)| pb::Object {
+                    id: id.as_bytes().to_vec().into(),
+                    body: Some(pb::object::Body::Inline(b.clone())),
+                    contained: Vec::new(),
+                    encoding: *encoding,
+                })
+            })
+            .collect();
+        if let Some(objects) = cached {
+            return Ok(objects);
+        }
+    }
+    let timeout_ms = core::timeout_ms(timeout);
     let reply = rt.node.request(pb::request::Kind::Get(pb::Get {
         ids: task::ids(ids),
         timeout_ms,
     }))?;
     match reply {
-        pb::reply::Kind::Get(g) => Ok(g.objects),
+        pb::reply::Kind::Get(g) => {
+            let refs = rt.refs.lock();
+            let mut cache = rt.inline.lock();
+            for (id, o) in ids.iter().zip(&g.objects) {
+                if let Some(pb::object::Body::Inline(b)) = &o.body
+                    && refs.contains_key(id)
+                {
+                    cache.insert(*id, (o.encoding, b.clone()));
+                }
+            }
+            Ok(g.objects)
+        }
         pb::reply::Kind::Error(e) if e.timeout => Err(Error::GetTimeout {
             id: e
                 .missing

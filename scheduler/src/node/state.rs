@@ -299,17 +299,16 @@ impl State {
 
     /// How a worker's output lines are labelled: its actor's class, else the
     /// function it runs (or last ran), by its last name as Ray prints them.
-    pub fn worker_label(&self, wid: WorkerId) -> String {
-        let Some(w) = self.workers.get(&wid) else {
-            return "worker".into();
-        };
+    /// `None` once the worker has left (its output may still be read).
+    pub fn worker_label(&self, wid: WorkerId) -> Option<String> {
+        let w = self.workers.get(&wid)?;
         let full: &str = match (w.actor.and_then(|a| self.actors.get(&a)), w.state) {
             (Some(a), _) => &a.class,
-            (None, WorkerState::Busy(t)) => self.tasks.get(&t).map_or("worker", |t| &t.function),
-            _ => w.last_function.as_deref().unwrap_or("worker"),
+            (None, WorkerState::Busy(t)) => self.tasks.get(&t).map(|t| &*t.function)?,
+            _ => w.last_function.as_deref()?,
         };
         let short = full.rsplit("::").next().unwrap_or(full);
-        short.rsplit('.').next().unwrap_or(short).to_string()
+        Some(short.rsplit('.').next().unwrap_or(short).to_string())
     }
 
     /// Puts an idle task worker in its pool.

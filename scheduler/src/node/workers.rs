@@ -154,9 +154,10 @@ impl Shared {
     }
 
     /// Sends what a worker writes to its driver's LOGS connection, line by
-    /// line (lines that arrive together go in one message), or, without one,
-    /// to the node's own output, each line prefixed with the worker's task
-    /// or actor and pid as Ray prints them.
+    /// line (lines that arrive together go in one message), or, without one
+    /// (`log_to_driver=False`), to `workers.log` in the session directory,
+    /// each line prefixed with the worker's task or actor and pid as Ray
+    /// prints them.
     fn forward_output(
         &self,
         wid: WorkerId,
@@ -166,9 +167,11 @@ impl Shared {
         stderr: bool,
     ) {
         let me = self.me.clone();
+        let log_path = self.config.session_dir.join("workers.log");
         let forward = move || {
             let mut reader = BufReader::with_capacity(64 << 10, pipe);
             let mut line = String::new();
+            let mut label = String::from("worker");
             loop {
                 let mut lines = Vec::new();
                 loop {
@@ -186,7 +189,10 @@ impl Shared {
                     return;
                 };
                 let st = shared.state.lock();
-                let name = st.worker_label(wid);
+                if let Some(l) = st.worker_label(wid) {
+                    label = l;
+                }
+                let name = label.clone();
                 let logs = st.jobs.get(&job).and_then(|j| j.logs);
                 match logs {
                     Some(conn) => st.send(
@@ -201,15 +207,18 @@ impl Shared {
                     ),
                     None => {
                         drop(st);
+                        let stream = if stderr { "err" } else { "out" };
                         let text: String = lines
                             .iter()
-                            .map(|l| format!("({name} pid={pid}) {l}\n"))
+                            .map(|l| format!("({name} pid={pid} {stream}) {l}\n"))
                             .collect();
-                        let _ = if stderr {
-                            std::io::stderr().write_all(text.as_bytes())
-                        } else {
-                            std::io::stdout().write_all(text.as_bytes())
-                        };
+                        let file = std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&log_path);
+                        if let Ok(mut f) = file {
+                            let _ = f.write_all(text.as_bytes());
+                        }
                     }
                 }
             }

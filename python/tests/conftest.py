@@ -1,0 +1,112 @@
+"""Shared fixtures: one embedded node for the session, a per-test watchdog,
+and helpers to run driver scripts in their own process."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import arca
+
+REPO = Path(__file__).resolve().parents[2]
+ARCA_BIN = REPO / "target" / "release" / "arca"
+ARCA_BIN_DEBUG = REPO / "target" / "debug" / "arca"
+
+
+@pytest.fixture(autouse=True)
+def _watchdog():
+    """Dumps every thread's stack and exits if a test hangs."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="session")
+def ray():
+    """An embedded node with 2 CPUs in the pytest process, for the whole session."""
+    for var in ("ARCA_ADDRESS", "RAY_ADDRESS"):
+        os.environ.pop(var, None)
+    arca.init(address="local", num_cpus=2)
+    yield arca
+    arca.shutdown()
+
+
+def driver_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ARCA_ADDRESS", "RAY_ADDRESS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def run_driver(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs a Python driver script (dedented) in its own process, with a timeout."""
+
+    def run(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        script = tmp_path / "driver.py"
+        script.write_text(textwrap.dedent(code))
+        return subprocess.run(
+            [sys.executable, str(script), *args],
+            cwd=tmp_path,
+            env=driver_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def arca_bin() -> Path:
+    """The `arca` CLI: a release build, else a debug one (scripts/test), else built."""
+    for path in (ARCA_BIN, ARCA_BIN_DEBUG):
+        if path.exists():
+            return path
+    try:
+        subprocess.run(
+            ["cargo", "build", "--release", "--bin", "arca"],
+            cwd=REPO,
+            check=True,
+            timeout=900,
+            capture_output=True,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        pytest.skip(f"cannot build the arca CLI: {e}")
+    return ARCA_BIN
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
+    """Polls ``pred`` until it returns something truthy; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_pids(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -1,0 +1,231 @@
+"""Actors: order, state, failures, restarts, concurrency, names, handles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+import arca
+from arca import exceptions as ex
+
+
+@arca.remote
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+        self.log = []
+
+    def inc(self, by=1):
+        self.n += by
+        self.log.append(self.n)
+        return self.n
+
+    def get_log(self):
+        return self.log
+
+    def pid(self):
+        return os.getpid()
+
+    def exit(self):
+        os._exit(1)
+
+
+@arca.remote
+class BrokenInit:
+    def __init__(self):
+        raise ZeroDivisionError("ctor-boom")
+
+    def ping(self):
+        return "pong"
+
+
+@arca.remote
+class AsyncActor:
+    async def nap(self, seconds):
+        start = time.time()
+        await asyncio.sleep(seconds)
+        return start, time.time()
+
+
+@arca.remote(max_concurrency=4)
+class ThreadedActor:
+    def nap(self, seconds):
+        start = time.time()
+        time.sleep(seconds)
+        return start, time.time(), threading.get_ident()
+
+
+def overlapping(spans):
+    """All the (start, end) spans share an instant."""
+    return max(s[0] for s in spans) < min(s[1] for s in spans)
+
+
+def test_calls_run_in_order_and_keep_state(ray):
+    c = Counter.remote(10)
+    refs = [c.inc.remote() for _ in range(50)]
+    assert ray.get(refs, timeout=30) == list(range(11, 61))
+    assert ray.get(c.get_log.remote(), timeout=30) == list(range(11, 61))
+    assert ray.get(c.inc.remote(by=5), timeout=30) == 65
+
+
+def test_actor_state_is_per_actor(ray):
+    a, b = Counter.remote(), Counter.remote(100)
+    ray.get([a.inc.remote(), b.inc.remote()], timeout=30)
+    assert ray.get([a.inc.remote(), b.inc.remote()], timeout=30) == [2, 102]
+    assert ray.get(a.pid.remote(), timeout=30) != ray.get(b.pid.remote(), timeout=30)
+
+
+def test_actor_method_options_num_returns(ray):
+    @arca.remote
+    class Pair:
+        @arca.method(num_returns=2)
+        def pair(self):
+            return 1, 2
+
+        def single(self):
+            return (3, 4)
+
+    p = Pair.remote()
+    refs = p.pair.remote()
+    assert len(refs) == 2
+    assert ray.get(refs, timeout=30) == [1, 2]
+    assert ray.get(p.single.remote(), timeout=30) == (3, 4)
+    assert ray.get(p.single.options(num_returns=2).remote(), timeout=30) == [3, 4]
+
+
+def test_direct_calls_raise(ray):
+    with pytest.raises(TypeError):
+        Counter()
+    c = Counter.remote()
+    with pytest.raises(TypeError):
+        c.inc()
+    with pytest.raises(AttributeError):
+        c.no_such_method  # noqa: B018
+
+
+def test_method_raising_keeps_actor_alive(ray):
+    @arca.remote
+    class Flaky:
+        def boom(self):
+            raise KeyError("method-err")
+
+        def ok(self):
+            return "ok"
+
+    f = Flaky.remote()
+    with pytest.raises(KeyError):
+        ray.get(f.boom.remote(), timeout=30)
+    assert ray.get(f.ok.remote(), timeout=30) == "ok"
+
+
+def test_constructor_raising_makes_calls_raise_actor_error(ray):
+    a = BrokenInit.remote()
+    with pytest.raises(ex.RayActorError) as info:
+        ray.get(a.ping.remote(), timeout=30)
+    assert "ctor-boom" in str(info.value)
+    with pytest.raises(ex.RayActorError):
+        ray.get(a.ping.remote(), timeout=30)
+
+
+def test_kill_then_call_raises(ray):
+    c = Counter.remote()
+    assert ray.get(c.inc.remote(), timeout=30) == 1
+    ray.kill(c)
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.inc.remote(), timeout=30)
+
+
+def test_kill_rejects_non_actors(ray):
+    with pytest.raises(ValueError):
+        ray.kill(ray.put(1))
+
+
+def test_max_restarts_restarts_after_exit(ray):
+    c = Counter.options(max_restarts=1).remote()
+    assert ray.get(c.inc.remote(), timeout=30) == 1
+    pid1 = ray.get(c.pid.remote(), timeout=30)
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.exit.remote(), timeout=30)
+    # Restarted: a new process, with the constructor's state.
+    assert ray.get(c.inc.remote(), timeout=30) == 1
+    assert ray.get(c.pid.remote(), timeout=30) != pid1
+    # No restarts left.
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.exit.remote(), timeout=30)
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.inc.remote(), timeout=30)
+
+
+def test_no_restart_by_default(ray):
+    c = Counter.remote()
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.exit.remote(), timeout=30)
+    with pytest.raises(ex.RayActorError):
+        ray.get(c.inc.remote(), timeout=30)
+
+
+def test_async_actor_runs_calls_concurrently(ray):
+    a = AsyncActor.remote()
+    spans = ray.get([a.nap.remote(0.5) for _ in range(10)], timeout=60)
+    assert len(spans) == 10
+    assert overlapping(spans)
+
+
+def test_threaded_actor_runs_calls_concurrently(ray):
+    t = ThreadedActor.remote()
+    spans = ray.get([t.nap.remote(0.5) for _ in range(4)], timeout=60)
+    assert overlapping([s[:2] for s in spans])
+    assert len({s[2] for s in spans}) == 4
+
+
+def test_named_actor(ray):
+    c = Counter.options(name="test-named-counter").remote()
+    h = ray.get_actor("test-named-counter")
+    assert ray.get(h.inc.remote(), timeout=30) == 1
+    assert ray.get(c.inc.remote(), timeout=30) == 2
+    with pytest.raises(ValueError):
+        Counter.options(name="test-named-counter").remote()
+    same = Counter.options(name="test-named-counter", get_if_exists=True).remote()
+    assert ray.get(same.inc.remote(), timeout=30) == 3
+    with pytest.raises(ValueError):
+        ray.get_actor("no-such-actor-here")
+    ray.kill(c)
+    with pytest.raises(ValueError):
+        ray.get_actor("test-named-counter")
+
+
+@arca.remote
+def use_handle(h, n):
+    return arca.get([h.inc.remote() for _ in range(n)], timeout=30)
+
+
+def test_actor_handle_passed_to_task(ray):
+    c = Counter.remote()
+    assert ray.get(use_handle.remote(c, 3), timeout=30) == [1, 2, 3]
+    assert ray.get(c.inc.remote(), timeout=30) == 4
+
+    # Inside a list too.
+    @arca.remote
+    def in_list(hs):
+        return arca.get(hs[0].inc.remote(), timeout=30)
+
+    assert ray.get(in_list.remote([c]), timeout=30) == 5
+
+
+def test_actor_handle_passed_to_actor(ray):
+    @arca.remote
+    class Caller:
+        def call(self, h):
+            return arca.get(h.inc.remote(by=10), timeout=30)
+
+    c = Counter.remote()
+    assert ray.get(Caller.remote().call.remote(c), timeout=30) == 10
+
+
+def test_actor_method_object_ref_args(ray):
+    c = Counter.remote()
+    assert ray.get(c.inc.remote(ray.put(7)), timeout=30) == 7
