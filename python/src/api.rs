@@ -388,22 +388,14 @@ pub fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("node_name", &s.node_name)?;
     d.set_item("pid", s.pid)?;
     d.set_item("session_dir", &s.session_dir)?;
-    d.set_item(
-        "total",
-        s.total
-            .map(|r| r.amounts)
+    let amounts = |r: Option<arca_proto::node::Resources>| -> BTreeMap<String, f64> {
+        r.map(|r| r.amounts)
             .unwrap_or_default()
             .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-    )?;
-    d.set_item(
-        "available",
-        s.available
-            .map(|r| r.amounts)
-            .unwrap_or_default()
-            .into_iter()
-            .collect::<BTreeMap<_, _>>(),
-    )?;
+            .collect()
+    };
+    d.set_item("total", amounts(s.total))?;
+    d.set_item("available", amounts(s.available))?;
     d.set_item("store_used", s.store_used)?;
     d.set_item("store_capacity", s.store_capacity)?;
     d.set_item("objects", s.objects)?;

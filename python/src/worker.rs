@@ -33,7 +33,8 @@ static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 /// thread that reads the node's messages. Returns its driver's job id.
 #[pyfunction]
 pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
-    py.detach(arca_client::connect_worker).map_err(to_py_err)?;
+    py.detach(|| arca_client::connect_worker_spinning(std::time::Duration::ZERO))
+        .map_err(to_py_err)?;
     core::exit_with_node();
     let (tx, rx) = mpsc::channel();
     let worker = Worker {

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arca_proto::node as pb;
-use arca_store::wire::{Conn, DEFAULT_SPIN, MAX_REPLY_FRAME, RecvError, Side};
+use arca_store::wire::{Conn, MAX_REPLY_FRAME, RecvError, Side};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -76,7 +76,12 @@ impl Inbox {
 }
 
 impl NodeConn {
-    pub(crate) fn connect(socket: &Path, hello: pb::Hello) -> Result<(Self, pb::HelloReply)> {
+    /// `spin`: how long a reader polls before sleeping (see `arca_store::wire`).
+    pub(crate) fn connect(
+        socket: &Path,
+        hello: pb::Hello,
+        spin: std::time::Duration,
+    ) -> Result<(Self, pb::HelloReply)> {
         let stream = UnixStream::connect(socket).map_err(|e| {
             Error::Node(format!(
                 "cannot connect to the node at {}: {e}; start one with `arca start --head`, or call arca::init() without an address to run an embedded node",
@@ -93,7 +98,7 @@ impl NodeConn {
             releases: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(1),
             inbox: Mutex::new(Inbox {
-                reader: Some(Box::new(Conn::new(stream, Side::Client, DEFAULT_SPIN))),
+                reader: Some(Box::new(Conn::new(stream, Side::Client, spin))),
                 replies: HashMap::new(),
                 executes: VecDeque::new(),
                 broken: None,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, NODE_SOCKET};
 use arca_proto::node as pb;
 use arca_store::ObjectId;
+use arca_store::wire::DEFAULT_SPIN;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
@@ -99,10 +100,11 @@ pub(crate) struct Runtime {
     store: StoreClient,
     /// Local reference counts; the node hears of the first and the last.
     refs: Mutex<HashMap<ObjectId, u32>>,
-    /// Inline values of objects this process holds, as put or first read:
-    /// objects are immutable, so a `get` of these needs no round trip (as
-    /// Ray's in-process memory store). Dropped with the last local ref.
-    inline: Mutex<HashMap<ObjectId, (i32, bytes::Bytes)>>,
+    /// Values of objects this process holds, as put or first read (inline
+    /// bytes, or "in the store"): objects are immutable, so a `get` of these
+    /// needs no round trip to the node (as Ray's in-process memory store).
+    /// Dropped with the last local ref.
+    inline: Mutex<HashMap<ObjectId, (i32, pb::object::Body)>>,
     embedded: Mutex<Option<Box<dyn EmbeddedNode>>>,
     session_dir: PathBuf,
     job_id: u64,
@@ -140,9 +142,7 @@ impl Runtime {
         let encoding = e.encoding as i32;
         let body = e.into_body(id, &self.store)?;
         let r = ObjectRef::owned(id);
-        if let pb::object::Body::Inline(b) = &body {
-            self.inline.lock().insert(id, (encoding, b.clone()));
-        }
+        self.inline.lock().insert(id, (encoding, body.clone()));
         self.send(pb::request::Kind::Put(pb::Put {
             object: Some(pb::Object {
                 id: id.as_bytes().to_vec().into(),
@@ -279,6 +279,14 @@ pub fn is_worker_process() -> bool {
 /// connects as that worker. The caller then runs tasks from
 /// [`core::next_event`] (a Rust program's `init` does this by itself).
 pub fn connect_worker() -> Result<()> {
+    connect_worker_spinning(DEFAULT_SPIN)
+}
+
+/// [`connect_worker`] for a worker whose node messages are read by a thread
+/// of their own while its tasks run on another (a Python worker): `spin`
+/// zero keeps that reader from polling for the next message on a core the
+/// task needs.
+pub fn connect_worker_spinning(spin: Duration) -> Result<()> {
     let wid: u64 = std::env::var(ENV_WORKER_ID)
         .ok()
         .and_then(|w| w.parse().ok())
@@ -292,7 +300,7 @@ pub fn connect_worker() -> Result<()> {
         ..hello()
     };
     let session = socket.parent().map(Path::to_path_buf).unwrap_or_default();
-    connect(&socket, hello, None, session, false)
+    connect_spinning(&socket, hello, None, session, false, spin)
 }
 
 fn hello() -> pb::Hello {
@@ -349,7 +357,25 @@ fn connect(
     session_dir: PathBuf,
     log_to_driver: bool,
 ) -> Result<()> {
-    let (conn, reply) = NodeConn::connect(socket, hello)?;
+    connect_spinning(
+        socket,
+        hello,
+        node,
+        session_dir,
+        log_to_driver,
+        DEFAULT_SPIN,
+    )
+}
+
+fn connect_spinning(
+    socket: &Path,
+    hello: pb::Hello,
+    node: Option<Box<dyn EmbeddedNode>>,
+    session_dir: PathBuf,
+    log_to_driver: bool,
+    spin: Duration,
+) -> Result<()> {
+    let (conn, reply) = NodeConn::connect(socket, hello, spin)?;
     let store = StoreClient::connect_with(
         &reply.store_socket,
         ClientOptions {
@@ -437,9 +463,9 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
         let cached: Option<Vec<pb::Object>> = ids
             .iter()
             .map(|id| {
-                cache.get(id).map(|(encoding, b)| pb::Object {
+                cache.get(id).map(|(encoding, body)| pb::Object {
                     id: id.as_bytes().to_vec().into(),
-                    body: Some(pb::object::Body::Inline(b.clone())),
+                    body: Some(body.clone()),
                     contained: Vec::new(),
                     encoding: *encoding,
                 })
@@ -459,10 +485,11 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
             let refs = rt.refs.lock();
             let mut cache = rt.inline.lock();
             for (id, o) in ids.iter().zip(&g.objects) {
-                if let Some(pb::object::Body::Inline(b)) = &o.body
+                if let Some(body @ (pb::object::Body::Inline(_) | pb::object::Body::Stored(_))) =
+                    &o.body
                     && refs.contains_key(id)
                 {
-                    cache.insert(*id, (o.encoding, b.clone()));
+                    cache.insert(*id, (o.encoding, body.clone()));
                 }
             }
             Ok(g.objects)
