@@ -48,12 +48,16 @@ class _Cancelled(KeyboardInterrupt):
     pass
 
 
-_interruptible = False
+# The task the main thread runs now, while its function runs (only then
+# may a cancel interrupt it: never while its result is being reported).
+_interruptible: bytes | None = None
 
 
 def _on_cancel(signum: int, frame: Any) -> None:
-    # SIGUSR1 from the reader thread: the running task was cancelled.
-    if _interruptible:
+    # SIGUSR1 from the reader thread: a task was cancelled. A signal that
+    # comes before the function starts is caught by the check in `run`.
+    task = _interruptible
+    if task is not None and _native.task_cancelled(task):
         raise _Cancelled()
 
 
@@ -74,16 +78,11 @@ class Worker:
         return f
 
     def serve(self) -> None:
-        global _interruptible
         while True:
             sequential = self.pool is None and self.loop is None
             task = _native.next_task(sequential)
             if sequential:
-                _interruptible = True
-                try:
-                    self.run(task)
-                finally:
-                    _interruptible = False
+                self.run(task, interruptible=True)
             elif self.loop is not None:
                 asyncio.run_coroutine_threadsafe(self.run_async(task), self.loop)
             else:
@@ -156,9 +155,17 @@ class Worker:
         t = threading.Thread(target=run, name="arca-actor-loop", daemon=True)
         t.start()
 
-    def run(self, task: tuple) -> None:
+    def run(self, task: tuple, interruptible: bool = False) -> None:
+        global _interruptible
         try:
-            result = self.call(task)
+            try:
+                if interruptible and task[1] == NORMAL:
+                    _interruptible = task[0]
+                    if _native.task_cancelled(task[0]):
+                        raise _Cancelled()
+                result = self.call(task)
+            finally:
+                _interruptible = None
         except BaseException as e:  # noqa: BLE001 - a task's failure of any kind is reported
             self.report_error(task, e)
             return

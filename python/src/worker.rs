@@ -22,10 +22,23 @@ use crate::refs::{Contained, wrap};
 
 struct Worker {
     tasks: Mutex<mpsc::Receiver<TaskCall>>,
-    /// The task the main thread runs now (tasks of sequential workers only).
-    running: Mutex<Option<ObjectId>>,
+    cancels: Mutex<Cancels>,
     main: Pthread,
 }
+
+/// The task the main thread runs now (of a sequential worker), and the
+/// tasks cancelled lately. A cancel can come before its task reaches the main
+/// thread (the node sent both), so it is remembered, and the task checks
+/// when it starts.
+#[derive(Default)]
+struct Cancels {
+    running: Option<ObjectId>,
+    /// Bounded: a cancel that comes just after its task ended stays here
+    /// until pushed out.
+    cancelled: std::collections::VecDeque<ObjectId>,
+}
+
+const REMEMBERED_CANCELS: usize = 256;
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 
@@ -39,7 +52,7 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     let (tx, rx) = mpsc::channel();
     let worker = Worker {
         tasks: Mutex::new(rx),
-        running: Mutex::new(None),
+        cancels: Mutex::new(Cancels::default()),
         main: pthread_self(),
     };
     if WORKER.set(worker).is_err() {
@@ -54,10 +67,15 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
                     }
                 }
                 WorkerEvent::Cancel(task) => {
-                    if let Some(w) = WORKER.get()
-                        && *w.running.lock() == Some(task)
-                    {
-                        let _ = pthread_kill(w.main, Signal::SIGUSR1);
+                    if let Some(w) = WORKER.get() {
+                        let mut c = w.cancels.lock();
+                        if c.cancelled.len() >= REMEMBERED_CANCELS {
+                            c.cancelled.pop_front();
+                        }
+                        c.cancelled.push_back(task);
+                        if c.running == Some(task) {
+                            let _ = pthread_kill(w.main, Signal::SIGUSR1);
+                        }
                     }
                 }
             }
@@ -85,7 +103,7 @@ pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTu
         .detach(|| w.tasks.lock().recv())
         .map_err(|_| PyRuntimeError::new_err("the node closed the connection"))?;
     if interruptible && call.kind == TaskKind::Normal {
-        *w.running.lock() = Some(call.task_id);
+        w.cancels.lock().running = Some(call.task_id);
     }
     let args = PyList::empty(py);
     for a in call.args {
@@ -115,6 +133,16 @@ pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTu
         .into_pyobject(py)
 }
 
+/// True if `task_id` was cancelled (checked when the task starts and by the
+/// SIGUSR1 handler, which only interrupts the task the cancel was for).
+#[pyfunction]
+pub fn task_cancelled(task_id: &[u8]) -> PyResult<bool> {
+    let task = crate::refs::id_of(task_id)?;
+    Ok(WORKER
+        .get()
+        .is_some_and(|w| w.cancels.lock().cancelled.contains(&task)))
+}
+
 /// Reports a task's results: for each return id, `(encoding, data,
 /// buffers, contained)` or an error tuple (see `errors`). Clears the
 /// running task first, so a late cancel no longer interrupts.
@@ -122,10 +150,11 @@ pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTu
 pub fn task_done(py: Python<'_>, task_id: &[u8], results: &Bound<'_, PyList>) -> PyResult<()> {
     let task = crate::refs::id_of(task_id)?;
     if let Some(w) = WORKER.get() {
-        let mut running = w.running.lock();
-        if *running == Some(task) {
-            *running = None;
+        let mut c = w.cancels.lock();
+        if c.running == Some(task) {
+            c.running = None;
         }
+        c.cancelled.retain(|t| *t != task);
     }
     let mut out = Vec::with_capacity(results.len());
     for r in results.iter() {

@@ -24,7 +24,10 @@ ARCA_BIN_DEBUG = REPO / "target" / "debug" / "arca"
 @pytest.fixture(autouse=True)
 def _watchdog():
     """Dumps every thread's stack and exits if a test hangs."""
-    faulthandler.dump_traceback_later(120, exit=True)
+    # Longer than any test's own timeouts (subprocesses get 120 s at most), so
+    # that those fail first and visibly: this exit's dump goes to pytest's
+    # captured stderr, which is lost with the process.
+    faulthandler.dump_traceback_later(300, exit=True)
     yield
     faulthandler.cancel_dump_traceback_later()
 
@@ -66,10 +69,11 @@ def run_driver(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="session")
 def arca_bin() -> Path:
-    """The `arca` CLI: a release build, else a debug one (scripts/test), else built."""
-    for path in (ARCA_BIN, ARCA_BIN_DEBUG):
-        if path.exists():
-            return path
+    """The `arca` CLI: the newer of the release and debug builds (scripts/test
+    makes the debug one), else a release build made now."""
+    built = [p for p in (ARCA_BIN, ARCA_BIN_DEBUG) if p.exists()]
+    if built:
+        return max(built, key=lambda p: p.stat().st_mtime)
     try:
         subprocess.run(
             ["cargo", "build", "--release", "--bin", "arca"],

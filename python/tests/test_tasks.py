@@ -143,6 +143,22 @@ def test_cancel_force_kills_worker(ray, tmp_path):
     assert ray.get(ident.remote("after"), timeout=30) == "after"
 
 
+@arca.remote
+def sleep_long():
+    time.sleep(1e6)
+
+
+def test_cancel_right_after_submit_always_cancels(ray):
+    # The cancel can reach the worker before its task does, or while the
+    # task is starting: either way the task ends cancelled, never runs on.
+    for _ in range(30):
+        ref = sleep_long.remote()
+        ray.cancel(ref)
+        with pytest.raises(ex.TaskCancelledError):
+            ray.get(ref, timeout=20)
+    assert ray.get(ident.remote("after"), timeout=30) == "after"
+
+
 def test_cancel_of_finished_task_keeps_value(ray):
     ref = ident.remote(7)
     assert ray.get(ref, timeout=30) == 7
