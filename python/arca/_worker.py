@@ -87,6 +87,8 @@ class Worker:
                 asyncio.run_coroutine_threadsafe(self.run_async(task), self.loop)
             else:
                 self.pool.submit(self.run, task)
+            # Its arguments pin their objects until dropped.
+            del task
 
     def call(self, task: tuple) -> tuple[Any, int, list]:
         """Runs the task's function; returns (result, num returns, returns)."""

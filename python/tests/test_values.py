@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
+import os
+import subprocess
 import threading
 
 import numpy as np
@@ -295,3 +298,28 @@ def test_arrow_record_batch_round_trip(ray):
         assert out.equals(batch)
     table = pa.Table.from_batches([batch, batch])
     assert ray.get(ident.remote(table), timeout=30).equals(table)
+
+
+@arca.remote
+def total(a):
+    return float(a.sum())
+
+
+def test_task_arguments_are_unpinned_when_the_task_ends(ray, arca_bin):
+    # A worker keeps no pin on a stored argument once its task is done.
+    a = ray.put(np.ones(1 << 18))  # 2 MiB: stored, not inline
+    assert ray.get(total.remote(a), timeout=30) == float(1 << 18)
+    session = arca._runtime._state.session_dir
+
+    def worker_pins():
+        out = subprocess.run(
+            [arca_bin, "memory", "--json", "--temp-dir", session],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        clients = json.loads(out.stdout)["clients"]
+        return sum(c["pinned"] for c in clients if c["pid"] != os.getpid())
+
+    wait_for(lambda: worker_pins() == 0, what="the worker to release its argument")
