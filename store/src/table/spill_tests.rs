@@ -270,5 +270,8 @@ proptest! {
             let t = h.t.totals();
             eprintln!("spilled {} restored {} on-disk-only {} in fallback {}", t.spilled_total_objects, t.restored_total_objects, t.spilled_objects, t.fallback_bytes);
         }
+        drop(h);
+        // Each case's files went with its harness; the directory stays.
+        let _ = std::fs::remove_dir(&dir);
     }
 }
