@@ -451,10 +451,14 @@ pub fn get_many_timeout<T: FromObject>(
     refs: &[ObjectRef<T>],
     timeout: Option<Duration>,
 ) -> Result<Vec<T>> {
-    let rt = runtime()?;
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    let objects = fetch(&rt, &ids, timeout)?;
-    objects.into_iter().map(|o| decode_object(&rt, o)).collect()
+    core::get(&ids, timeout)?
+        .into_iter()
+        .map(|f| match f {
+            core::Fetched::Value(v) => T::from_object(&v.data),
+            core::Fetched::Error(e) => Err(task_error(e)),
+        })
+        .collect()
 }
 
 fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<pb::Object>> {
@@ -504,19 +508,6 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
         }),
         pb::reply::Kind::Error(e) => Err(Error::Node(e.message)),
         other => Err(unexpected(&other)),
-    }
-}
-
-fn decode_object<T: FromObject>(rt: &Runtime, o: pb::Object) -> Result<T> {
-    match o.body {
-        Some(pb::object::Body::Inline(b)) => T::from_object(&ArgData::Inline(b)),
-        Some(pb::object::Body::Stored(_)) => {
-            let id = ObjectId::from_slice(&o.id).map_err(|e| Error::Protocol(e.0))?;
-            let buf = rt.store.get_one(id, Some(Duration::from_secs(60)))?;
-            T::from_object(&ArgData::Stored(buf))
-        }
-        Some(pb::object::Body::Error(e)) => Err(task_error(e)),
-        None => Err(Error::Protocol("object without a body".into())),
     }
 }
 
