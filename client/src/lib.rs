@@ -39,9 +39,8 @@ pub use runtime::{
     ActorHandle, Arg, ArgData, ArgsBuilder, ArrowBatch, Buffer, Config, DEFAULT_MAX_RETRIES,
     DEFAULT_SESSION_DIR, ENV_ADDRESS, EmbeddedNode, Encoded, FromObject, IntoArg, ObjectRef,
     TaskOptions, ToObject, cancel, connect_worker, connect_worker_spinning, core, get, get_many,
-    get_many_timeout, get_timeout, init, init_with, init_with_node, is_initialized,
-    is_worker_process, kill, memory, node_running, put, shutdown, status, store_client,
-    submit_kind, wait,
+    get_many_timeout, get_timeout, init, init_with, init_with_node, is_initialized, kill, memory,
+    node_running, put, shutdown, status, store_client, submit_kind, wait,
 };
 pub use tensor::{Element, Tensor};
 

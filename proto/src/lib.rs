@@ -37,4 +37,7 @@ pub mod consts {
     pub const NODE_SOCKET: &str = "node.sock";
     /// The node's embedded store's socket, beside the node's.
     pub const STORE_SOCKET: &str = "store.sock";
+    /// The session directory a node runs in unless told otherwise, and
+    /// where clients look for one.
+    pub const DEFAULT_SESSION_DIR: &str = "/tmp/arca";
 }

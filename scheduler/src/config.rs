@@ -34,7 +34,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
-            session_dir: PathBuf::from("/tmp/arca"),
+            session_dir: PathBuf::from(arca_proto::consts::DEFAULT_SESSION_DIR),
             name: hostname(),
             num_cpus: cpus as f64,
             num_gpus: 0.0,

@@ -31,7 +31,7 @@ use serde_json::json;
 use super::UsageError;
 
 /// Where a node keeps its session unless told otherwise.
-pub const DEFAULT_TEMP_DIR: &str = "/tmp/arca";
+pub const DEFAULT_TEMP_DIR: &str = arca_proto::consts::DEFAULT_SESSION_DIR;
 const PID_FILE: &str = "node.pid";
 const LOG_FILE: &str = "node.log";
 /// How long `arca start` waits for the node to serve.

@@ -40,8 +40,7 @@ pub use worker::{
 /// [`init`] to connect to.
 pub const ENV_ADDRESS: &str = "ARCA_ADDRESS";
 
-/// The session directory a node runs in unless told otherwise.
-pub const DEFAULT_SESSION_DIR: &str = "/tmp/arca";
+pub use arca_proto::consts::DEFAULT_SESSION_DIR;
 
 /// How [`init_with`] finds a node and how the node starts this job's workers.
 #[derive(Debug, Clone)]
@@ -270,11 +269,6 @@ pub fn node_running(session_dir: &Path) -> bool {
     std::os::unix::net::UnixStream::connect(session_dir.join(NODE_SOCKET)).is_ok()
 }
 
-/// True in a process the node started as a worker.
-pub fn is_worker_process() -> bool {
-    std::env::var_os(ENV_WORKER_ID).is_some()
-}
-
 /// In a process the node started as a worker (`ARCA_WORKER_ID` is set):
 /// connects as that worker. The caller then runs tasks from
 /// [`core::next_event`] (a Rust program's `init` does this by itself).
@@ -300,7 +294,7 @@ pub fn connect_worker_spinning(spin: Duration) -> Result<()> {
         ..hello()
     };
     let session = socket.parent().map(Path::to_path_buf).unwrap_or_default();
-    connect_spinning(&socket, hello, None, session, false, spin)
+    connect(&socket, hello, None, session, false, spin)
 }
 
 fn hello() -> pb::Hello {
@@ -347,27 +341,12 @@ fn connect_driver(
         node,
         session.to_path_buf(),
         config.log_to_driver,
-    )
-}
-
-fn connect(
-    socket: &Path,
-    hello: pb::Hello,
-    node: Option<Box<dyn EmbeddedNode>>,
-    session_dir: PathBuf,
-    log_to_driver: bool,
-) -> Result<()> {
-    connect_spinning(
-        socket,
-        hello,
-        node,
-        session_dir,
-        log_to_driver,
         DEFAULT_SPIN,
     )
 }
 
-fn connect_spinning(
+/// `spin`: how long the node connection's reader polls before sleeping.
+fn connect(
     socket: &Path,
     hello: pb::Hello,
     node: Option<Box<dyn EmbeddedNode>>,
