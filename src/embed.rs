@@ -11,10 +11,13 @@ use arca_scheduler::{Node, NodeConfig};
 /// How [`init_with`] finds or starts a node.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
-    /// Connect to the node in this session directory (as made by
-    /// `arca start --head --temp-dir DIR`). Default: `$ARCA_ADDRESS`, else
-    /// `/tmp/arca` if a node runs there, else start an embedded node.
-    pub address: Option<PathBuf>,
+    /// The cluster's head, `HOST:PORT`: use this machine's node of that
+    /// cluster. Default: `$ARCA_ADDRESS`.
+    pub address: Option<String>,
+    /// The temp dir of the node on this machine to use (`arca start
+    /// --temp-dir DIR`). Default: `$ARCA_TEMP_DIR`, else `/tmp/arca` if a
+    /// node runs there, else start an embedded node.
+    pub temp_dir: Option<PathBuf>,
     /// Always start an embedded node, with these settings (its session
     /// directory is made fresh and removed at shutdown when left default).
     pub embedded: Option<NodeConfig>,
@@ -23,8 +26,9 @@ pub struct Config {
     pub worker_args: Vec<String>,
 }
 
-/// Connects this process to a node: the running one (`$ARCA_ADDRESS`, or
-/// `/tmp/arca`), or else a new embedded node that lives as long as this
+/// Connects this process to a node: the one running on this machine
+/// (`$ARCA_TEMP_DIR`, or `/tmp/arca`; of the cluster at `$ARCA_ADDRESS` if
+/// set), or else a new embedded node that lives as long as this
 /// process (as `ray.init()` does).
 ///
 /// Call it first thing in `main`: the node starts this same program as its
@@ -37,6 +41,7 @@ pub fn init() -> Result<()> {
 pub fn init_with(config: Config) -> Result<()> {
     let client = arca_client::Config {
         address: config.address.clone(),
+        temp_dir: config.temp_dir.clone(),
         worker_args: config.worker_args.clone(),
         ..Default::default()
     };

@@ -21,11 +21,19 @@ pub mod node {
     include!(concat!(env!("OUT_DIR"), "/arca.node.rs"));
 }
 
+/// gRPC between nodes (`proto/arca/cluster.proto`): the head's `Control`
+/// service and every node's `Peer` service.
+#[cfg(feature = "grpc")]
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod cluster {
+    include!(concat!(env!("OUT_DIR"), "/arca.cluster.rs"));
+}
+
 /// Constants of the node protocol that both ends (the node daemon and every
 /// client) must agree on; here so that a client need not link the daemon.
 pub mod consts {
     /// The node protocol's version, checked at `Hello`.
-    pub const NODE_PROTOCOL_VERSION: u32 = 3;
+    pub const NODE_PROTOCOL_VERSION: u32 = 4;
     /// Values up to this size travel inline in node messages (puts, results,
     /// arguments); larger ones are written to the store.
     pub const INLINE_RESULT_MAX: usize = 100 << 10;
@@ -40,4 +48,16 @@ pub mod consts {
     /// The session directory a node runs in unless told otherwise, and
     /// where clients look for one.
     pub const DEFAULT_SESSION_DIR: &str = "/tmp/arca";
+    /// The head's control service port unless `--port` says otherwise.
+    pub const DEFAULT_PORT: u16 = 6379;
+    /// The gRPC metadata entry that carries the cluster token.
+    pub const TOKEN_HEADER: &str = "arca-token";
+    /// The cluster token, if not in the head's temp dir.
+    pub const ENV_TOKEN: &str = "ARCA_TOKEN";
+    /// The head's address (`HOST:PORT`), as `RAY_ADDRESS`.
+    pub const ENV_ADDRESS: &str = "ARCA_ADDRESS";
+    /// A node's session directory, if not the default.
+    pub const ENV_TEMP_DIR: &str = "ARCA_TEMP_DIR";
+    /// The token's file in the head's temp dir (mode 0600).
+    pub const TOKEN_FILE: &str = "cluster_token";
 }

@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub spill: bool,
     /// Remove the session directory when the node stops (embedded nodes).
     pub remove_session_dir: bool,
+    /// Take part in a cluster (head or member); `None`: standalone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for NodeConfig {
@@ -42,6 +44,7 @@ impl Default for NodeConfig {
             object_store_memory: default_store_memory(),
             spill: true,
             remove_session_dir: false,
+            cluster: None,
         }
     }
 }

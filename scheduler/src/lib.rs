@@ -27,10 +27,12 @@
 
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod config;
 mod node;
 mod resources;
 
+pub use cluster::{ClusterConfig, ClusterError, NodeId, new_token, token_file};
 pub use config::{
     NODE_SOCKET, NodeConfig, STORE_SOCKET, fresh_session_dir, node_running, total_ram,
 };

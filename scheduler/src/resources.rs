@@ -72,6 +72,16 @@ impl ResourceSet {
         self.0.get(name).map_or(0.0, |v| *v as f64 / SCALE)
     }
 
+    /// How many requests `r` fit in this set at once (`usize::MAX` for an
+    /// empty request).
+    pub fn times_fits(&self, r: &ResourceSet) -> usize {
+        r.0.iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| (self.0.get(k).copied().unwrap_or(0).max(0) / v) as usize)
+            .min()
+            .unwrap_or(usize::MAX)
+    }
+
     /// True if every amount asked for is available.
     pub fn fits(&self, request: &ResourceSet) -> bool {
         request

@@ -39,8 +39,8 @@ pub struct TasksOptions {
     pub seconds: f64,
     /// Driver processes for the multi-client workload.
     pub clients: usize,
-    /// A running node's session directory; an embedded node if `None`.
-    pub address: Option<PathBuf>,
+    /// A running node's temp dir; an embedded node if `None`.
+    pub temp_dir: Option<PathBuf>,
 }
 
 /// Calls `f` (which does `n` operations) until `seconds` pass; ops per second.
@@ -62,8 +62,8 @@ fn async_batch(n: usize) -> anyhow::Result<u64> {
 
 pub fn run(o: &TasksOptions) -> anyhow::Result<Report> {
     let mut config = arca::Config::default();
-    match &o.address {
-        Some(dir) => config.address = Some(dir.clone()),
+    match &o.temp_dir {
+        Some(dir) => config.temp_dir = Some(dir.clone()),
         None => {
             config.embedded = Some(arca::scheduler::NodeConfig {
                 object_store_memory: 1 << 30,
@@ -182,7 +182,7 @@ fn multi_client(o: &TasksOptions) -> anyhow::Result<f64> {
         let child = Command::new(&exe)
             .args([
                 "bench-tasks-client",
-                "--address",
+                "--temp-dir",
                 &status.session_dir,
                 "--seconds",
             ])
@@ -209,9 +209,9 @@ fn multi_client(o: &TasksOptions) -> anyhow::Result<f64> {
 }
 
 /// `arca bench-tasks-client`: one multi-client driver; prints its tasks/s.
-pub fn client(address: PathBuf, seconds: f64) -> anyhow::Result<()> {
+pub fn client(temp_dir: PathBuf, seconds: f64) -> anyhow::Result<()> {
     arca::init_with(arca::Config {
-        address: Some(address),
+        temp_dir: Some(temp_dir),
         ..Default::default()
     })?;
     let r = rate(seconds, || async_batch(1000));

@@ -52,7 +52,7 @@ enum Command {
     #[command(hide = true)]
     BenchTasksClient {
         #[arg(long)]
-        address: PathBuf,
+        temp_dir: PathBuf,
         #[arg(long)]
         seconds: f64,
     },
@@ -68,10 +68,10 @@ struct BenchArgs {
     /// Use a running store instead of starting an embedded one.
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// `bench tasks`: use the running node in this session directory
-    /// instead of an embedded one.
+    /// `bench tasks`: use the running node in this temp dir instead of an
+    /// embedded one.
     #[arg(long)]
-    address: Option<PathBuf>,
+    temp_dir: Option<PathBuf>,
     /// Memory of the embedded store.
     #[arg(long, default_value = "3GiB")]
     memory: ByteSize,
@@ -135,7 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let report = bench_tasks::run(&bench_tasks::TasksOptions {
                 seconds: a.seconds,
                 clients: a.clients,
-                address: a.address,
+                temp_dir: a.temp_dir,
             })?;
             if a.json {
                 println!("{}", report.to_json());
@@ -144,7 +144,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::BenchTasksClient { address, seconds } => bench_tasks::client(address, seconds),
+        Command::BenchTasksClient { temp_dir, seconds } => bench_tasks::client(temp_dir, seconds),
         Command::Bench(a) => {
             let opts = arca_bench::BenchOptions {
                 socket: a.socket,

@@ -51,20 +51,20 @@ const SIGKILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The session directory a command works on.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SessionArgs {
-    /// The node's session directory: its sockets, node.pid, node.log and
-    /// spill files [default: $ARCA_ADDRESS, else /tmp/arca].
+    /// The node's temp dir (its session): sockets, node.pid, node.log and
+    /// spill files [default: $ARCA_TEMP_DIR, else /tmp/arca].
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
 }
 
 impl SessionArgs {
-    /// The directory, absolute (it is printed as the address to connect to).
+    /// The directory, absolute.
     pub fn dir(&self) -> PathBuf {
         let dir = self
             .temp_dir
             .clone()
             .or_else(|| {
-                std::env::var_os(arca_client::ENV_ADDRESS)
+                std::env::var_os(arca_proto::consts::ENV_TEMP_DIR)
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from)
             })
@@ -95,12 +95,6 @@ pub fn not_running(dir: &Path) -> anyhow::Error {
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("role").required(true).args(["head", "address"])))]
 pub struct StartArgs {
-    /// Start the head node of a new cluster on this machine.
-    #[arg(long)]
-    head: bool,
-    /// Join the cluster whose head node is at HOST:PORT (not available yet).
-    #[arg(long, value_name = "HOST:PORT")]
-    address: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -134,6 +128,25 @@ pub struct NodeArgs {
     /// Never spill: once primary copies fill the store, puts fail with ObjectStoreFull.
     #[arg(long)]
     no_spill: bool,
+    /// Start the head node of a new cluster: the control service and a node.
+    #[arg(long, conflicts_with = "address")]
+    head: bool,
+    /// Join the cluster whose head is at HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    address: Option<String>,
+    /// The head's port for its control service (with --head).
+    #[arg(long, default_value_t = arca_proto::consts::DEFAULT_PORT, requires = "head")]
+    port: u16,
+    /// The IP address other nodes reach this node at [default: 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    node_ip_address: Option<std::net::IpAddr>,
+    /// The cluster token [default: $ARCA_TOKEN; a head makes one, a node on
+    /// the head's machine finds it].
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Seconds of silence after which the head declares a node dead.
+    #[arg(long, value_name = "SECONDS", default_value_t = 3.0, hide = true)]
+    node_timeout: f64,
     #[command(flatten)]
     session: SessionArgs,
 }
@@ -199,9 +212,68 @@ impl NodeArgs {
         if let Some(m) = self.memory {
             c.object_store_memory = m.0;
         }
+        if c.object_store_memory == 0 {
+            return Err(
+                UsageError("--memory 0: the object store needs at least 1MiB".into()).into(),
+            );
+        }
+        let ram = arca_scheduler::total_ram();
+        if c.object_store_memory > ram {
+            return Err(UsageError(format!(
+                "--memory {} is more than this machine's memory ({}); ask for less",
+                ByteSize(c.object_store_memory),
+                ByteSize(ram)
+            ))
+            .into());
+        }
         c.total_resources()
             .map_err(|e| UsageError(format!("{e}")))?;
+        c.cluster = self.cluster(&c.session_dir)?;
         Ok(c)
+    }
+
+    /// This node's part in a cluster, if it has one.
+    fn cluster(&self, dir: &Path) -> anyhow::Result<Option<arca_scheduler::ClusterConfig>> {
+        let ip = self
+            .node_ip_address
+            .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string());
+        let given = self.token.clone().or_else(|| {
+            std::env::var(arca_proto::consts::ENV_TOKEN)
+                .ok()
+                .filter(|t| !t.is_empty())
+        });
+        let mut c = if self.head {
+            let token = given.unwrap_or_else(arca_scheduler::new_token);
+            arca_scheduler::ClusterConfig::new(true, format!("{ip}:{}", self.port), ip, token)
+        } else if let Some(address) = &self.address {
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(UsageError(format!(
+                    "--address {address:?} is not HOST:PORT; give the head's address, e.g. 127.0.0.1:6379"
+                ))
+                .into());
+            }
+            let token = given.or_else(|| find_local_token(address, dir)).ok_or_else(|| {
+                UsageError(format!(
+                    "no cluster token: pass the head's with --token or ${} (the head printed it; \
+                     it is in the head's temp dir, file {})",
+                    arca_proto::consts::ENV_TOKEN,
+                    arca_proto::consts::TOKEN_FILE
+                ))
+            })?;
+            arca_scheduler::ClusterConfig::new(false, address.clone(), ip, token)
+        } else {
+            return Ok(None);
+        };
+        if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
+            return Err(
+                UsageError("--node-timeout must be a positive number of seconds".into()).into(),
+            );
+        }
+        c.death_timeout = Duration::from_secs_f64(self.node_timeout);
+        Ok(Some(c))
     }
 
     /// The same settings as `arca node` arguments, the directory made absolute.
@@ -227,8 +299,68 @@ impl NodeArgs {
         if self.no_spill {
             args.push("--no-spill".into());
         }
+        if self.head {
+            args.push("--head".into());
+            args.push("--port".into());
+            args.push(self.port.to_string().into());
+        }
+        if let Some(a) = &self.address {
+            args.push("--address".into());
+            args.push(a.into());
+        }
+        if let Some(ip) = self.node_ip_address {
+            args.push("--node-ip-address".into());
+            args.push(ip.to_string().into());
+        }
+        args.push("--node-timeout".into());
+        args.push(self.node_timeout.to_string().into());
         args
     }
+}
+
+/// The head's address file in its temp dir, beside its token file.
+const HEAD_ADDRESS_FILE: &str = "head_address";
+
+/// The token of the head at `address` if that head runs on this machine:
+/// its temp dir (this node's own, the default, or another `arca*` directory
+/// under the system temp dir) holds the token beside the head's address.
+fn find_local_token(address: &str, own: &Path) -> Option<String> {
+    let mut dirs = vec![own.to_path_buf(), PathBuf::from(DEFAULT_TEMP_DIR)];
+    for base in [std::env::temp_dir(), PathBuf::from("/tmp")] {
+        if let Ok(entries) = fs::read_dir(&base) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("arca"))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    dirs.into_iter().find_map(|d| {
+        let a = fs::read_to_string(d.join(HEAD_ADDRESS_FILE)).ok()?;
+        (a.trim() == address)
+            .then(|| fs::read_to_string(arca_scheduler::token_file(&d)).ok())
+            .flatten()
+            .map(|t| t.trim().to_string())
+    })
+}
+
+/// Writes the head's token (mode 0600) and address into its temp dir.
+fn write_head_files(dir: &Path, c: &arca_scheduler::ClusterConfig) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = arca_scheduler::token_file(dir);
+    let _ = fs::remove_file(&path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{}", c.token)?;
+    fs::write(dir.join(HEAD_ADDRESS_FILE), format!("{}\n", c.address))
+        .with_context(|| format!("cannot write {}", dir.join(HEAD_ADDRESS_FILE).display()))?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -350,12 +482,6 @@ impl NodeClient {
 // arca start
 
 pub fn start(a: StartArgs) -> anyhow::Result<()> {
-    if let Some(addr) = a.address {
-        return Err(UsageError(format!(
-            "cannot join {addr}: multi-node is not available yet; start a single node with `arca start --head`"
-        ))
-        .into());
-    }
     let config = a.node.config()?;
     let dir = config.session_dir.clone();
     if let Some(mut node) = NodeClient::connect(&dir, "arca start")? {
@@ -383,6 +509,13 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
         .args(a.node.to_args(&dir))
         .env_remove(arca_scheduler::ENV_WORKER_ID)
         .env_remove(arca_scheduler::ENV_NODE_SOCKET)
+        // The token goes by the environment, not argv, which `ps` shows.
+        .envs(
+            config
+                .cluster
+                .as_ref()
+                .map(|c| (arca_proto::consts::ENV_TOKEN, c.token.clone())),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -453,13 +586,32 @@ fn started(s: &pb::StatusReply, c: &NodeConfig, log: &Path) -> String {
     } else {
         ""
     };
+    let connect = if flag.is_empty() {
+        "Programs on this machine that call arca::init() use it.\n".to_string()
+    } else {
+        format!(
+            "Programs that call arca::init() use it with\n  export {}={dir}\n",
+            arca_proto::consts::ENV_TEMP_DIR
+        )
+    };
+    let _ = default_note;
+    let cluster = match &c.cluster {
+        Some(cc) if cc.head => format!(
+            "\nThis is the head of a cluster at {head}. To add another machine, run there\n  \
+             arca start --address {head} --token {token}\n\
+             (a node on this machine finds the token itself; add --node-ip-address IP to each).\n",
+            head = s.cluster_address,
+            token = cc.token,
+        ),
+        Some(_) => format!("\nJoined the cluster at {}.\n", s.cluster_address),
+        None => String::new(),
+    };
     format!(
         "Started a node in {dir} (pid {pid}).\n  \
          resources:    {res}\n  \
          object store: {store}, {spill}\n  \
-         log:          {log}\n\n\
-         Programs that call arca::init() connect to it with\n  \
-         export ARCA_ADDRESS={dir}{default_note}\n\n\
+         log:          {log}\n{cluster}\n\
+         {connect}\n\
          See it with `arca status{flag}`, its objects with `arca memory{flag}`; stop it with `arca stop{flag}`.\n",
         pid = s.pid,
         res = resources.join(", "),
@@ -486,6 +638,14 @@ pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
     signals.thread_block().context("cannot block signals")?;
     let config = a.node.config()?;
     let dir = config.session_dir.clone();
+    if let Some(c) = config.cluster.as_ref().filter(|c| c.head) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        write_head_files(&dir, c)?;
+    }
     let node = Node::start(config)?;
     let pid_file = dir.join(PID_FILE);
     let me = std::process::id();
@@ -609,7 +769,8 @@ fn render_status(s: &pb::StatusReply) -> String {
         ByteSize(s.store_capacity),
         ByteSize(s.store_spilled),
     );
-    out += &format!("\nworkers ({})\n", s.workers.len());
+    out += &render_cluster(s);
+    out += &format!("\nworkers on this node ({})\n", s.workers.len());
     if !s.workers.is_empty() {
         out += &format!(
             "  {:>8} {:>7} {:>5} {:<9} {}\n",
@@ -624,6 +785,89 @@ fn render_status(s: &pb::StatusReply) -> String {
             w.job_id,
             w.state,
             if w.task.is_empty() { "-" } else { &w.task }
+        );
+    }
+    out
+}
+
+/// Every node of the cluster, with cluster totals.
+fn render_cluster(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    if s.cluster_address.is_empty() {
+        return out;
+    }
+    out += &format!("\ncluster at {}", s.cluster_address);
+    if !s.head_error.is_empty() {
+        out += &format!("\n  HEAD UNREACHABLE: {}", s.head_error);
+    }
+    let alive = s.cluster.iter().filter(|n| n.alive).count();
+    out += &format!(" ({alive} of {} nodes alive)\n", s.cluster.len());
+    out += &format!(
+        "  {:<10} {:<21} {:<6} {:<12} {:<12} {:>6} {}\n",
+        "NODE", "ADDRESS", "STATE", "CPU", "GPU", "QUEUED", "STORE USED"
+    );
+    let mut total = std::collections::BTreeMap::<String, (f64, f64)>::new();
+    for n in &s.cluster {
+        let t = n.total.clone().unwrap_or_default().amounts;
+        let a = n.available.clone().unwrap_or_default().amounts;
+        let pair = |k: &str| {
+            format!(
+                "{}/{}",
+                show_amount(k, a.get(k).copied().unwrap_or(0.0)),
+                show_amount(k, t.get(k).copied().unwrap_or(0.0))
+            )
+        };
+        let id = n
+            .node_id
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        let state = if n.alive { "alive" } else { "dead" };
+        let head = if n.is_head { " (head)" } else { "" };
+        out += &format!(
+            "  {:<10} {:<21} {:<6} {:<12} {:<12} {:>6} {} of {}{head}\n",
+            id.get(..8).unwrap_or(&id),
+            n.address,
+            state,
+            pair("CPU"),
+            pair("GPU"),
+            n.tasks_queued,
+            ByteSize(n.store_used),
+            ByteSize(n.store_capacity),
+        );
+        if !n.alive {
+            out += &format!("             died: {}\n", n.death_reason);
+            continue;
+        }
+        for (k, v) in &t {
+            let e = total.entry(k.clone()).or_default();
+            e.0 += v;
+            e.1 += a.get(k).copied().unwrap_or(0.0);
+        }
+        let custom: Vec<String> = t
+            .iter()
+            .filter(|(k, _)| !["CPU", "GPU", "memory"].contains(&k.as_str()))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {}/{}",
+                    show_amount(k, a.get(k).copied().unwrap_or(0.0)),
+                    show_amount(k, *v)
+                )
+            })
+            .collect();
+        if !custom.is_empty() {
+            out += &format!("             also: {}\n", custom.join(", "));
+        }
+    }
+    let sums: Vec<String> = total
+        .iter()
+        .map(|(k, (t, a))| format!("{k} {}/{}", show_amount(k, *a), show_amount(k, *t)))
+        .collect();
+    out += &format!("  cluster (available/total): {}\n", sums.join(", "));
+    if s.tasks_infeasible_now > 0 {
+        out += &format!(
+            "  {} queued tasks here fit no node of the cluster now\n",
+            s.tasks_infeasible_now
         );
     }
     out
@@ -655,6 +899,21 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "objects": s.objects,
         "inline_bytes": s.inline_bytes,
         "store": { "used": s.store_used, "capacity": s.store_capacity, "spilled": s.store_spilled },
+        "cluster_address": if s.cluster_address.is_empty() { None } else { Some(&s.cluster_address) },
+        "head_error": if s.head_error.is_empty() { None } else { Some(&s.head_error) },
+        "nodes": s.cluster.iter().map(|n| json!({
+            "node_id": n.node_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "address": n.address,
+            "name": n.name,
+            "alive": n.alive,
+            "death_reason": if n.alive { None } else { Some(&n.death_reason) },
+            "is_head": n.is_head,
+            "temp_dir": n.temp_dir,
+            "resources_total": amounts(&n.total),
+            "resources_available": amounts(&n.available),
+            "tasks_queued": n.tasks_queued,
+            "store": { "used": n.store_used, "capacity": n.store_capacity, "spilled": n.store_spilled },
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -36,19 +36,22 @@ pub use worker::{
     ActorConstructor, ActorMethod, ArgData, RemoteFunction, TaskFailure, failure, result, results,
 };
 
-/// Environment variable naming a running node's session directory for
-/// [`init`] to connect to.
-pub const ENV_ADDRESS: &str = "ARCA_ADDRESS";
+/// The cluster's head (`HOST:PORT`) for [`init`], as `RAY_ADDRESS`.
+pub use arca_proto::consts::ENV_ADDRESS;
+/// The local node's temp dir (session directory) for [`init`].
+pub use arca_proto::consts::ENV_TEMP_DIR;
 
 pub use arca_proto::consts::DEFAULT_SESSION_DIR;
 
 /// How [`init_with`] finds a node and how the node starts this job's workers.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Connect to the node in this session directory (as made by
-    /// `arca start --head --temp-dir DIR`). Default: `$ARCA_ADDRESS`, else
-    /// `/tmp/arca` if a node runs there.
-    pub address: Option<PathBuf>,
+    /// The cluster's head, `HOST:PORT`: the driver uses the node of that
+    /// cluster running on this machine. Default: `$ARCA_ADDRESS`.
+    pub address: Option<String>,
+    /// The temp dir of the node on this machine to use (`arca start
+    /// --temp-dir DIR`). Default: `$ARCA_TEMP_DIR`, else `/tmp/arca`.
+    pub temp_dir: Option<PathBuf>,
     /// Arguments the node passes to this program when it starts it as a
     /// worker (for test binaries: the name of a test that calls `init`).
     pub worker_args: Vec<String>,
@@ -72,6 +75,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             address: None,
+            temp_dir: None,
             worker_args: Vec::new(),
             worker_command: None,
             worker_cwd: None,
@@ -107,6 +111,8 @@ pub(crate) struct Runtime {
     embedded: Mutex<Option<Box<dyn EmbeddedNode>>>,
     session_dir: PathBuf,
     job_id: u64,
+    /// The head of the cluster the node belongs to (empty: standalone).
+    cluster_address: String,
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -210,9 +216,10 @@ pub(crate) fn announce_refs(ids: Vec<ObjectId>) {
     }
 }
 
-/// Connects this process to the running node (`$ARCA_ADDRESS`, or
-/// `/tmp/arca`). The `arca` crate's `init` also starts an embedded node when
-/// none runs, as `ray.init()` does.
+/// Connects this process to the node running on this machine (the one in
+/// `$ARCA_TEMP_DIR`, else `/tmp/arca`; with `$ARCA_ADDRESS`, it must belong
+/// to that cluster). The `arca` crate's `init` also starts an embedded node
+/// when none runs, as `ray.init()` does.
 ///
 /// Call it first thing in `main`: the node starts this same program as its
 /// worker processes, and in a worker `init` runs tasks and never returns.
@@ -224,14 +231,18 @@ pub fn init() -> Result<()> {
 pub fn init_with(config: Config) -> Result<()> {
     init_with_node(config, || {
         Err(Error::Node(format!(
-            "no Arca node is running (none at $ARCA_ADDRESS or {DEFAULT_SESSION_DIR}); \
+            "no Arca node is running (none in $ARCA_TEMP_DIR or {DEFAULT_SESSION_DIR}); \
              start one with `arca start --head`, or use the arca crate's init(), which embeds one"
         )))
     })
 }
 
-/// [`init_with`], starting a node with `start` when no address is given and
-/// none runs at the default session directory.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// [`init_with`], starting a node with `start` when no address or temp dir
+/// is given and no node runs at the default temp dir.
 pub fn init_with_node(
     config: Config,
     start: impl FnOnce() -> Result<Box<dyn EmbeddedNode>>,
@@ -243,25 +254,74 @@ pub fn init_with_node(
     if RUNTIME.read().is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let address = config
-        .address
+    let (address, from_env) = match config.address.clone() {
+        Some(a) => (Some(a), false),
+        None => (env(ENV_ADDRESS), true),
+    };
+    let temp_dir = config
+        .temp_dir
         .clone()
-        .or_else(|| std::env::var_os(ENV_ADDRESS).map(PathBuf::from));
-    let (session, node) = match address {
+        .or_else(|| env(ENV_TEMP_DIR).map(PathBuf::from));
+    let named = if from_env {
+        format!("${ENV_ADDRESS}")
+    } else {
+        "the address".into()
+    };
+    if let Some(a) = &address
+        && (a.contains('/') || !a.contains(':'))
+    {
+        return Err(Error::Node(format!(
+            "{named} is {a:?}, but an address is the head's HOST:PORT (e.g. 127.0.0.1:6379); \
+             a node's directory goes in ${ENV_TEMP_DIR} or Config::temp_dir"
+        )));
+    }
+    let default = PathBuf::from(DEFAULT_SESSION_DIR);
+    let (session, node) = match (&address, temp_dir) {
         _ if config.start_node => {
             let node = start()?;
             (node.session_dir().to_path_buf(), Some(node))
         }
-        Some(dir) => (dir, None),
-        None if node_running(Path::new(DEFAULT_SESSION_DIR)) => {
-            (PathBuf::from(DEFAULT_SESSION_DIR), None)
+        (Some(a), dir) => {
+            let dir = dir.unwrap_or(default);
+            if !node_running(&dir) {
+                let unset = if from_env {
+                    format!(", or unset {ENV_ADDRESS} to run on a node of your own")
+                } else {
+                    String::new()
+                };
+                return Err(Error::Node(format!(
+                    "no node of the cluster at {a} runs on this machine (none in {}); \
+                     start one with `arca start --address {a}`{unset}",
+                    dir.display()
+                )));
+            }
+            (dir, None)
         }
-        None => {
+        (None, Some(dir)) => {
+            if !node_running(&dir) {
+                return Err(Error::Node(format!(
+                    "no node runs in {} (from ${ENV_TEMP_DIR} or Config::temp_dir); start one with \
+                     `arca start --head --temp-dir {}`, or unset {ENV_TEMP_DIR}",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+            (dir, None)
+        }
+        (None, None) if node_running(&default) => (default, None),
+        (None, None) => {
             let node = start()?;
             (node.session_dir().to_path_buf(), Some(node))
         }
     };
-    connect_driver(&session, config, node)
+    connect_driver(&session, config, node, address)
+}
+
+/// True if both name the same `HOST:PORT` (after resolving names).
+fn same_address(a: &str, b: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    let resolve = |s: &str| s.to_socket_addrs().ok().and_then(|mut i| i.next());
+    a == b || (resolve(a).is_some() && resolve(a) == resolve(b))
 }
 
 /// True if a node answers in `session_dir`.
@@ -310,6 +370,7 @@ fn connect_driver(
     session: &Path,
     config: Config,
     node: Option<Box<dyn EmbeddedNode>>,
+    address: Option<String>,
 ) -> Result<()> {
     let command = match config.worker_command {
         Some(c) => c,
@@ -342,7 +403,24 @@ fn connect_driver(
         session.to_path_buf(),
         config.log_to_driver,
         DEFAULT_SPIN,
-    )
+    )?;
+    if let Some(a) = address {
+        let joined = runtime()?.cluster_address.clone();
+        if !same_address(&joined, &a) {
+            shutdown();
+            let what = if joined.is_empty() {
+                "is not in a cluster".to_string()
+            } else {
+                format!("belongs to the cluster at {joined}")
+            };
+            return Err(Error::Node(format!(
+                "the node in {} {what}, not {a}; start a node of that cluster with \
+                 `arca start --address {a} --temp-dir DIR` and set {ENV_TEMP_DIR}=DIR",
+                session.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `spin`: how long the node connection's reader polls before sleeping.
@@ -373,6 +451,7 @@ fn connect(
         embedded: Mutex::new(node),
         session_dir,
         job_id: reply.job_id,
+        cluster_address: reply.cluster_address.clone(),
     }));
     Ok(())
 }

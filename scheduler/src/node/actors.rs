@@ -46,6 +46,8 @@ impl Shared {
                 orphaned: false,
                 creation: tid,
                 killed: None,
+                location: None,
+                origin: task.origin,
             },
         );
     }
@@ -334,6 +336,8 @@ impl Shared {
                         cancelled: false,
                         holds: Vec::new(),
                         deps: Vec::new(),
+                        origin: actor.origin,
+                        fetching: 0,
                         spec,
                     };
                     actor.creation = Some(tid);

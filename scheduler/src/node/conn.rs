@@ -193,6 +193,14 @@ fn register(
             client_id: id,
             job_id: job.unwrap_or(0),
             node_name: shared.config.name.clone(),
+            cluster_address: shared
+                .cluster()
+                .map(|c| c.head_address.clone())
+                .unwrap_or_default(),
+            node_id: shared
+                .cluster()
+                .map(|c| c.id.to_bytes())
+                .unwrap_or_default(),
         }),
     );
     if let Some(w) = worker {

@@ -10,6 +10,7 @@
 mod actors;
 mod conn;
 mod objects;
+mod remote;
 mod state;
 mod tasks;
 mod workers;
@@ -69,6 +70,9 @@ pub enum NodeStartError {
     /// A resource amount is invalid.
     #[error(transparent)]
     Resources(#[from] InvalidResource),
+    /// The node could not serve peers or join the head.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub(crate) struct Shared {
@@ -85,6 +89,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// Itself, for the threads that wait for worker processes.
     pub(crate) me: std::sync::Weak<Shared>,
+    /// The cluster side, once joined (never, for a standalone node).
+    pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -152,7 +158,12 @@ impl Node {
             stop_cond: Condvar::new(),
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
+            cluster: std::sync::OnceLock::new(),
         });
+        if let Some(cc) = shared.config.cluster.clone() {
+            let c = crate::cluster::Cluster::start(&shared, cc)?;
+            let _ = shared.cluster.set(c);
+        }
         let own = listener
             .try_clone()
             .map_err(|cause| NodeStartError::Socket {
@@ -213,6 +224,9 @@ impl Node {
             return;
         }
         let shared = &self.shared;
+        if let Some(c) = shared.cluster.get() {
+            c.leave();
+        }
         shared.shutdown.store(true, Ordering::Release);
         arca_store::server::stop_accepting(&self.listener);
         shared.timer.notify_all();

@@ -34,6 +34,11 @@ impl Obj {
             function,
             actor: false,
             encoding: 0,
+            lender: None,
+            granted: Vec::new(),
+            lent: Vec::new(),
+            pulling: false,
+            fetchers: Vec::new(),
         }
     }
 }
@@ -104,17 +109,40 @@ impl Shared {
     ) {
         let Some(o) = st.objects.get_mut(&id) else {
             // Nobody holds it any more: drop what was made.
-            if matches!(body, Body::Stored(_)) {
-                self.store.delete(&[id]);
+            match body {
+                Body::Stored(_) => self.store.delete(&[id]),
+                Body::Remote { node, .. } => self.give_back(&id, vec![(node, 1)]),
+                _ => {}
             }
             return;
         };
         if o.is_ready() {
             return;
         }
+        let remote = matches!(body, Body::Remote { .. });
         o.state = ObjState::Ready(body);
-        let waiters = std::mem::take(&mut o.waiters);
+        let mut waiters = std::mem::take(&mut o.waiters);
         let dependents = std::mem::take(&mut o.dependents);
+        if remote {
+            // Gets wait for the bytes to be pulled here; waits and locates
+            // are answered now.
+            let gets: Vec<WaiterId> = waiters
+                .iter()
+                .copied()
+                .filter(|w| {
+                    st.waiters
+                        .get(w)
+                        .is_some_and(|w| matches!(w.kind, WaitKind::Get))
+                })
+                .collect();
+            waiters.retain(|w| !gets.contains(w));
+            if !gets.is_empty() {
+                if let Some(o) = st.objects.get_mut(&id) {
+                    o.waiters = gets;
+                }
+                self.start_pull(st, id);
+            }
+        }
         let mut kept = Vec::with_capacity(contained.len());
         for c in contained {
             if let Some(co) = st.objects.get_mut(&c) {
@@ -170,11 +198,26 @@ impl Shared {
             {
                 continue;
             }
-            let Some(o) = st.objects.remove(&id) else {
+            let Some(mut o) = st.objects.remove(&id) else {
                 continue;
             };
-            if matches!(o.state, ObjState::Ready(Body::Stored(_))) {
+            if matches!(o.state, ObjState::Ready(Body::Stored(_))) && !o.pulling {
                 deletes.push(id);
+            }
+            self.give_back(&id, std::mem::take(&mut o.granted));
+            if let Some(a) = o.actor.then_some(id).and_then(|a| st.actors.get(&a))
+                && let Some(node) = a.location
+            {
+                self.send_peer(
+                    node,
+                    arca_proto::cluster::peer_message::Kind::KillActor(
+                        arca_proto::cluster::KillForwardedActor {
+                            actor_id: id.as_bytes().to_vec().into(),
+                            no_restart: true,
+                            orphaned: true,
+                        },
+                    ),
+                );
             }
             if o.actor {
                 self.actor_orphaned(st, id);
@@ -205,11 +248,18 @@ impl Shared {
         let wid = st.next_waiter;
         st.next_waiter += 1;
         let mut missing = 0;
+        let mut pulls = Vec::new();
         for id in &ids {
-            if let Some(o) = st.objects.get_mut(id).filter(|o| !o.is_ready()) {
+            if let Some(o) = st.objects.get_mut(id).filter(|o| !kind.has(o)) {
                 o.waiters.push(wid);
                 missing += 1;
+                if o.is_ready() {
+                    pulls.push(*id);
+                }
             }
+        }
+        for id in pulls {
+            self.start_pull(st, id);
         }
         let deadline = u64::try_from(timeout_ms)
             .ok()
@@ -217,6 +267,7 @@ impl Shared {
         st.waiters.insert(
             wid,
             Waiter {
+                reply: None,
                 conn,
                 seq,
                 ids,
@@ -239,19 +290,53 @@ impl Shared {
         self.lend_resources(st, conn);
     }
 
+    /// A peer's `Locate`: answered through `tx` once every object exists.
+    pub(crate) fn add_peer_waiter(
+        &self,
+        st: &mut State,
+        ids: Vec<ObjectId>,
+        kind: WaitKind,
+        tx: tokio::sync::oneshot::Sender<Vec<arca_proto::cluster::Location>>,
+    ) {
+        let wid = st.next_waiter;
+        st.next_waiter += 1;
+        let mut missing = 0;
+        for id in &ids {
+            if let Some(o) = st.objects.get_mut(id).filter(|o| !kind.has(o)) {
+                o.waiters.push(wid);
+                missing += 1;
+            }
+        }
+        st.waiters.insert(
+            wid,
+            Waiter {
+                reply: Some(tx),
+                conn: 0,
+                seq: 0,
+                ids,
+                kind,
+                deadline: None,
+                missing,
+            },
+        );
+        if missing == 0 {
+            self.finish_waiter(st, wid);
+        }
+    }
+
     fn satisfied(&self, st: &State, wid: WaiterId) -> bool {
         let Some(w) = st.waiters.get(&wid) else {
             return false;
         };
         match w.kind {
-            WaitKind::Get => w.missing == 0,
+            WaitKind::Get | WaitKind::Locate { .. } => w.missing == 0,
             WaitKind::Wait { num_returns } => {
                 w.ids.len() - w.missing >= num_returns.min(w.ids.len())
             }
         }
     }
 
-    fn waiter_progress(&self, st: &mut State, wid: WaiterId) {
+    pub(crate) fn waiter_progress(&self, st: &mut State, wid: WaiterId) {
         let Some(w) = st.waiters.get_mut(&wid) else {
             return;
         };
@@ -272,11 +357,19 @@ impl Shared {
         let mut ready = Vec::new();
         for (i, id) in w.ids.iter().enumerate() {
             match st.objects.get_mut(id) {
-                Some(o) if !o.is_ready() => o.waiters.retain(|x| *x != wid),
+                Some(o) if !w.kind.has(o) => o.waiters.retain(|x| *x != wid),
                 _ => ready.push(i),
             }
         }
+        if let WaitKind::Locate { asker } = w.kind {
+            let locations = self.locations(st, asker, &w.ids);
+            if let Some(tx) = w.reply {
+                let _ = tx.send(locations);
+            }
+            return;
+        }
         let reply = match w.kind {
+            WaitKind::Locate { .. } => return,
             WaitKind::Get if ready.len() < w.ids.len() => pb::reply::Kind::Error(pb::Error {
                 message: format!(
                     "get timed out: {} of {} objects are not ready yet",
@@ -333,6 +426,11 @@ impl Shared {
         let body = match obj.map(|o| &o.state) {
             Some(ObjState::Ready(Body::Inline(b))) => B::Inline(b.clone()),
             Some(ObjState::Ready(Body::Stored(n))) => B::Stored(*n),
+            Some(ObjState::Ready(Body::Remote { node, .. })) => B::Error(error(
+                pb::ErrorKind::ObjectLost,
+                "",
+                format!("object {id} is on node {node} and was not pulled here"),
+            )),
             Some(ObjState::Ready(Body::Error(e))) => B::Error(e.clone()),
             _ => B::Error(error(
                 pb::ErrorKind::ObjectLost,
@@ -419,6 +517,8 @@ impl Shared {
                     ObjState::Pending(_) => ("pending", 0),
                     ObjState::Ready(Body::Inline(b)) => ("inline", b.len() as u64),
                     ObjState::Ready(Body::Stored(n)) => ("stored", *n),
+                    ObjState::Ready(Body::Remote { size, .. }) => ("remote", *size),
+                    ObjState::Locating => ("locating", 0),
                     ObjState::Ready(Body::Error(_)) => ("error", 0),
                 };
                 pb::NodeObject {

@@ -11,6 +11,7 @@ use arca_store::wire::Conn;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use crate::cluster::NodeId;
 use crate::resources::ResourceSet;
 
 pub(crate) type ConnId = u64;
@@ -84,13 +85,21 @@ pub(crate) struct Job {
 #[derive(Clone)]
 pub(crate) enum Body {
     Inline(Bytes),
+    /// In this node's store, this many bytes.
     Stored(u64),
+    /// In another node's store only: pulled here when a reader needs it.
+    Remote {
+        node: NodeId,
+        size: u64,
+    },
     Error(pb::ErrorInfo),
 }
 
 pub(crate) enum ObjState {
     /// A task will produce it.
     Pending(TaskId),
+    /// Another node owns it (its `lender`); it was asked where it is.
+    Locating,
     Ready(Body),
 }
 
@@ -115,16 +124,59 @@ pub(crate) struct Obj {
     pub actor: bool,
     /// How its value is to be read (`pb::Encoding`), passed on to readers.
     pub encoding: i32,
+    /// The node that lent this node its reference (`None`: owned here).
+    pub lender: Option<NodeId>,
+    /// Holds other nodes granted this node on the object (the lender's, and
+    /// a node keeping a copy for us), given back when it is freed here.
+    pub granted: Vec<(NodeId, u32)>,
+    /// Holds this node granted other nodes, until they release them.
+    pub lent: Vec<(NodeId, u32)>,
+    /// A pull of its bytes into this node's store is under way.
+    pub pulling: bool,
+    /// Tasks dispatched here that wait for its bytes before they start.
+    pub fetchers: Vec<TaskId>,
 }
 
 impl Obj {
     pub fn refs(&self) -> u32 {
-        self.conn_holds + self.task_holds + self.contained_in
+        self.conn_holds
+            + self.task_holds
+            + self.contained_in
+            + self.lent.iter().map(|(_, n)| n).sum::<u32>()
     }
 
+    /// Its value exists somewhere (possibly only on another node).
     pub fn is_ready(&self) -> bool {
         matches!(self.state, ObjState::Ready(_))
     }
+
+    /// Its value can be read here without a pull.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self.state,
+            ObjState::Ready(Body::Inline(_) | Body::Stored(_) | Body::Error(_))
+        )
+    }
+}
+
+/// Adds one to `node`'s count in a list of holds.
+pub(crate) fn count_up(list: &mut Vec<(NodeId, u32)>, node: NodeId) {
+    match list.iter_mut().find(|(n, _)| *n == node) {
+        Some((_, c)) => *c += 1,
+        None => list.push((node, 1)),
+    }
+}
+
+/// Takes one from `node`'s count; false if it had none.
+pub(crate) fn count_down(list: &mut Vec<(NodeId, u32)>, node: NodeId) -> bool {
+    let Some(i) = list.iter().position(|(n, _)| *n == node) else {
+        return false;
+    };
+    list[i].1 -= 1;
+    if list[i].1 == 0 {
+        list.swap_remove(i);
+    }
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +186,8 @@ pub(crate) enum TaskState {
     /// Queued for resources and a worker (or, for an actor call, its turn).
     Ready,
     Running(WorkerId),
+    /// Sent to another node to run.
+    Forwarded(NodeId),
 }
 
 pub(crate) struct Task {
@@ -150,6 +204,10 @@ pub(crate) struct Task {
     /// nested in its inline arguments.
     pub holds: Vec<ObjectId>,
     pub deps: Vec<ObjectId>,
+    /// Forwarded here by this node: results go back to it.
+    pub origin: Option<NodeId>,
+    /// Arguments still being pulled here before it can start.
+    pub fetching: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,14 +264,34 @@ pub(crate) struct Actor {
     pub creation: Option<TaskId>,
     /// Set by `arca::kill`: the reason its calls fail.
     pub killed: Option<pb::ErrorInfo>,
+    /// It lives on another node: calls are forwarded there.
+    pub location: Option<NodeId>,
+    /// It lives here for an owner on another node.
+    pub origin: Option<NodeId>,
 }
 
 pub(crate) enum WaitKind {
+    /// Needs every object's bytes here.
     Get,
+    /// Needs `num_returns` objects to exist anywhere.
     Wait { num_returns: usize },
+    /// Another node asks where the objects are, once all exist.
+    Locate { asker: NodeId },
+}
+
+impl WaitKind {
+    /// Whether an object counts as there for this waiter.
+    pub fn has(&self, o: &Obj) -> bool {
+        match self {
+            WaitKind::Get => o.is_local(),
+            _ => o.is_ready(),
+        }
+    }
 }
 
 pub(crate) struct Waiter {
+    /// The answer to a peer's `Locate` goes here (`conn` is then 0).
+    pub reply: Option<tokio::sync::oneshot::Sender<Vec<arca_proto::cluster::Location>>>,
     pub conn: ConnId,
     /// The request's seq, echoed in the reply.
     pub seq: u64,
@@ -249,6 +327,13 @@ pub(crate) struct State {
     pub next_worker: WorkerId,
     pub finished: u64,
     pub failed: u64,
+    /// This node in the cluster (`None`: standalone).
+    pub node_id: Option<NodeId>,
+    /// Every node as the head last reported it.
+    pub cluster: Vec<pb::NodeInfo>,
+    /// Jobs of other nodes' drivers, by (node, job id there).
+    pub remote_jobs: HashMap<(NodeId, u64), JobId>,
+    pub next_remote_job: JobId,
 }
 
 impl State {
@@ -270,6 +355,11 @@ impl State {
             next_worker: 1,
             finished: 0,
             failed: 0,
+            node_id: None,
+            cluster: Vec::new(),
+            remote_jobs: HashMap::new(),
+            // Above any connection id, so remote jobs never collide with drivers'.
+            next_remote_job: 1 << 48,
         }
     }
 

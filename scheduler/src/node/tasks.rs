@@ -31,27 +31,47 @@ impl Shared {
             Some(c) => (c.job.ok_or("only drivers and workers submit tasks")?, c.pid),
             None => return Ok(()),
         };
+        let returns = spec.returns.clone();
+        self.submit_task(st, job, pid, spec, None)?;
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.holds.extend(returns.iter().filter_map(|b| parse_id(b)));
+        }
+        Ok(())
+    }
+
+    /// Queues a task of `job`: one submitted here (its returns become
+    /// objects owned here, held by the submitter), or one forwarded here by
+    /// `origin`, which owns its returns.
+    pub(crate) fn submit_task(
+        &self,
+        st: &mut State,
+        job: u64,
+        pid: u32,
+        spec: pb::TaskSpec,
+        origin: Option<crate::cluster::NodeId>,
+    ) -> Result<(), String> {
         let tid = parse_id(&spec.task_id).ok_or("Submit: malformed task id")?;
         let returns: Vec<ObjectId> = spec
             .returns
             .iter()
             .map(|b| parse_id(b).ok_or("Submit: malformed return id"))
             .collect::<Result<_, _>>()?;
-        if st.tasks.contains_key(&tid) || returns.iter().any(|r| st.objects.contains_key(r)) {
+        if st.tasks.contains_key(&tid)
+            || (origin.is_none() && returns.iter().any(|r| st.objects.contains_key(r)))
+        {
             return Err(format!(
                 "Submit: task {tid} or one of its return ids already exists"
             ));
         }
         let kind = kind(&spec);
         let function: Arc<str> = spec.function.as_str().into();
-        for r in &returns {
-            let mut o = Obj::new(ObjState::Pending(tid), pid, Arc::clone(&function));
-            o.conn_holds = 1;
-            o.actor = kind == pb::TaskKind::ActorCreation;
-            st.objects.insert(*r, o);
-        }
-        if let Some(c) = st.conns.get_mut(&conn) {
-            c.holds.extend(returns.iter().copied());
+        if origin.is_none() {
+            for r in &returns {
+                let mut o = Obj::new(ObjState::Pending(tid), pid, Arc::clone(&function));
+                o.conn_holds = 1;
+                o.actor = kind == pb::TaskKind::ActorCreation;
+                st.objects.insert(*r, o);
+            }
         }
         let default = if kind == pb::TaskKind::Normal {
             ResourceSet::from_amounts([("CPU", 1.0)]).unwrap_or_default()
@@ -69,6 +89,8 @@ impl Shared {
             cancelled: false,
             holds: Vec::new(),
             deps: Vec::new(),
+            origin,
+            fetching: 0,
             spec,
         };
         let mut failure = None;
@@ -76,17 +98,16 @@ impl Shared {
             Ok(r) => task.resources = r,
             Err(e) => failure = Some(error(K::Unschedulable, &function, e.to_string())),
         }
-        let infeasible = st.total.shortfall(&task.resources);
-        if failure.is_none() && !infeasible.is_empty() {
+        if failure.is_none()
+            && let Some(why) = self.infeasible(st, &task.resources)
+        {
             failure = Some(error(
                 K::Unschedulable,
                 &function,
                 format!(
-                    "{function} asks for {} but this node has {} in all (short of {}); \
-                     ask for less, or start the node with more (arca start --num-cpus/--num-gpus/--resources)",
+                    "{function} asks for {} but {why}; ask for less, or start a node with more \
+                     (arca start --num-cpus/--num-gpus/--resources)",
                     task.resources,
-                    st.total,
-                    infeasible.join(", ")
                 ),
             ));
         }
@@ -214,6 +235,11 @@ impl Shared {
                 cpus.ceil() * 4.0
             } as usize;
             while let Some(&tid) = st.classes[ci].queue.front() {
+                if let Some(node) = self.placement(st, tid) {
+                    st.classes[ci].queue.pop_front();
+                    self.forward_ready(st, tid, node);
+                    continue;
+                }
                 if !st.available.fits(&st.classes[ci].resources) {
                     break;
                 }
@@ -254,13 +280,105 @@ impl Shared {
         st.classes.retain(|c| !c.queue.is_empty());
     }
 
-    /// Sends a task with its arguments resolved to an idle worker.
+    /// Gives a task to an idle worker: at once, or once the arguments that
+    /// are on other nodes have been pulled here.
     pub(crate) fn dispatch(&self, st: &mut State, wid: u64, tid: TaskId) {
         let Some(t) = st.tasks.get_mut(&tid) else {
             return;
         };
         t.state = TaskState::Running(wid);
         t.attempt += 1;
+        if let Some(w) = st.workers.get_mut(&wid) {
+            w.state = WorkerState::Busy(tid);
+        }
+        let deps = st
+            .tasks
+            .get(&tid)
+            .map(|t| t.deps.clone())
+            .unwrap_or_default();
+        let mut fetching = 0;
+        for d in deps {
+            if let Some(o) = st.objects.get_mut(&d)
+                && !o.is_local()
+                && o.is_ready()
+                && !o.fetchers.contains(&tid)
+            {
+                o.fetchers.push(tid);
+                fetching += 1;
+                self.start_pull(st, d);
+            }
+        }
+        if let Some(t) = st.tasks.get_mut(&tid) {
+            t.fetching = fetching;
+        }
+        if fetching == 0 {
+            self.execute(st, wid, tid);
+        }
+    }
+
+    /// Takes back a dispatched task that cannot start: its worker is free
+    /// again.
+    fn undispatch(&self, st: &mut State, wid: u64, tid: TaskId) {
+        let Some(t) = st.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.state = TaskState::Ready;
+        let (k, r) = (kind(&t.spec), t.resources.clone());
+        match k {
+            pb::TaskKind::Normal => {
+                st.available.add(&r);
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    w.state = WorkerState::Idle;
+                }
+                st.pool_push(wid);
+            }
+            pb::TaskKind::ActorMethod => {
+                let a = st.tasks.get(&tid).and_then(|t| parse_id(&t.spec.actor_id));
+                if let Some(actor) = a.and_then(|a| st.actors.get_mut(&a)) {
+                    actor.running.retain(|x| *x != tid);
+                    let next = actor.running.first().copied();
+                    if let Some(w) = st.workers.get_mut(&wid) {
+                        w.state = next.map_or(WorkerState::Idle, WorkerState::Busy);
+                    }
+                }
+            }
+            pb::TaskKind::ActorCreation => {}
+        }
+    }
+
+    /// An argument a dispatched task waited for is here (or lost).
+    pub(crate) fn fetched(&self, st: &mut State, tid: TaskId) {
+        let Some(t) = st.tasks.get_mut(&tid) else {
+            return;
+        };
+        t.fetching = t.fetching.saturating_sub(1);
+        if t.fetching > 0 {
+            return;
+        }
+        if let TaskState::Running(wid) = t.state {
+            self.execute(st, wid, tid);
+        }
+    }
+
+    /// Sends a dispatched task with its arguments resolved to its worker.
+    fn execute(&self, st: &mut State, wid: u64, tid: TaskId) {
+        let Some(t) = st.tasks.get(&tid) else {
+            return;
+        };
+        let failed = t
+            .deps
+            .iter()
+            .find_map(|d| match st.objects.get(d).map(|o| &o.state) {
+                Some(ObjState::Ready(Body::Error(e))) => Some(e.clone()),
+                _ => None,
+            });
+        if let Some(e) = failed {
+            // An argument was lost while it was pulled: the worker goes back.
+            self.undispatch(st, wid, tid);
+            self.fail_task(st, tid, e);
+            return;
+        }
+        let attempt = t.attempt;
         let mut args = Vec::with_capacity(t.spec.args.len());
         for a in &t.spec.args {
             use pb::resolved_arg::Kind as A;
@@ -284,11 +402,9 @@ impl Shared {
         }
         let mut spec = t.spec.clone();
         spec.args.clear();
-        let attempt = t.attempt;
-        let Some(w) = st.workers.get_mut(&wid) else {
+        let Some(w) = st.workers.get(&wid) else {
             return;
         };
-        w.state = WorkerState::Busy(tid);
         if let Some(conn) = w.conn {
             st.send(
                 conn,
@@ -370,22 +486,34 @@ impl Shared {
             self.store.delete(&stored);
         }
         let mut error_result = None;
+        let mut forwarded = Vec::new();
         for (i, r) in returns.iter().enumerate() {
-            let (body, contained) = match &failed {
-                Some(e) => (Body::Error(e.clone()), Vec::new()),
+            let (body, contained, encoding) = match &failed {
+                Some(e) => (Body::Error(e.clone()), Vec::new(), 0),
                 None => {
                     let obj = &done.results[i];
                     let contained = obj.contained.iter().filter_map(|b| parse_id(b)).collect();
                     if let Some(o) = st.objects.get_mut(r) {
                         o.encoding = obj.encoding;
                     }
-                    (self.adopt(r, body_of(obj), &task.function), contained)
+                    (
+                        self.adopt(r, body_of(obj), &task.function),
+                        contained,
+                        obj.encoding,
+                    )
                 }
             };
             if let Body::Error(e) = &body {
                 error_result.get_or_insert_with(|| e.clone());
             }
-            self.complete(st, *r, body, contained);
+            if task.origin.is_some() {
+                forwarded.push((*r, body, encoding, contained));
+            } else {
+                self.complete(st, *r, body, contained);
+            }
+        }
+        if let Some(origin) = task.origin {
+            self.finish_forwarded(st, origin, &task, forwarded);
         }
         if error_result.is_some() {
             st.failed += 1;
@@ -448,8 +576,23 @@ impl Shared {
             a.running.retain(|t| *t != tid);
         }
         st.failed += 1;
-        for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
-            self.complete(st, r, Body::Error(e.clone()), Vec::new());
+        if let TaskState::Forwarded(node) = task.state {
+            // It will not run here: the node running it drops it.
+            self.send_peer_cancel(node, &task);
+        }
+        let returns = task.spec.returns.iter().filter_map(|b| parse_id(b));
+        match task.origin {
+            Some(origin) => {
+                let results = returns
+                    .map(|r| (r, Body::Error(e.clone()), 0, Vec::new()))
+                    .collect();
+                self.finish_forwarded(st, origin, &task, results);
+            }
+            None => {
+                for r in returns {
+                    self.complete(st, r, Body::Error(e.clone()), Vec::new());
+                }
+            }
         }
         for h in &task.holds {
             self.release(st, h, Hold::Task);
@@ -469,10 +612,18 @@ impl Shared {
             return;
         };
         let tid = *tid;
+        self.cancel_task(st, tid, force);
+    }
+
+    /// Cancels a task by its id (see [`Shared::cancel`]).
+    pub(crate) fn cancel_task(&self, st: &mut State, tid: TaskId, force: bool) {
         let Some(t) = st.tasks.get_mut(&tid) else {
             return;
         };
         match t.state {
+            TaskState::Forwarded(node) => {
+                self.send_peer_cancel_force(node, &t.spec.task_id, force);
+            }
             TaskState::Waiting | TaskState::Ready => {
                 let f = Arc::clone(&t.function);
                 self.fail_task(

@@ -405,7 +405,7 @@ impl Shared {
     /// The driver is gone: its queued tasks are dropped, the workers running
     /// its tasks and its actors killed. Idle workers stay for other jobs
     /// started by the same program, and go with the last of them.
-    fn end_job(&self, st: &mut State, job: JobId) {
+    pub(crate) fn end_job(&self, st: &mut State, job: JobId) {
         let Some(j) = st.jobs.remove(&job) else {
             return;
         };
@@ -533,6 +533,22 @@ impl Shared {
             store_used: totals.allocated,
             store_capacity: totals.capacity,
             store_spilled: totals.spilled_bytes,
+            cluster: self.cluster_nodes(st),
+            cluster_address: self
+                .cluster()
+                .map(|c| c.head_address.clone())
+                .unwrap_or_default(),
+            head_error: self
+                .cluster()
+                .and_then(|c| c.head_error.lock().clone())
+                .unwrap_or_default(),
+            tasks_infeasible_now: st
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.state == TaskState::Ready && self.infeasible(st, &t.resources).is_some()
+                })
+                .count() as u64,
         }
     }
 }

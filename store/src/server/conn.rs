@@ -194,7 +194,7 @@ fn handle_inner(
             let id = parse_id(&c.id)?;
             match create(
                 shared,
-                conn,
+                &|| conn.peer_hung_up(),
                 client,
                 id,
                 c.data_size,
@@ -209,7 +209,7 @@ fn handle_inner(
             let id = parse_id(&p.id)?;
             match create(
                 shared,
-                conn,
+                &|| conn.peer_hung_up(),
                 client,
                 id,
                 p.data.len() as u64,
@@ -246,7 +246,7 @@ fn handle_inner(
         Q::Get(g) => {
             let ids = parse_ids(&g.ids)?;
             let timeout = u64::try_from(g.timeout_ms).ok().map(Duration::from_millis);
-            match get(shared, conn, client, &ids, timeout) {
+            match get(shared, &|| conn.peer_hung_up(), client, &ids, timeout) {
                 Some(results) => R::Get(pb::GetReply { results }),
                 None => return Ok(Outcome::Silent), // the client hung up while waiting
             }
@@ -287,9 +287,9 @@ const SPILL_WAIT: Duration = Duration::from_secs(60);
 /// Creates an object, waiting for memory if the store is full: for spilling
 /// to make room (while it can), or for other clients to release memory (up to
 /// the configured timeout). Then writes its metadata.
-fn create(
+pub(super) fn create(
     shared: &Shared,
-    conn: &Conn,
+    hung_up: &dyn Fn() -> bool,
     client: ClientId,
     id: ObjectId,
     data_size: u64,
@@ -322,7 +322,7 @@ fn create(
                 {
                     break r?;
                 }
-                let peer_gone = parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up());
+                let peer_gone = parking_lot::MutexGuard::unlocked(&mut t, hung_up);
                 if peer_gone || !shared.wait(&mut t, Some(deadline)) {
                     return Err(CreateError::Full(msg));
                 }
@@ -336,7 +336,7 @@ fn create(
 }
 
 /// Copies `bytes` into an object being created, at `at` bytes into its block.
-fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
+pub(super) fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
     if bytes.is_empty() {
         return;
     }
@@ -353,9 +353,9 @@ fn write(shared: &Shared, loc: Location, at: u64, bytes: &[u8]) {
 /// restoring the next one cannot evict it. Returns what is there, pinned; an
 /// unreadable object carries its error. `None` if the client hung up while
 /// waiting (its pins go with it).
-fn get(
+pub(super) fn get(
     shared: &Shared,
-    conn: &Conn,
+    hung_up: &dyn Fn() -> bool,
     client: ClientId,
     ids: &[ObjectId],
     timeout: Option<Duration>,
@@ -418,7 +418,7 @@ fn get(
         if done.iter().all(|&d| d) || !shared.wait(&mut t, deadline) {
             break;
         }
-        if parking_lot::MutexGuard::unlocked(&mut t, || conn.peer_hung_up()) {
+        if parking_lot::MutexGuard::unlocked(&mut t, hung_up) {
             return None;
         }
     }

@@ -469,3 +469,137 @@ impl Drop for StoreHandle {
         self.stop();
     }
 }
+
+/// An object the embedding process writes into its own store (an object
+/// pulled from another node): create, write the bytes, [`LocalWrite::seal`].
+/// Dropped unsealed, the create is aborted.
+#[derive(Debug)]
+pub struct LocalWrite {
+    shared: Arc<Shared>,
+    client: ClientId,
+    id: ObjectId,
+    region: Option<crate::view::WriteRegion>,
+}
+
+impl LocalWrite {
+    /// The object's bytes, to be filled in.
+    pub fn bytes(&mut self) -> &mut [u8] {
+        self.region.as_deref_mut().unwrap_or(&mut [])
+    }
+
+    /// Seals the object: readers may get it, and `client` holds it as a
+    /// primary copy (see [`StoreHandle::create_local`]).
+    pub fn seal(mut self) -> Result<(), crate::StateError> {
+        // The write view must be gone before readers can map the range.
+        self.region = None;
+        let mut t = self.shared.table.lock();
+        let r = t.seal(self.client, &self.id);
+        self.shared.done(t);
+        self.client = ClientId::MAX;
+        r
+    }
+}
+
+impl Drop for LocalWrite {
+    fn drop(&mut self) {
+        if self.client == ClientId::MAX {
+            return;
+        }
+        self.region = None;
+        let mut t = self.shared.table.lock();
+        let _ = t.abort(self.client, &self.id);
+        self.shared.done(t);
+    }
+}
+
+/// A sealed object pinned for the embedding process (an object served to
+/// another node); the pin goes when this is dropped.
+#[derive(Debug)]
+pub struct LocalRead {
+    shared: Arc<Shared>,
+    client: ClientId,
+    id: ObjectId,
+    bytes: crate::view::SharedBytes,
+}
+
+impl LocalRead {
+    /// The object's data.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for LocalRead {
+    fn drop(&mut self) {
+        let mut t = self.shared.table.lock();
+        t.release(self.client, &self.id);
+        self.shared.done(t);
+    }
+}
+
+impl StoreHandle {
+    /// Creates an object of `size` bytes for `client` (one made with
+    /// [`StoreHandle::local_client`]), waiting for room as a client's create
+    /// does; `primary` copies are spilled, never evicted.
+    pub fn create_local(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        size: u64,
+        primary: bool,
+    ) -> Result<LocalWrite, crate::CreateError> {
+        let loc = conn::create(&self.shared, &|| false, client, id, size, &[], primary)?;
+        let seg = &self.shared.segments[loc.segment as usize];
+        match seg.mapping().writable(loc.offset, size) {
+            Ok(region) => Ok(LocalWrite {
+                shared: Arc::clone(&self.shared),
+                client,
+                id,
+                region: Some(region),
+            }),
+            Err(e) => {
+                let mut t = self.shared.table.lock();
+                let _ = t.abort(client, &id);
+                self.shared.done(t);
+                Err(crate::CreateError::Full(format!(
+                    "the store handed out a block it cannot map: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Pins a sealed object for `client` and maps its data, restoring it
+    /// from disk if it was spilled; waits up to `timeout` for it to appear.
+    pub fn read_local(
+        &self,
+        client: ClientId,
+        id: ObjectId,
+        timeout: Duration,
+    ) -> Result<LocalRead, String> {
+        let results =
+            conn::get(&self.shared, &|| false, client, &[id], Some(timeout)).unwrap_or_default();
+        let r = results.into_iter().next().unwrap_or_default();
+        let Some(loc) = r.location else {
+            return Err(if r.error.is_empty() {
+                format!("object {id} is not in this node's store")
+            } else {
+                r.error
+            });
+        };
+        let seg = &self.shared.segments[loc.segment as usize];
+        match seg.mapping().readable(loc.offset, loc.data_size) {
+            Ok(bytes) => Ok(LocalRead {
+                shared: Arc::clone(&self.shared),
+                client,
+                id,
+                bytes,
+            }),
+            Err(e) => {
+                let mut t = self.shared.table.lock();
+                t.release(client, &id);
+                self.shared.done(t);
+                Err(format!("cannot map object {id}: {e}"))
+            }
+        }
+    }
+}

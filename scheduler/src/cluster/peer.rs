@@ -1,0 +1,113 @@
+//! Every node's peer service: one-way messages in order (`Deliver`),
+//! object locations (`Locate`) and object bytes (`Pull`).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arca_proto::cluster as cpb;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{Cluster, NodeId, transfer};
+use crate::node::Shared;
+
+#[derive(Clone)]
+pub(crate) struct PeerService {
+    shared: Weak<Shared>,
+    cluster: Weak<Cluster>,
+}
+
+impl PeerService {
+    pub(crate) fn new(shared: Weak<Shared>, cluster: Weak<Cluster>) -> Self {
+        Self { shared, cluster }
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, Status> {
+        self.shared
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("the node is stopping"))
+    }
+}
+
+fn from(b: &[u8]) -> Result<NodeId, Status> {
+    NodeId::from_slice(b).ok_or_else(|| {
+        Status::invalid_argument(format!("malformed sender node id ({} bytes)", b.len()))
+    })
+}
+
+#[tonic::async_trait]
+impl cpb::peer_server::Peer for PeerService {
+    async fn deliver(&self, req: Request<cpb::Batch>) -> Result<Response<cpb::Empty>, Status> {
+        let batch = req.into_inner();
+        let sender = from(&batch.from)?;
+        let shared = self.shared()?;
+        let r = tokio::task::spawn_blocking(move || {
+            let mut st = shared.state.lock();
+            for m in batch.messages {
+                let Some(kind) = m.kind else {
+                    return Err("an empty message".to_string());
+                };
+                shared.peer_message(&mut st, sender, kind)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match r {
+            Ok(()) => Ok(Response::new(cpb::Empty {})),
+            Err(msg) => {
+                tracing::warn!(peer = %sender, "refused a message: {msg}");
+                Err(Status::invalid_argument(msg))
+            }
+        }
+    }
+
+    async fn locate(
+        &self,
+        req: Request<cpb::LocateRequest>,
+    ) -> Result<Response<cpb::LocateReply>, Status> {
+        let r = req.into_inner();
+        let asker = from(&r.from)?;
+        let shared = self.shared()?;
+        let (tx, rx) = oneshot::channel();
+        let registered = tokio::task::spawn_blocking(move || {
+            let mut st = shared.state.lock();
+            shared.locate(&mut st, asker, &r.ids, tx)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        registered.map_err(Status::invalid_argument)?;
+        match rx.await {
+            Ok(locations) => Ok(Response::new(cpb::LocateReply { locations })),
+            Err(_) => Err(Status::unavailable(
+                "the node stopped before the objects were ready",
+            )),
+        }
+    }
+
+    type PullStream = ReceiverStream<Result<cpb::Chunk, Status>>;
+
+    async fn pull(
+        &self,
+        req: Request<cpb::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let id = arca_store::ObjectId::from_slice(&req.into_inner().id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let shared = self.shared()?;
+        let _ = &self.cluster;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let read = shared
+                .store
+                .read_local(shared.store_client, id, Duration::from_secs(10));
+            match read {
+                Ok(obj) => transfer::send_chunks(obj.bytes(), &tx),
+                Err(msg) => {
+                    let _ = tx.blocking_send(Err(Status::not_found(msg)));
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
