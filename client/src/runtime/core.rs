@@ -155,6 +155,12 @@ pub fn session_dir() -> Result<PathBuf> {
     Ok(runtime()?.session_dir.clone())
 }
 
+/// The connected node's id in its cluster, in hex (empty for a node
+/// outside a cluster). A task reads its own node's.
+pub fn node_id() -> Result<String> {
+    Ok(runtime()?.node_id.clone())
+}
+
 /// This driver's job id at the node (a worker's is its driver's).
 pub fn job_id() -> Result<u64> {
     Ok(runtime()?.job_id)

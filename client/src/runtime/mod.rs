@@ -113,6 +113,8 @@ pub(crate) struct Runtime {
     job_id: u64,
     /// The head of the cluster the node belongs to (empty: standalone).
     cluster_address: String,
+    /// The node's id in the cluster, hex (empty: standalone).
+    node_id: String,
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -452,6 +454,7 @@ fn connect(
         session_dir,
         job_id: reply.job_id,
         cluster_address: reply.cluster_address.clone(),
+        node_id: reply.node_id.iter().map(|b| format!("{b:02x}")).collect(),
     }));
     Ok(())
 }
@@ -652,6 +655,12 @@ pub fn status() -> Result<pb::StatusReply> {
         pb::reply::Kind::Status(s) => Ok(s),
         other => Err(unexpected(&other)),
     }
+}
+
+/// The id of the node this process runs on, in hex (empty outside a
+/// cluster): in a task, the node that runs it.
+pub fn node_id() -> Result<String> {
+    core::node_id()
 }
 
 /// Every object the node knows, with owner and reference counts.
