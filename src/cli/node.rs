@@ -326,6 +326,9 @@ const HEAD_ADDRESS_FILE: &str = "head_address";
 /// under the system temp dir) holds the token beside the head's address.
 fn find_local_token(address: &str, own: &Path) -> Option<String> {
     let mut dirs = vec![own.to_path_buf(), PathBuf::from(DEFAULT_TEMP_DIR)];
+    if let Ok(d) = fs::read_to_string(head_registry(address)) {
+        dirs.insert(0, PathBuf::from(d.trim()));
+    }
     for base in [std::env::temp_dir(), PathBuf::from("/tmp")] {
         if let Ok(entries) = fs::read_dir(&base) {
             dirs.extend(
@@ -345,6 +348,14 @@ fn find_local_token(address: &str, own: &Path) -> Option<String> {
     })
 }
 
+/// Where a head on this machine notes its temp dir, so that nodes started
+/// here find its token: `<tmp>/arca-heads/<HOST_PORT>`.
+fn head_registry(address: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join("arca-heads")
+        .join(address.replace([':', '/'], "_"))
+}
+
 /// Writes the head's token (mode 0600) and address into its temp dir.
 fn write_head_files(dir: &Path, c: &arca_scheduler::ClusterConfig) -> anyhow::Result<()> {
     use std::io::Write;
@@ -360,6 +371,15 @@ fn write_head_files(dir: &Path, c: &arca_scheduler::ClusterConfig) -> anyhow::Re
     writeln!(f, "{}", c.token)?;
     fs::write(dir.join(HEAD_ADDRESS_FILE), format!("{}\n", c.address))
         .with_context(|| format!("cannot write {}", dir.join(HEAD_ADDRESS_FILE).display()))?;
+    let registry = head_registry(&c.address);
+    if let Some(parent) = registry.parent() {
+        let _ = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o1777)
+            .create(parent);
+    }
+    // Best effort: without it a node here needs --token.
+    let _ = fs::write(&registry, format!("{}\n", dir.display()));
     Ok(())
 }
 

@@ -126,9 +126,9 @@ pub fn node(cpus: f64) -> NodeConfig {
 /// workers re-run this binary as `child_entry`.
 pub fn init(node: NodeConfig) {
     arca::init_with(arca::Config {
-        address: None,
         embedded: Some(node),
         worker_args: entry_args(),
+        ..Default::default()
     })
     .expect("arca::init_with (embedded node)");
 }
@@ -378,6 +378,21 @@ impl Driver {
         let mut d = Self::spawn_at(dir.path(), scenario);
         d._own = Some(dir);
         d
+    }
+
+    /// Starts `scenario` in a child process with the directory `dir` (files
+    /// for it already written), which goes with the driver.
+    pub fn spawn_in(dir: TempDir, scenario: &str) -> Self {
+        let mut d = Self::spawn_at(dir.path(), scenario);
+        d._own = Some(dir);
+        d
+    }
+
+    /// True once the child has exited (it is not reaped).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
     /// Starts `scenario` in a child process sharing the directory `dir`

@@ -1,0 +1,576 @@
+//! End-to-end tests of a cluster: several real node daemons on this machine
+//! (`arca start --head` and `arca start --address`), each with its own temp
+//! dir, 127.0.0.x address and port, and driver processes on them.
+//!
+//! Every node is stopped when its test ends (also when it fails): the
+//! [`Cluster`] guard runs `arca stop` for each, then kills what is left.
+
+mod common;
+mod task_common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use arca::ObjectRef;
+use common::{TempDir, arca_bin, pattern};
+use task_common::*;
+
+// ---------------------------------------------------------------------------
+// Tasks the scenarios run
+
+#[arca::remote]
+fn whoami(i: u32) -> (u32, String) {
+    (i, arca::node_id().unwrap_or_default())
+}
+
+#[arca::remote]
+fn here() -> String {
+    arca::node_id().unwrap_or_default()
+}
+
+/// Checks a large argument byte for byte where it runs.
+#[arca::remote]
+fn check_buffer(b: arca::Buffer, seed: u64) -> (bool, usize, String) {
+    let ok = b[..] == pattern(seed, b.len())[..];
+    (ok, b.len(), arca::node_id().unwrap_or_default())
+}
+
+#[arca::remote]
+fn make_buffer(seed: u64, len: usize) -> arca::Buffer {
+    pattern(seed, len).into()
+}
+
+/// Puts a value on its node and returns the reference, nested.
+#[arca::remote]
+fn put_here(seed: u64, len: usize) -> Vec<ObjectRef<Vec<u8>>> {
+    vec![arca::put(&pattern(seed, len)).expect("put")]
+}
+
+/// Takes a nested reference made elsewhere, reads it, and passes it on.
+#[arca::remote]
+fn pass_on(refs: Vec<ObjectRef<Vec<u8>>>, seed: u64) -> Vec<ObjectRef<Vec<u8>>> {
+    let v = arca::get(&refs[0]).expect("get of a nested ref");
+    assert!(v == pattern(seed, v.len()), "nested value corrupted");
+    refs
+}
+
+#[arca::remote]
+fn sleep_then(ms: u64, i: u32) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    i
+}
+
+// ---------------------------------------------------------------------------
+// The cluster harness
+
+/// Ports for the tests' heads: one block per test process.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A head and the nodes that joined it, stopped on drop.
+struct Cluster {
+    port: u16,
+    nodes: Vec<PathBuf>,
+    _dirs: Vec<TempDir>,
+}
+
+struct NodeSpec<'a> {
+    cpus: u32,
+    resources: &'a str,
+    memory: &'a str,
+}
+
+const PLAIN: NodeSpec = NodeSpec {
+    cpus: 2,
+    resources: "",
+    memory: "512MiB",
+};
+
+fn arca_cmd(cmd: &mut Command) -> Output {
+    cmd.output().expect("cannot run arca")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+impl Cluster {
+    fn start(specs: &[NodeSpec]) -> Cluster {
+        Self::start_with(specs, &[])
+    }
+
+    /// Starts node 0 as the head and the others joining it; `extra`
+    /// arguments go to every node.
+    fn start_with(specs: &[NodeSpec], extra: &[&str]) -> Cluster {
+        let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (std::process::id() % 400) as u16 * 100 + n;
+        let mut c = Cluster {
+            port,
+            nodes: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for (i, s) in specs.iter().enumerate() {
+            let dir = TempDir::new();
+            let node_dir = dir.path().join("node");
+            let mut cmd = Command::new(arca_bin());
+            cmd.arg("start")
+                .arg("--temp-dir")
+                .arg(&node_dir)
+                .args(["--num-cpus", &s.cpus.to_string(), "--memory", s.memory])
+                .args(["--node-ip-address", &format!("127.0.0.{}", i + 1)])
+                .args(extra)
+                .env_remove("ARCA_TOKEN")
+                .env_remove("ARCA_ADDRESS")
+                .env_remove("ARCA_TEMP_DIR");
+            if i == 0 {
+                cmd.args(["--head", "--port", &port.to_string()]);
+            } else {
+                cmd.args(["--address", &c.address()]);
+            }
+            if !s.resources.is_empty() {
+                cmd.args(["--resources", s.resources]);
+            }
+            let out = arca_cmd(&mut cmd);
+            // Registered first, so that a failed start still stops the others.
+            c.nodes.push(node_dir);
+            c._dirs.push(dir);
+            assert!(
+                out.status.success(),
+                "node {i} did not start: {}",
+                text(&out)
+            );
+        }
+        c.wait_alive(specs.len());
+        c
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn head(&self) -> &Path {
+        &self.nodes[0]
+    }
+
+    /// `arca status --json` of node `i`.
+    fn status(&self, i: usize) -> serde_json::Value {
+        let out = arca_cmd(
+            Command::new(arca_bin())
+                .args(["status", "--json", "--temp-dir"])
+                .arg(&self.nodes[i]),
+        );
+        assert!(out.status.success(), "arca status failed: {}", text(&out));
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    fn wait_alive(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status(0);
+            let alive = s["nodes"]
+                .as_array()
+                .map_or(0, |a| a.iter().filter(|n| n["alive"] == true).count());
+            if alive == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} nodes not alive: {s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Node ids by index, from node i's own status.
+    fn node_id(&self, i: usize) -> String {
+        let s = self.status(i);
+        let dir = self.nodes[i].display().to_string();
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["temp_dir"] == dir.as_str())
+            .map(|n| n["node_id"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("node {i} not in its own status: {s}"))
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        fs::read_to_string(self.nodes[i].join("node.pid"))
+            .expect("node.pid")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Starts a driver of `scenario` on node `i`, with `files` written in
+    /// its directory first.
+    fn driver(&self, i: usize, scenario: &str, files: &[(&str, String)]) -> Driver {
+        let dir = TempDir::new();
+        for (name, contents) in files {
+            fs::write(dir.path().join(name), contents).unwrap();
+        }
+        fs::write(
+            dir.path().join("temp_dir"),
+            self.nodes[i].display().to_string(),
+        )
+        .unwrap();
+        fs::write(dir.path().join("address"), self.address()).unwrap();
+        for (k, n) in self.nodes.iter().enumerate() {
+            fs::write(dir.path().join(format!("node{k}")), n.display().to_string()).unwrap();
+        }
+        Driver::spawn_in(dir, scenario)
+    }
+
+    /// Objects and store bytes left on every node.
+    fn leftovers(&self) -> Vec<(u64, u64)> {
+        (0..self.nodes.len())
+            .map(|i| {
+                let s = self.status(i);
+                (
+                    s["objects"].as_u64().unwrap(),
+                    s["store"]["used"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Joined nodes first, the head last.
+        for dir in self.nodes.iter().rev() {
+            let _ = Command::new(arca_bin())
+                .arg("stop")
+                .arg("--temp-dir")
+                .arg(dir)
+                .output();
+        }
+    }
+}
+
+// In a driver: the node it should use.
+fn connect() {
+    let temp_dir = PathBuf::from(fs::read_to_string(file("temp_dir")).unwrap());
+    arca::init_with(arca::Config {
+        temp_dir: Some(temp_dir),
+        worker_args: entry_args(),
+        ..Default::default()
+    })
+    .expect("arca::init_with (a cluster node)");
+}
+
+fn node_ids() -> Vec<String> {
+    arca::status()
+        .unwrap()
+        .cluster
+        .iter()
+        .map(|n| n.node_id.iter().map(|b| format!("{b:02x}")).collect())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios (in driver processes)
+
+fn spread() {
+    connect();
+    assert_eq!(node_ids().len(), 3, "{:?}", arca::status().unwrap().cluster);
+    let refs: Vec<_> = (0..1000).map(whoami::remote).collect();
+    let results = arca::get_many_timeout(&refs, GET).expect("1000 tasks");
+    let mut per_node = std::collections::BTreeMap::<String, u32>::new();
+    for (i, (j, node)) in results.into_iter().enumerate() {
+        assert_eq!(i as u32, j);
+        *per_node.entry(node).or_default() += 1;
+    }
+    let ids = node_ids();
+    for id in &ids {
+        assert!(
+            per_node.contains_key(id),
+            "no task ran on node {id}: {per_node:?}"
+        );
+    }
+    println!("per node: {per_node:?}");
+}
+
+fn custom_resource() {
+    connect();
+    let special = fs::read_to_string(file("special_node")).unwrap();
+    let refs: Vec<_> = (0..20)
+        .map(|_| here::options().resources("special", 1.0).remote())
+        .collect();
+    for node in arca::get_many_timeout(&refs, GET).unwrap() {
+        assert_eq!(node, special, "a task asking for `special` ran elsewhere");
+    }
+    // One that no node can ever run fails at once, naming the shortfall.
+    let r = here::options().resources("nowhere", 1.0).remote();
+    let e = get_err(&r);
+    let msg = e.to_string();
+    assert!(msg.contains("nowhere") && msg.contains("no node"), "{msg}");
+}
+
+fn big_object() {
+    connect();
+    let len: usize = 1 << 30;
+    let target = fs::read_to_string(file("other_node")).unwrap();
+    // Made here, read on another node.
+    let r = arca::put(&arca::Buffer::from(pattern(7, len))).unwrap();
+    let (ok, n, node) = get(&check_buffer::options()
+        .resources("other", 1.0)
+        .remote(&r, 7));
+    assert!(
+        ok && n == len,
+        "1 GiB object corrupted on the way ({n} bytes)"
+    );
+    assert_eq!(node, target);
+    drop(r);
+    // Made on another node, read here.
+    let made = make_buffer::options()
+        .resources("other", 1.0)
+        .remote(11, 256 << 20);
+    let b: arca::Buffer = get(&made);
+    assert!(
+        b[..] == pattern(11, 256 << 20)[..],
+        "pulled result corrupted"
+    );
+}
+
+fn chain() {
+    connect();
+    let nodes = [
+        fs::read_to_string(file("n1")).unwrap(),
+        fs::read_to_string(file("n2")).unwrap(),
+    ];
+    let _ = nodes;
+    // A ref put on node 1, passed through node 2 and back here.
+    let first = put_here::options().resources("one", 1.0).remote(5, 1 << 20);
+    let second = pass_on::options().resources("two", 1.0).remote(&first, 5);
+    let third = pass_on::options().resources("one", 1.0).remote(&second, 5);
+    let refs = get(&third);
+    let v = arca::get(&refs[0]).expect("get of the nested ref at the end of the chain");
+    assert!(v == pattern(5, 1 << 20));
+    drop((first, second, third, refs));
+    touch("dropped");
+    assert!(
+        wait_for("checked", WAIT),
+        "the test did not check for leftovers"
+    );
+}
+
+fn lost_node() {
+    connect();
+    // Long tasks on node 2 (retried elsewhere when it dies), and an object
+    // made there that only it has.
+    let victim = fs::read_to_string(file("victim")).unwrap();
+    let lost = make_buffer::options()
+        .resources("victim", 1.0)
+        .remote(3, 4 << 20);
+    arca::wait(std::slice::from_ref(&lost), 1, GET).unwrap();
+    let refs: Vec<_> = (0..6)
+        .map(|i| sleep_then::options().max_retries(3).remote(1500, i))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    touch("kill");
+    for (i, r) in refs.iter().enumerate() {
+        assert_eq!(
+            get(r),
+            i as u32,
+            "task {i} was not retried after its node died"
+        );
+    }
+    let e = get_err(&lost);
+    let msg = e.to_string();
+    assert!(msg.contains(&victim[..8]) || msg.contains(&victim), "{msg}");
+    assert!(msg.contains("lost"), "{msg}");
+}
+
+#[test]
+#[ignore = "entry point of the driver and worker processes the tests start"]
+fn child_entry() {
+    child_main(|scenario| match scenario {
+        "spread" => spread(),
+        "custom_resource" => custom_resource(),
+        "big_object" => big_object(),
+        "chain" => chain(),
+        "lost_node" => lost_node(),
+        other => panic!("unknown scenario {other}"),
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn thousand_tasks_spread_over_three_nodes() {
+    let c = Cluster::start(&[PLAIN, PLAIN, PLAIN]);
+    c.driver(0, "spread", &[]).finish();
+}
+
+#[test]
+fn custom_resources_only_where_they_exist() {
+    let c = Cluster::start(&[
+        PLAIN,
+        NodeSpec {
+            resources: r#"{"special": 2}"#,
+            ..PLAIN
+        },
+    ]);
+    c.driver(0, "custom_resource", &[("special_node", c.node_id(1))])
+        .finish();
+    // `arca status` on any node shows the whole cluster and its totals.
+    let s = c.status(0);
+    let nodes = s["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[1]["resources_total"]["special"], 2.0);
+}
+
+#[test]
+fn one_gib_object_made_on_one_node_read_on_another() {
+    let c = Cluster::start(&[
+        NodeSpec {
+            memory: "2GiB",
+            ..PLAIN
+        },
+        NodeSpec {
+            memory: "2GiB",
+            resources: r#"{"other": 1}"#,
+            ..PLAIN
+        },
+    ]);
+    c.driver(0, "big_object", &[("other_node", c.node_id(1))])
+        .finish();
+    // Everything freed everywhere once the driver is gone.
+    wait_until_clean(&c);
+}
+
+#[test]
+fn refs_passed_across_nodes_are_freed_at_the_end() {
+    let c = Cluster::start(&[
+        PLAIN,
+        NodeSpec {
+            resources: r#"{"one": 1}"#,
+            ..PLAIN
+        },
+        NodeSpec {
+            resources: r#"{"two": 1}"#,
+            ..PLAIN
+        },
+    ]);
+    let mut d = c.driver(0, "chain", &[("n1", c.node_id(1)), ("n2", c.node_id(2))]);
+    let dropped = d.dir().join("dropped");
+    common::wait_until("the chain to finish", WAIT * 2, || {
+        dropped.exists() || d.exited()
+    });
+    assert!(dropped.exists(), "{}", d.output());
+    // While the driver still runs, nothing is left on any node.
+    wait_until_clean(&c);
+    fs::write(d.dir().join("checked"), "").unwrap();
+    d.finish();
+}
+
+fn wait_until_clean(c: &Cluster) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = c.leftovers();
+        if left
+            .iter()
+            .all(|&(objects, used)| objects == 0 && used == 0)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "objects left on the nodes (objects, store bytes): {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_node_is_declared_dead_and_its_tasks_retried() {
+    let c = Cluster::start_with(
+        &[
+            NodeSpec { cpus: 1, ..PLAIN },
+            NodeSpec {
+                resources: r#"{"victim": 1}"#,
+                ..PLAIN
+            },
+            PLAIN,
+        ],
+        &["--node-timeout", "1"],
+    );
+    let victim = c.node_id(1);
+    let mut d = c.driver(0, "lost_node", &[("victim", victim.clone())]);
+    let kill = d.dir().join("kill");
+    common::wait_until("the driver to be ready", WAIT, || {
+        kill.exists() || d.exited()
+    });
+    sigkill(c.pid(1));
+    d.finish();
+    let s = c.status(0);
+    let dead = s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(dead["alive"], false, "{s}");
+    assert!(
+        dead["death_reason"].as_str().unwrap().contains("heartbeat"),
+        "{dead}"
+    );
+}
+
+#[test]
+fn a_node_with_the_wrong_token_is_refused() {
+    let c = Cluster::start(&[PLAIN]);
+    let dir = TempDir::new();
+    let out = arca_cmd(
+        Command::new(arca_bin())
+            .args([
+                "start",
+                "--num-cpus",
+                "1",
+                "--memory",
+                "64MiB",
+                "--token",
+                "not-the-token",
+            ])
+            .args(["--node-ip-address", "127.0.0.2", "--address", &c.address()])
+            .arg("--temp-dir")
+            .arg(dir.path().join("node")),
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("refused") && t.contains("token"), "{t}");
+    let log = fs::read_to_string(c.head().join("node.log")).unwrap();
+    assert!(
+        log.contains("refused a call with a wrong cluster token"),
+        "{log}"
+    );
+    assert_eq!(c.status(0)["nodes"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn garbage_on_the_grpc_port_does_not_hurt_the_head() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(&[PLAIN, PLAIN]);
+    for junk in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\xff\xff\xff\xff\xff\xff"[..],
+        &[0xffu8; 4096][..],
+    ] {
+        let mut s = std::net::TcpStream::connect(c.address()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(junk);
+        let mut buf = [0u8; 256];
+        let _ = s.read(&mut buf);
+    }
+    // A well-formed gRPC call with a malformed body.
+    let body = [0u8, 0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff];
+    let mut s = std::net::TcpStream::connect(c.address()).unwrap();
+    let _ = s.write_all(&body);
+    c.wait_alive(2);
+}
