@@ -39,6 +39,9 @@ class _State:
         self.current_task_id: bytes | None = None
         self.current_actor_id: bytes | None = None
         self.node_id = ""
+        # The head's HOST:PORT (empty outside a cluster) and this node's IP.
+        self.cluster_address = ""
+        self.node_ip = ""
 
 
 _state = _State()
@@ -85,7 +88,6 @@ _KNOWN_INIT_ARGS = {
     "log_to_driver",
     "runtime_env",
     "labels",
-    "_temp_dir",
     "_system_config",
     "job_config",
     "local_mode",
@@ -105,14 +107,19 @@ def init(
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     namespace: str | None = None,
+    _temp_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> RayContext:
     """Connects to a node, or starts one inside this process, as ``ray.init``.
 
-    ``address``: ``None`` uses ``$ARCA_ADDRESS`` (or ``$RAY_ADDRESS``), else the node
-    running in ``/tmp/arca``, else starts an embedded node; ``"auto"`` the same but
+    ``address``: ``None`` uses ``$ARCA_ADDRESS`` (or ``$RAY_ADDRESS``) if set, else
+    the node running on this machine in ``_temp_dir`` (default ``$ARCA_TEMP_DIR``,
+    else ``/tmp/arca``), else starts an embedded node; ``"auto"`` the same but
     raises ``ConnectionError`` instead of starting one; ``"local"`` always starts
-    one; anything else is a node's session directory (``arca start --temp-dir``).
+    one; ``"HOST:PORT"`` is a cluster's head: the driver uses the node of that
+    cluster running on this machine (in ``_temp_dir``), as ``ray.init(address=)``.
+    A directory given as ``_temp_dir`` (or ``$ARCA_TEMP_DIR``) must hold a running
+    node (``arca start --temp-dir``): ``init`` raises ``ConnectionError`` otherwise.
     """
     unknown = set(kwargs) - _KNOWN_INIT_ARGS
     if unknown:
@@ -128,35 +135,14 @@ def init(
                 "passing in 'ignore_reinit_error=True' or by calling 'ray.shutdown()' prior to "
                 "'ray.init()'."
             )
-        if address in (None, "auto"):
-            address = os.environ.get("ARCA_ADDRESS") or os.environ.get("RAY_ADDRESS") or address
         node_args = {
             "num_cpus": num_cpus,
             "num_gpus": num_gpus,
             "resources": resources,
             "object_store_memory": object_store_memory,
         }
-        session: str | None
-        if address == "local":
-            session = None
-        elif address in (None, "auto"):
-            running = _native.node_running(DEFAULT_SESSION_DIR)
-            if address == "auto" and not running:
-                raise ConnectionError(
-                    f"Could not find a running Arca node (none in {DEFAULT_SESSION_DIR} or "
-                    "$ARCA_ADDRESS); start one with `arca start --head`, or call init() "
-                    "without an address to start one in this process"
-                )
-            session = DEFAULT_SESSION_DIR if running else None
-        else:
-            if not _native.node_running(address):
-                raise ConnectionError(
-                    f"No Arca node runs in {address!r} (from the address given or "
-                    "$ARCA_ADDRESS): start one with `arca start --head --temp-dir "
-                    f"{address}`, or unset ARCA_ADDRESS to start one in this process"
-                )
-            session = address
-        if session is not None:
+        target = _resolve(address, _temp_dir)
+        if target is not None:
             given = [k for k, v in node_args.items() if v is not None]
             if given:
                 raise ValueError(
@@ -164,25 +150,39 @@ def init(
                     f"{', '.join(given)} must not be provided."
                 )
         embedded = None
-        if session is None:
+        if target is None:
             embedded = {k: v for k, v in node_args.items() if v is not None}
             if object_store_memory is not None:
                 embedded["object_store_memory"] = int(object_store_memory)
+        head, temp_dir = target if target is not None else (None, None)
         cwd = os.getcwd()
         path = [p or cwd for p in sys.path]
         env = [("PYTHONPATH", os.pathsep.join(path)), ("ARCA_DRIVER_NAMESPACE", namespace or "")]
-        session_dir, job_id = _native.connect(
-            session,
-            embedded,
-            [sys.executable, "-m", "arca._worker"],
-            cwd,
-            env,
-            bool(log_to_driver),
-        )
+        # Without an address the native client would read $ARCA_ADDRESS itself,
+        # which was overridden here (address="local", or "auto" from the env).
+        hidden = os.environ.pop("ARCA_ADDRESS", None) if head is None else None
+        try:
+            session_dir, job_id = _native.connect(
+                head,
+                temp_dir,
+                embedded,
+                [sys.executable, "-m", "arca._worker"],
+                cwd,
+                env,
+                bool(log_to_driver),
+            )
+        except exc.RaySystemError as e:
+            if target is None:
+                raise
+            # The node runs but is not of the cluster asked for, or went away.
+            raise ConnectionError(str(e.client_exc)) from None
+        finally:
+            if hidden is not None:
+                os.environ["ARCA_ADDRESS"] = hidden
         _state.connected = True
         _state.session_dir = session_dir
         _state.job_id = job_id
-        _state.embedded = session is None
+        _state.embedded = target is None
         _state.namespace = namespace or ""
         _state.session += 1
         _state.node_id = _node_id()
@@ -190,20 +190,99 @@ def init(
         return _context()
 
 
+def _resolve(
+    address: str | None, temp_dir: str | os.PathLike[str] | None
+) -> tuple[str | None, str] | None:
+    """Which node ``init`` connects to: ``(head HOST:PORT or None, temp dir)``,
+    or ``None`` to start an embedded node. Raises ``ConnectionError`` if the
+    node asked for does not run."""
+    from_env = None
+    if not address:
+        address = None
+    if address in (None, "auto"):
+        for var in ("ARCA_ADDRESS", "RAY_ADDRESS"):
+            if os.environ.get(var):
+                address, from_env = os.environ[var], var
+                break
+    named = f"${from_env}" if from_env else "the address given"
+    dir_from_env = temp_dir is None and bool(os.environ.get("ARCA_TEMP_DIR"))
+    if temp_dir is None:
+        temp_dir = os.environ.get("ARCA_TEMP_DIR") or None
+    if address == "local":
+        if not dir_from_env and temp_dir is not None:
+            raise ValueError(
+                "address='local' starts a node inside this process, in a directory of its "
+                "own; _temp_dir names a running node's directory: pass one or the other"
+            )
+        return None
+    dir_given = temp_dir is not None
+    where = os.fspath(temp_dir) if temp_dir is not None else DEFAULT_SESSION_DIR
+    which = (
+        "from $ARCA_TEMP_DIR"
+        if dir_from_env
+        else "from _temp_dir"
+        if dir_given
+        else "the default temp dir"
+    )
+    running = _native.node_running(where)
+    if address is None or address == "auto":
+        if running:
+            return None, where
+        if dir_given:
+            raise ConnectionError(
+                f"No Arca node runs in {where} ({which}): start one with "
+                f"`arca start --head --temp-dir {where}`, or "
+                + ("unset ARCA_TEMP_DIR" if dir_from_env else "leave out _temp_dir")
+                + (" to start one in this process" if address is None else "")
+            )
+        if address == "auto":
+            raise ConnectionError(
+                f"Could not find any running Arca instance (none in {DEFAULT_SESSION_DIR}, "
+                "the default temp dir). Please specify the one to connect to by setting "
+                "ARCA_TEMP_DIR (or ARCA_ADDRESS), start one with `arca start --head`, or call "
+                "init() without an address to start one in this process."
+            )
+        return None
+    unset = f", or unset {from_env} to start a node in this process" if from_env else ""
+    if "://" in address:
+        raise ConnectionError(
+            f"{named} is {address!r}: Ray Client addresses (ray://) are not supported; give "
+            f"the head's HOST:PORT and run the driver on a machine with a node of the "
+            f"cluster{unset}"
+        )
+    host, sep, port = address.rpartition(":")
+    if "/" in address or address.startswith(("~", ".")) or not sep or not port.isdigit():
+        raise ConnectionError(
+            f"{named} is {address!r}, but an address is the cluster head's HOST:PORT "
+            "(e.g. 127.0.0.1:6379); to use the node in a directory, set ARCA_TEMP_DIR=DIR "
+            f"or pass init(_temp_dir=DIR){unset}"
+        )
+    if not running:
+        start = f"arca start --address {address}" + (f" --temp-dir {where}" if dir_given else "")
+        other = "" if dir_given else ", or set ARCA_TEMP_DIR (or _temp_dir=) to the temp dir of one"
+        raise ConnectionError(
+            f"No node of the Arca cluster at {address} (from {named}) runs on this machine "
+            f"(none in {where}, {which}): start one with "
+            f"`{start}`{other}{unset}"
+        )
+    return address, where
+
+
 def _context() -> RayContext:
     d = _state.session_dir
+    ip, cluster = _node_ip(), _state.cluster_address or ""
     return RayContext(
         {
-            "node_ip_address": "127.0.0.1",
-            "raylet_ip_address": "127.0.0.1",
+            "node_ip_address": ip,
+            "raylet_ip_address": ip,
             "redis_address": None,
             "object_store_address": os.path.join(d, "store.sock"),
             "raylet_socket_name": os.path.join(d, "node.sock"),
             "webui_url": None,
             "session_dir": d,
             "metrics_export_port": None,
-            "gcs_address": d,
-            "address": d,
+            "gcs_address": cluster,
+            "address": cluster,
             "dashboard_agent_listen_port": None,
             "node_id": _state.node_id,
         }
@@ -211,8 +290,27 @@ def _context() -> RayContext:
 
 
 def _node_id() -> str:
+    """This node's id in its cluster; for a node outside a cluster, an id of
+    its own (the same in the driver and in its workers)."""
     s = _native.status()
+    _state.cluster_address = s.get("cluster_address") or ""
+    _state.node_ip = "127.0.0.1"
+    nid = _native.node_id()
+    for n in s.get("cluster", []):
+        if nid and n["node_id"] == nid:
+            _state.node_ip = _split_address(n["address"])[0] or "127.0.0.1"
+    if nid:
+        return nid
     return hashlib.sha1(f"{s['node_name']}:{s['pid']}:{s['session_dir']}".encode()).hexdigest()[:56]
+
+
+def _node_ip() -> str:
+    return _state.node_ip or "127.0.0.1"
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port) if port.isdigit() else 0
 
 
 def connect_worker() -> None:
@@ -400,51 +498,100 @@ def _future(ref: ObjectRef):
 
 
 def nodes() -> list[dict[str, Any]]:
+    """One dict per node of the cluster (dead ones included), as ``ray.nodes()``."""
     ensure_init()
     s = _native.status()
-    nid = _state.node_id
+    out = []
+    for n in _cluster(s):
+        nid = n["node_id"] or _state.node_id
+        ip, port = _split_address(n["address"])
+        ip = ip or "127.0.0.1"
+        temp_dir = n["temp_dir"] or s["session_dir"]
+        alive = bool(n["alive"])
+        out.append(
+            {
+                "NodeID": nid,
+                "Alive": alive,
+                "NodeManagerAddress": ip,
+                "NodeManagerHostname": n["name"] or socket.gethostname(),
+                "NodeManagerPort": port,
+                "ObjectManagerPort": port,
+                "ObjectStoreSocketName": os.path.join(temp_dir, "store.sock"),
+                "RayletSocketName": os.path.join(temp_dir, "node.sock"),
+                "MetricsExportPort": 0,
+                "NodeName": ip,
+                "RuntimeEnvAgentPort": 0,
+                "alive": alive,
+                "Resources": _resources(n, ip, available=False),
+                "Labels": {"ray.io/node_id": nid},
+                "DeathReason": 0 if alive else 1,
+                "DeathReasonMessage": n["death_reason"],
+                "IsHead": bool(n["is_head"]),
+            }
+        )
+    return out
+
+
+def _cluster(s: dict) -> list[dict]:
+    """The nodes in a ``status()``: the cluster's, or just this one (older
+    nodes, or outside a cluster, with an empty id and address)."""
+    nodes = s.get("cluster") or []
+    if nodes:
+        return nodes
     return [
         {
-            "NodeID": nid,
-            "Alive": True,
-            "NodeManagerAddress": "127.0.0.1",
-            "NodeManagerHostname": socket.gethostname(),
-            "NodeManagerPort": 0,
-            "ObjectManagerPort": 0,
-            "ObjectStoreSocketName": os.path.join(s["session_dir"], "store.sock"),
-            "RayletSocketName": os.path.join(s["session_dir"], "node.sock"),
-            "MetricsExportPort": 0,
-            "NodeName": "127.0.0.1",
-            "RuntimeEnvAgentPort": 0,
+            "node_id": "",
+            "address": "",
+            "name": s["node_name"],
             "alive": True,
-            "Resources": _resources(s, available=False),
-            "Labels": {"ray.io/node_id": nid},
+            "death_reason": "",
+            "total": s["total"],
+            "available": s["available"],
+            "store_capacity": s["store_capacity"],
+            "store_used": s["store_used"],
+            "is_head": True,
+            "temp_dir": s["session_dir"],
         }
     ]
 
 
-def _resources(s: dict, available: bool) -> dict[str, float]:
-    src = s["available"] if available else s["total"]
-    out = {k: float(v) for k, v in src.items() if not (k == "GPU" and v == 0 and not available)}
+def _resources(n: dict, ip: str, available: bool) -> dict[str, float]:
+    """One node's resources with Ray's keys (``n`` is a ``status()["cluster"]``
+    entry): zero amounts left out, as Ray does."""
+    src = n["available"] if available else n["total"]
+    out = {k: float(v) for k, v in src.items() if v != 0}
     if available:
-        out["object_store_memory"] = float(s["store_capacity"] - s["store_used"])
+        out["object_store_memory"] = float(max(0, n["store_capacity"] - n["store_used"]))
     else:
-        out["object_store_memory"] = float(s["store_capacity"])
-    out["node:127.0.0.1"] = 1.0
-    out["node:__internal_head__"] = 1.0
-    if available:
-        out = {k: v for k, v in out.items() if v != 0}
+        out["object_store_memory"] = float(n["store_capacity"])
+    out[f"node:{ip}"] = 1.0
+    if n["is_head"]:
+        out["node:__internal_head__"] = 1.0
+    return {k: v for k, v in out.items() if v != 0}
+
+
+def _total(available: bool) -> dict[str, float]:
+    s = _native.status()
+    out: dict[str, float] = {}
+    for n in _cluster(s):
+        if not n["alive"]:
+            continue
+        ip = _split_address(n["address"])[0] or "127.0.0.1"
+        for k, v in _resources(n, ip, available).items():
+            out[k] = out.get(k, 0.0) + v
     return out
 
 
 def cluster_resources() -> dict[str, float]:
+    """What the cluster's alive nodes have in all."""
     ensure_init()
-    return _resources(_native.status(), available=False)
+    return _total(available=False)
 
 
 def available_resources() -> dict[str, float]:
+    """What the cluster's alive nodes have free now."""
     ensure_init()
-    return _resources(_native.status(), available=True)
+    return _total(available=True)
 
 
 def get_gpu_ids() -> list:
@@ -491,7 +638,7 @@ class RuntimeContext:
 
     @property
     def gcs_address(self) -> str:
-        return _state.session_dir
+        return _state.cluster_address
 
 
 def get_runtime_context() -> RuntimeContext:

@@ -320,7 +320,11 @@ ray.shutdown()
 def init_to_first_result(rounds: int) -> tuple[float, float]:
     """Seconds from ``init()`` to the first task's result, each in a fresh
     interpreter (``arca`` imported before the clock starts)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("ARCA_ADDRESS", "RAY_ADDRESS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ARCA_ADDRESS", "RAY_ADDRESS", "ARCA_TEMP_DIR")
+    }
     times = []
     for _ in range(rounds):
         out = subprocess.run(

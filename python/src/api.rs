@@ -40,14 +40,18 @@ pub fn node_running(session_dir: PathBuf) -> bool {
     arca_client::node_running(&session_dir)
 }
 
-/// Connects as a driver: to the node in `session_dir`, or (when `embedded`
-/// is a dict of node settings) to a new node inside this process. Returns
-/// the session directory and the job id.
+/// Connects as a driver. With `embedded` (a dict of node settings): to a
+/// new node inside this process. Else to the node on this machine in
+/// `temp_dir` (default `$ARCA_TEMP_DIR`, else `/tmp/arca`), which must belong
+/// to the cluster whose head is at `address` (`HOST:PORT`) if one is given.
+/// Returns the session directory and the job id.
 #[pyfunction]
-#[pyo3(signature = (session_dir, embedded, worker_command, worker_cwd, worker_env, log_to_driver))]
+#[pyo3(signature = (address, temp_dir, embedded, worker_command, worker_cwd, worker_env, log_to_driver))]
+#[allow(clippy::too_many_arguments)]
 pub fn connect(
     py: Python<'_>,
-    session_dir: Option<PathBuf>,
+    address: Option<String>,
+    temp_dir: Option<PathBuf>,
     embedded: Option<&Bound<'_, PyDict>>,
     worker_command: Vec<String>,
     worker_cwd: PathBuf,
@@ -56,7 +60,8 @@ pub fn connect(
 ) -> PyResult<(String, u64)> {
     let node_config = embedded.map(node_config).transpose()?;
     let config = arca_client::Config {
-        address: session_dir,
+        address,
+        temp_dir,
         worker_command: Some(worker_command),
         worker_cwd: Some(worker_cwd),
         worker_env,
@@ -81,6 +86,13 @@ pub fn connect(
         dir.display().to_string(),
         core::job_id().map_err(to_py_err)?,
     ))
+}
+
+/// The id (hex) of the node this process runs on in its cluster; empty for
+/// a node outside a cluster.
+#[pyfunction]
+pub fn node_id() -> PyResult<String> {
+    core::node_id().map_err(to_py_err)
 }
 
 fn node_config(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {
@@ -380,7 +392,9 @@ pub fn kill(actor: &Bound<'_, PyObjectRef>, no_restart: bool) -> PyResult<()> {
     core::kill_actor(actor.get().inner.id(), no_restart).map_err(to_py_err)
 }
 
-/// The node's status: resources, workers, tasks, store.
+/// The node's status: resources, workers, tasks, store, and every node of
+/// its cluster (`cluster`: one dict per node, `node_id` in hex; only this
+/// node, with an empty id, outside a cluster).
 #[pyfunction]
 pub fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = py.detach(arca_client::status).map_err(to_py_err)?;
@@ -398,8 +412,34 @@ pub fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("available", amounts(s.available))?;
     d.set_item("store_used", s.store_used)?;
     d.set_item("store_capacity", s.store_capacity)?;
+    d.set_item("store_spilled", s.store_spilled)?;
     d.set_item("objects", s.objects)?;
     d.set_item("workers", s.workers.len())?;
+    d.set_item("tasks_queued", s.tasks_queued)?;
+    d.set_item("tasks_running", s.tasks_running)?;
+    let cluster = PyList::empty(py);
+    for n in s.cluster {
+        let c = PyDict::new(py);
+        let id: String = n.node_id.iter().map(|b| format!("{b:02x}")).collect();
+        c.set_item("node_id", id)?;
+        c.set_item("address", &n.address)?;
+        c.set_item("name", &n.name)?;
+        c.set_item("alive", n.alive)?;
+        c.set_item("death_reason", &n.death_reason)?;
+        c.set_item("total", amounts(n.total))?;
+        c.set_item("available", amounts(n.available))?;
+        c.set_item("store_capacity", n.store_capacity)?;
+        c.set_item("store_used", n.store_used)?;
+        c.set_item("store_spilled", n.store_spilled)?;
+        c.set_item("tasks_queued", n.tasks_queued)?;
+        c.set_item("is_head", n.is_head)?;
+        c.set_item("temp_dir", &n.temp_dir)?;
+        c.set_item("pid", n.pid)?;
+        cluster.append(c)?;
+    }
+    d.set_item("cluster", cluster)?;
+    d.set_item("cluster_address", &s.cluster_address)?;
+    d.set_item("head_error", &s.head_error)?;
     Ok(d)
 }
 

@@ -24,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(refs::end_borrow, m)?)?;
     m.add_function(wrap_pyfunction!(api::node_running, m)?)?;
     m.add_function(wrap_pyfunction!(api::connect, m)?)?;
+    m.add_function(wrap_pyfunction!(api::node_id, m)?)?;
     m.add_function(wrap_pyfunction!(api::shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(api::is_initialized, m)?)?;
     m.add_function(wrap_pyfunction!(api::put, m)?)?;

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import random
+import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,13 @@ import arca
 REPO = Path(__file__).resolve().parents[2]
 ARCA_BIN = REPO / "target" / "release" / "arca"
 ARCA_BIN_DEBUG = REPO / "target" / "debug" / "arca"
+
+# Where nodes that tests start with `arca start` listen: the head's control
+# service and each node's peer service bind to an IP of their own.
+TEST_IP = "127.0.3.1"
+TEST_PORTS = range(19000, 20000)
+# Variables that pick a node for init(): a driver under test sets its own.
+NODE_ENV_VARS = ("ARCA_ADDRESS", "RAY_ADDRESS", "ARCA_TEMP_DIR")
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +44,7 @@ def _watchdog():
 @pytest.fixture(scope="session")
 def ray():
     """An embedded node with 2 CPUs in the pytest process, for the whole session."""
-    for var in ("ARCA_ADDRESS", "RAY_ADDRESS"):
+    for var in NODE_ENV_VARS:
         os.environ.pop(var, None)
     arca.init(address="local", num_cpus=2)
     yield arca
@@ -43,9 +52,53 @@ def ray():
 
 
 def driver_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("ARCA_ADDRESS", "RAY_ADDRESS")}
+    env = {k: v for k, v in os.environ.items() if k not in NODE_ENV_VARS}
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def free_port(ip: str = TEST_IP) -> int:
+    """A port of ``TEST_PORTS`` free on ``ip`` now, for a head's ``--port``."""
+    first = random.randrange(len(TEST_PORTS))
+    for i in range(len(TEST_PORTS)):
+        port = TEST_PORTS[(first + i) % len(TEST_PORTS)]
+        with socket.socket() as s:
+            try:
+                s.bind((ip, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {TEST_PORTS} on {ip}")
+
+
+def start_head(arca_bin: Path, temp_dir: Path, *args: str) -> str:
+    """Starts a head with ``arca start`` on ``TEST_IP`` and a free port in
+    ``temp_dir``; returns its address. Stop it with ``stop_node``."""
+    for _ in range(5):
+        address = f"{TEST_IP}:{free_port()}"
+        ip, port = address.split(":")
+        p = subprocess.run(
+            [str(arca_bin), "start", "--head", "--port", port, "--node-ip-address", ip]
+            + ["--temp-dir", str(temp_dir), *args],
+            timeout=60,
+            capture_output=True,
+            text=True,
+            env=driver_env(),
+        )
+        if p.returncode == 0:
+            return address
+        if "in use" not in p.stderr.lower():
+            break
+    raise AssertionError(f"arca start --head failed: {p.stdout}{p.stderr}")
+
+
+def stop_node(arca_bin: Path, temp_dir: Path | str) -> None:
+    subprocess.run(
+        [str(arca_bin), "stop", "--temp-dir", str(temp_dir)],
+        timeout=60,
+        capture_output=True,
+        env=driver_env(),
+    )
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import driver_env, process_alive, read_pids, wait_for
+from conftest import driver_env, process_alive, read_pids, start_head, stop_node, wait_for
 
 import arca
 
@@ -36,7 +36,31 @@ def test_init_auto_without_node_raises_connection_error(run_driver):
     assert "INITIALIZED False" in p.stdout
 
 
-def test_init_with_missing_session_dir_raises(run_driver, tmp_path):
+def test_init_with_missing_temp_dir_raises(run_driver, tmp_path):
+    p = run_driver(
+        """
+        import os, sys
+        import arca as ray
+        try:
+            ray.init(_temp_dir=sys.argv[1])
+        except ConnectionError as e:
+            print("CONNECTION-ERROR", e)
+        os.environ["ARCA_TEMP_DIR"] = sys.argv[1]
+        try:
+            ray.init()
+        except ConnectionError as e:
+            print("ENV-CONNECTION-ERROR", e)
+        print("INITIALIZED", ray.is_initialized())
+        """,
+        str(tmp_path / "no-node-here"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert "CONNECTION-ERROR No Arca node runs in" in p.stdout, p.stdout
+    assert "ENV-CONNECTION-ERROR" in p.stdout and "unset ARCA_TEMP_DIR" in p.stdout, p.stdout
+    assert "INITIALIZED False" in p.stdout
+
+
+def test_init_with_a_directory_as_address_raises(run_driver, tmp_path):
     p = run_driver(
         """
         import sys
@@ -45,11 +69,14 @@ def test_init_with_missing_session_dir_raises(run_driver, tmp_path):
             ray.init(address=sys.argv[1])
         except ConnectionError as e:
             print("CONNECTION-ERROR", e)
+        print("INITIALIZED", ray.is_initialized())
         """,
-        str(tmp_path / "no-node-here"),
+        str(tmp_path),
     )
     assert p.returncode == 0, p.stderr
-    assert "CONNECTION-ERROR" in p.stdout
+    assert "CONNECTION-ERROR" in p.stdout and "HOST:PORT" in p.stdout, p.stdout
+    assert "ARCA_TEMP_DIR" in p.stdout, p.stdout
+    assert "INITIALIZED False" in p.stdout
 
 
 def test_init_unknown_argument_raises(run_driver):
@@ -93,23 +120,12 @@ def test_is_initialized_shutdown_and_init_again(run_driver):
 
 def _node(arca_bin, tmp_path):
     session = tmp_path / "session"
-    subprocess.run(
-        [str(arca_bin), "start", "--head", "--num-cpus", "2", "--temp-dir", str(session)],
-        check=True,
-        timeout=60,
-        capture_output=True,
-        env=driver_env(),
-    )
+    start_head(arca_bin, session, "--num-cpus", "2", "--memory", "256MiB")
     return session
 
 
 def _stop(arca_bin, session):
-    subprocess.run(
-        [str(arca_bin), "stop", "--temp-dir", str(session)],
-        timeout=60,
-        capture_output=True,
-        env=driver_env(),
-    )
+    stop_node(arca_bin, session)
 
 
 def test_num_cpus_when_connecting_raises_value_error(run_driver, arca_bin, tmp_path):
@@ -120,11 +136,11 @@ def test_num_cpus_when_connecting_raises_value_error(run_driver, arca_bin, tmp_p
             import sys
             import arca as ray
             try:
-                ray.init(address=sys.argv[1], num_cpus=1)
+                ray.init(_temp_dir=sys.argv[1], num_cpus=1)
             except ValueError as e:
                 print("VALUE-ERROR", e)
             print("INITIALIZED", ray.is_initialized())
-            ray.init(address=sys.argv[1])
+            ray.init(_temp_dir=sys.argv[1])
             @ray.remote
             def f():
                 return "ran"
@@ -233,7 +249,7 @@ def test_log_to_driver_false_with_running_node(run_driver, arca_bin, tmp_path):
             """
             import sys
             import arca as ray
-            ray.init(address=sys.argv[1], log_to_driver=False)
+            ray.init(_temp_dir=sys.argv[1], log_to_driver=False)
             @ray.remote
             def chatty():
                 print("hello-from-the-task", flush=True)

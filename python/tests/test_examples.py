@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import driver_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -72,7 +73,7 @@ def test_every_example_is_listed():
 
 @pytest.mark.parametrize(("script", "expected"), CASES, ids=[s for s, _ in CASES])
 def test_example(script, expected):
-    env = {k: v for k, v in os.environ.items() if k not in ("ARCA_ADDRESS", "RAY_ADDRESS")}
+    env = driver_env()
     env["PYTHONIOENCODING"] = "utf-8"
     proc = subprocess.run(
         [sys.executable, script],

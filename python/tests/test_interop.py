@@ -11,6 +11,7 @@ import sys
 import tempfile
 
 import pytest
+from conftest import driver_env, start_head, stop_node
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -58,16 +59,11 @@ print("rust exit", rust.wait(timeout=30))
 def test_rust_and_python_share_objects():
     arca_bin, interop = _bin("arca"), _bin("examples/interop")
     with tempfile.TemporaryDirectory(prefix="arca-interop-") as d:
-        env = {k: v for k, v in os.environ.items() if k not in ("ARCA_ADDRESS", "RAY_ADDRESS")}
-        subprocess.run(
-            [arca_bin, "start", "--head", "--temp-dir", d, "--num-cpus", "1", "--memory", "256MiB"],
-            check=True,
-            timeout=60,
-            env=env,
-            capture_output=True,
-        )
+        env = driver_env()
         try:
-            env["ARCA_ADDRESS"] = d
+            start_head(arca_bin, d, "--num-cpus", "1", "--memory", "256MiB")
+            # Both drivers (and the Rust one it starts) use the node in d.
+            env["ARCA_TEMP_DIR"] = d
             out = subprocess.run(
                 [sys.executable, "-c", DRIVER, str(interop)],
                 env=env,
@@ -76,9 +72,7 @@ def test_rust_and_python_share_objects():
                 text=True,
             )
         finally:
-            subprocess.run(
-                [arca_bin, "stop", "--temp-dir", d], timeout=60, env=env, capture_output=True
-            )
+            stop_node(arca_bin, d)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "3 bytes sum 294" in text, text
