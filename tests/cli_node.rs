@@ -96,7 +96,8 @@ impl Session {
 
     /// `arca start --head` with a small store and `extra` flags; must succeed.
     fn start(&self, extra: &[&str]) -> Output {
-        let mut args = vec!["start", "--head", "--memory", "64MiB"];
+        // Port 0: tests run at once, each head on a port of its own.
+        let mut args = vec!["start", "--head", "--port", "0", "--memory", "64MiB"];
         args.extend(extra);
         let out = self.arca(&args);
         assert!(
@@ -183,7 +184,7 @@ fn driver() {
         worker_args: entry_args(),
         ..arca::Config::default()
     })
-    .expect("arca::init_with (the node in $ARCA_ADDRESS)");
+    .expect("arca::init_with (the node in $ARCA_TEMP_DIR)");
     let big = arca::put(&vec![7u8; BIG]).expect("put");
     mark(Path::new(&markers), "put", &big.id().to_hex());
     let held = hold::remote(markers.clone());
@@ -213,7 +214,7 @@ impl Driver {
             .args(entry_args())
             .env(ROLE_VAR, "driver")
             .env(MARKERS_VAR, markers)
-            .env("ARCA_ADDRESS", session.dir())
+            .env("ARCA_TEMP_DIR", session.dir())
             .env_remove("ARCA_WORKER_ID")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -265,7 +266,7 @@ fn start_status_memory_stop() {
     let text = stdout(&out);
     let node = s.node_pid();
     for want in [
-        format!("export ARCA_ADDRESS={}", s.dir_str()),
+        format!("export ARCA_TEMP_DIR={}", s.dir_str()),
         format!("arca stop --temp-dir {}", s.dir_str()),
         format!("pid {node}"),
         "Custom 2".into(),
@@ -373,7 +374,7 @@ fn start_twice_exits_1_and_stop_twice_exits_0() {
     let s = Session::new();
     s.start(&[]);
     let node = s.node_pid();
-    let out = s.arca(&["start", "--head"]);
+    let out = s.arca(&["start", "--head", "--port", "0"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let line = one_error_line(&out);
     assert!(
@@ -423,6 +424,9 @@ fn bad_usage_exits_2_and_starts_nothing() {
         vec!["start", "--head", "--memory", "lots"],
         vec!["start"],
         vec!["start", "--head", "--address", "10.0.0.1:6379"],
+        vec!["start", "--head", "--memory", "0"],
+        vec!["start", "--head", "--memory", "1000TiB"],
+        vec!["start", "--address", "nonsense"],
         vec!["status", "--bogus"],
         vec!["memory", "--socket", "/nowhere.sock"],
     ] {
@@ -430,12 +434,10 @@ fn bad_usage_exits_2_and_starts_nothing() {
         assert_eq!(out.status.code(), Some(2), "arca {args:?}: {out:?}");
         assert!(!out.stderr.is_empty(), "arca {args:?} says why");
     }
+    // No head of that address runs here, so no token can be found.
     let out = s.arca(&["start", "--address", "10.0.0.1:6379"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        one_error_line(&out).contains("multi-node is not available yet"),
-        "{out:?}"
-    );
+    assert!(one_error_line(&out).contains("no cluster token"), "{out:?}");
     assert!(!s.dir().join("node.sock").exists(), "no node started");
 }
 

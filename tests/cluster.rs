@@ -57,6 +57,33 @@ fn pass_on(refs: Vec<ObjectRef<Vec<u8>>>, seed: u64) -> Vec<ObjectRef<Vec<u8>>> 
     refs
 }
 
+struct Counter {
+    n: i64,
+}
+
+#[arca::actor]
+impl Counter {
+    fn new(n: i64) -> Self {
+        Counter { n }
+    }
+
+    fn incr(&mut self, by: i64) -> i64 {
+        self.n += by;
+        self.n
+    }
+
+    fn node(&self) -> String {
+        arca::node_id().unwrap_or_default()
+    }
+}
+
+/// Calls an actor through a handle passed to a task on another node.
+#[arca::remote]
+fn call_actor(c: CounterHandle, times: u32) -> Vec<i64> {
+    let refs: Vec<_> = (0..times).map(|_| c.incr(1)).collect();
+    arca::get_many_timeout(&refs, Some(Duration::from_secs(30))).expect("calls from a third node")
+}
+
 #[arca::remote]
 fn sleep_then(ms: u64, i: u32) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -115,39 +142,45 @@ impl Cluster {
             nodes: Vec::new(),
             _dirs: Vec::new(),
         };
-        for (i, s) in specs.iter().enumerate() {
-            let dir = TempDir::new();
-            let node_dir = dir.path().join("node");
-            let mut cmd = Command::new(arca_bin());
-            cmd.arg("start")
-                .arg("--temp-dir")
-                .arg(&node_dir)
-                .args(["--num-cpus", &s.cpus.to_string(), "--memory", s.memory])
-                .args(["--node-ip-address", &format!("127.0.0.{}", i + 1)])
-                .args(extra)
-                .env_remove("ARCA_TOKEN")
-                .env_remove("ARCA_ADDRESS")
-                .env_remove("ARCA_TEMP_DIR");
-            if i == 0 {
-                cmd.args(["--head", "--port", &port.to_string()]);
-            } else {
-                cmd.args(["--address", &c.address()]);
-            }
-            if !s.resources.is_empty() {
-                cmd.args(["--resources", s.resources]);
-            }
-            let out = arca_cmd(&mut cmd);
-            // Registered first, so that a failed start still stops the others.
-            c.nodes.push(node_dir);
-            c._dirs.push(dir);
-            assert!(
-                out.status.success(),
-                "node {i} did not start: {}",
-                text(&out)
-            );
+        for s in specs {
+            c.add(s, extra);
         }
         c.wait_alive(specs.len());
         c
+    }
+
+    /// Starts one more node (the first is the head).
+    fn add(&mut self, s: &NodeSpec, extra: &[&str]) {
+        let i = self.nodes.len();
+        let dir = TempDir::new();
+        let node_dir = dir.path().join("node");
+        let mut cmd = Command::new(arca_bin());
+        cmd.arg("start")
+            .arg("--temp-dir")
+            .arg(&node_dir)
+            .args(["--num-cpus", &s.cpus.to_string(), "--memory", s.memory])
+            .args(["--node-ip-address", &format!("127.0.0.{}", i + 1)])
+            .args(extra)
+            .env_remove("ARCA_TOKEN")
+            .env_remove("ARCA_ADDRESS")
+            .env_remove("ARCA_TEMP_DIR");
+        if i == 0 {
+            cmd.args(["--head", "--port", &self.port.to_string()]);
+        } else {
+            cmd.args(["--address", &self.address()]);
+        }
+        if !s.resources.is_empty() {
+            cmd.args(["--resources", s.resources]);
+        }
+        let out = arca_cmd(&mut cmd);
+        // Registered first, so that a failed start still stops the others.
+        self.nodes.push(node_dir);
+        self._dirs.push(dir);
+        assert!(
+            out.status.success(),
+            "node {i} did not start: {}",
+            text(&out)
+        );
     }
 
     fn address(&self) -> String {
@@ -358,11 +391,38 @@ fn chain() {
     );
 }
 
+fn remote_actor() {
+    connect();
+    let home = fs::read_to_string(file("home")).unwrap();
+    let c = Counter::options().resources("home", 1.0).remote(100);
+    assert_eq!(
+        get(&c.node()),
+        home,
+        "the actor is not on the node with its resource"
+    );
+    // Calls run in order, one at a time.
+    let refs: Vec<_> = (1..=50).map(|_| c.incr(1)).collect();
+    let got = arca::get_many_timeout(&refs, GET).unwrap();
+    assert_eq!(got, (101..=150).collect::<Vec<i64>>());
+    // Through a handle passed to a task on a third node.
+    let third = call_actor::options()
+        .resources("third", 1.0)
+        .remote(c.clone(), 10);
+    assert_eq!(get(&third), (151..=160).collect::<Vec<i64>>());
+    assert_eq!(get(&c.incr(0)), 160);
+}
+
 fn lost_node() {
     connect();
-    // Long tasks on node 2 (retried elsewhere when it dies), and an object
-    // made there that only it has.
+    // On the victim: an actor, and an object only it has. Elsewhere: long
+    // tasks, some of which run on the victim and are retried.
     let victim = fs::read_to_string(file("victim")).unwrap();
+    let c = Counter::options()
+        .resources("victim", 1.0)
+        .max_restarts(1)
+        .remote(0);
+    assert_eq!(get(&c.node()), victim);
+    assert_eq!(get(&c.incr(5)), 5);
     let lost = make_buffer::options()
         .resources("victim", 1.0)
         .remote(3, 4 << 20);
@@ -379,10 +439,20 @@ fn lost_node() {
             "task {i} was not retried after its node died"
         );
     }
-    let e = get_err(&lost);
-    let msg = e.to_string();
-    assert!(msg.contains(&victim[..8]) || msg.contains(&victim), "{msg}");
-    assert!(msg.contains("lost"), "{msg}");
+    // A node with the same resources replaces the victim: the actor is
+    // restarted there (fresh state) and the lost object made again.
+    let replaced = get(&c.node());
+    assert_ne!(replaced, victim, "the actor did not move");
+    assert_eq!(get(&c.incr(1)), 1, "the restarted actor has fresh state");
+    let b: arca::Buffer = get(&lost);
+    assert!(
+        b[..] == pattern(3, 4 << 20)[..],
+        "the remade object differs"
+    );
+    // A value put by a driver on the dead node... is not here: a put here
+    // whose only pulled copy died elsewhere is still here.
+    let kept = arca::put(&7u64).unwrap();
+    assert_eq!(get(&kept), 7);
 }
 
 #[test]
@@ -394,6 +464,7 @@ fn child_entry() {
         "big_object" => big_object(),
         "chain" => chain(),
         "lost_node" => lost_node(),
+        "remote_actor" => remote_actor(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -488,16 +559,30 @@ fn wait_until_clean(c: &Cluster) {
 }
 
 #[test]
-fn a_killed_node_is_declared_dead_and_its_tasks_retried() {
-    let c = Cluster::start_with(
-        &[
-            NodeSpec { cpus: 1, ..PLAIN },
-            NodeSpec {
-                resources: r#"{"victim": 1}"#,
-                ..PLAIN
-            },
-            PLAIN,
-        ],
+fn actors_on_other_nodes_take_calls_in_order() {
+    let c = Cluster::start(&[
+        PLAIN,
+        NodeSpec {
+            resources: r#"{"home": 1}"#,
+            ..PLAIN
+        },
+        NodeSpec {
+            resources: r#"{"third": 1}"#,
+            ..PLAIN
+        },
+    ]);
+    c.driver(0, "remote_actor", &[("home", c.node_id(1))])
+        .finish();
+}
+
+#[test]
+fn a_killed_node_is_declared_dead_its_work_retried_restarted_and_remade() {
+    let victim_spec = NodeSpec {
+        resources: r#"{"victim": 2}"#,
+        ..PLAIN
+    };
+    let mut c = Cluster::start_with(
+        &[NodeSpec { cpus: 1, ..PLAIN }, victim_spec, PLAIN],
         &["--node-timeout", "1"],
     );
     let victim = c.node_id(1);
@@ -506,7 +591,15 @@ fn a_killed_node_is_declared_dead_and_its_tasks_retried() {
     common::wait_until("the driver to be ready", WAIT, || {
         kill.exists() || d.exited()
     });
+    assert!(kill.exists(), "{}", d.output());
     sigkill(c.pid(1));
+    c.add(
+        &NodeSpec {
+            resources: r#"{"victim": 2}"#,
+            ..PLAIN
+        },
+        &["--node-timeout", "1"],
+    );
     d.finish();
     let s = c.status(0);
     let dead = s["nodes"]
@@ -521,6 +614,12 @@ fn a_killed_node_is_declared_dead_and_its_tasks_retried() {
         dead["death_reason"].as_str().unwrap().contains("heartbeat"),
         "{dead}"
     );
+    // The head did remake the object and restart the actor (the driver saw
+    // the results).
+    let log = fs::read_to_string(c.head().join("node.log")).unwrap();
+    for want in ["remaking outputs lost with their node", "restarting actor"] {
+        assert!(log.contains(want), "`{want}` not in the head's log:\n{log}");
+    }
 }
 
 #[test]

@@ -683,9 +683,9 @@ fn exit_with_tasks_running(address: Option<std::path::PathBuf>) {
     match address {
         None => init_default(),
         Some(a) => arca::init_with(arca::Config {
-            address: Some(a),
-            embedded: None,
+            temp_dir: Some(a),
             worker_args: entry_args(),
+            ..Default::default()
         })
         .expect("connect to the external node"),
     }
@@ -737,9 +737,9 @@ fn external_squares() {
 /// Connects a driver to the external node.
 fn init_external() {
     arca::init_with(arca::Config {
-        address: Some(file("session")),
-        embedded: None,
+        temp_dir: Some(file("session")),
         worker_args: entry_args(),
+        ..Default::default()
     })
     .expect("connect to the external node");
 }

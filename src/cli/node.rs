@@ -134,7 +134,8 @@ pub struct NodeArgs {
     /// Join the cluster whose head is at HOST:PORT.
     #[arg(long, value_name = "HOST:PORT")]
     address: Option<String>,
-    /// The head's port for its control service (with --head).
+    /// The head's port for its control service (with --head; 0 picks a
+    /// free one).
     #[arg(long, default_value_t = arca_proto::consts::DEFAULT_PORT, requires = "head")]
     port: u16,
     /// The IP address other nodes reach this node at [default: 127.0.0.1].
@@ -519,6 +520,7 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
         .mode(0o700)
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
+    let _ = fs::remove_file(dir.join(HEAD_ADDRESS_FILE));
     let log_path = dir.join(LOG_FILE);
     let log = fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -542,6 +544,14 @@ pub fn start(a: StartArgs) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start the node process")?;
     let status = wait_serving(&mut child, &dir, &log_path)?;
+    if a.node.head {
+        // The node notes its address for other nodes here right after it serves.
+        let noted = dir.join(HEAD_ADDRESS_FILE);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !noted.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     print!("{}", started(&status, &config, &log_path));
     Ok(())
 }
@@ -658,15 +668,14 @@ pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
     signals.thread_block().context("cannot block signals")?;
     let config = a.node.config()?;
     let dir = config.session_dir.clone();
-    if let Some(c) = config.cluster.as_ref().filter(|c| c.head) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        write_head_files(&dir, c)?;
-    }
+    let head = config.cluster.clone().filter(|c| c.head);
     let node = Node::start(config)?;
+    let mut registry = None;
+    if let (Some(mut c), Some(address)) = (head, node.cluster_address()) {
+        c.address = address;
+        write_head_files(&dir, &c)?;
+        registry = Some(head_registry(&c.address));
+    }
     let pid_file = dir.join(PID_FILE);
     let me = std::process::id();
     fs::write(&pid_file, format!("{me}\n"))
@@ -687,6 +696,10 @@ pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
         tracing::info!("asked to stop, shutting down");
     }
     node.shutdown();
+    if let Some(r) = registry {
+        let _ = fs::remove_file(r);
+        let _ = fs::remove_file(dir.join(HEAD_ADDRESS_FILE));
+    }
     if read_pid(&dir) == Some(me) {
         let _ = fs::remove_file(&pid_file);
     }

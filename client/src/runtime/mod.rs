@@ -256,10 +256,16 @@ pub fn init_with_node(
     if RUNTIME.read().is_some() {
         return Err(Error::AlreadyInitialized);
     }
-    let (address, from_env) = match config.address.clone() {
+    let (mut address, from_env) = match config.address.clone() {
+        _ if config.start_node => (None, false),
         Some(a) => (Some(a), false),
         None => (env(ENV_ADDRESS), true),
     };
+    // `auto` (as in Ray): a node must run here, of whichever cluster.
+    let auto = address.as_deref() == Some("auto");
+    if auto {
+        address = None;
+    }
     let temp_dir = config
         .temp_dir
         .clone()
@@ -311,6 +317,12 @@ pub fn init_with_node(
             (dir, None)
         }
         (None, None) if node_running(&default) => (default, None),
+        (None, None) if auto => {
+            return Err(Error::Node(format!(
+                "{named} is `auto` but no node runs on this machine (none in {DEFAULT_SESSION_DIR}); \
+                 start one with `arca start --head`, or set {ENV_TEMP_DIR} to a node's temp dir"
+            )));
+        }
         (None, None) => {
             let node = start()?;
             (node.session_dir().to_path_buf(), Some(node))

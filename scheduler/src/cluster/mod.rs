@@ -260,12 +260,18 @@ impl Cluster {
         } else {
             parse_addr(&format!("{}:0", config.node_ip))?
         };
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(bind))
-            .map_err(|cause| ClusterError::Listen {
-                address: bind.to_string(),
-                cause,
-            })?;
+        let listener =
+            rt.block_on(tokio::net::TcpListener::bind(bind))
+                .map_err(|cause| match cause.kind() {
+                    std::io::ErrorKind::AddrInUse => ClusterError::Join(format!(
+                        "cannot listen on {bind}: the port is in use (another head or program runs \
+                     there); pick another with --port"
+                    )),
+                    _ => ClusterError::Listen {
+                        address: bind.to_string(),
+                        cause,
+                    },
+                })?;
         let local = listener
             .local_addr()
             .map_err(|cause| ClusterError::Listen {

@@ -59,6 +59,14 @@ impl Shared {
         };
         let f = Arc::clone(&t.function);
         let actor = parse_id(&t.spec.actor_id);
+        if let Some(a) = actor
+            && !st.actors.contains_key(&a)
+            && st.objects.get(&a).is_some_and(|o| o.lender.is_some())
+        {
+            // A borrowed handle: the call goes to the actor's node.
+            self.call_remote_actor(st, a, tid);
+            return false;
+        }
         let dead = match actor.and_then(|a| st.actors.get(&a)) {
             None => Some(error(
                 K::ActorDied,
@@ -178,6 +186,10 @@ impl Shared {
     /// Runs the actor's next calls, in order, while it has free slots
     /// (`max_concurrency`) and the next call's arguments exist.
     pub(crate) fn actor_dispatch(&self, st: &mut State, a: &ObjectId) {
+        if let Some(node) = st.actors.get(a).and_then(|x| x.location) {
+            // It lives on another node: its calls go there, in order.
+            return self.forward_actor_calls(st, a, node);
+        }
         loop {
             let Some(actor) = st.actors.get(a) else {
                 return;
@@ -282,6 +294,52 @@ impl Shared {
         }
     }
 
+    /// Queues the actor's constructor again (a restart): its task if it is
+    /// still there, else a new one made from the actor's spec.
+    pub(crate) fn requeue_creation(&self, st: &mut State, a: &ObjectId) {
+        let Some(actor) = st.actors.get_mut(a) else {
+            return;
+        };
+        let resources = actor.resources.clone();
+        let class = Arc::clone(&actor.class);
+        let tid = match actor.creation {
+            Some(t) => t,
+            None => {
+                let spec = actor.spec.clone();
+                let tid = parse_id(&spec.task_id).unwrap_or_else(ObjectId::random);
+                let task = Task {
+                    function: format!("{class}::new").into(),
+                    job: actor.job,
+                    state: TaskState::Ready,
+                    pending_deps: 0,
+                    resources: resources.clone(),
+                    attempt: 0,
+                    retries_left: 0,
+                    cancelled: false,
+                    holds: Vec::new(),
+                    deps: Vec::new(),
+                    origin: actor.origin,
+                    fetching: 0,
+                    spec,
+                };
+                actor.creation = Some(tid);
+                st.tasks.insert(tid, task);
+                tid
+            }
+        };
+        if let Some(t) = st.tasks.get_mut(&tid) {
+            t.state = TaskState::Ready;
+        }
+        match st.classes.iter_mut().find(|c| c.resources == resources) {
+            Some(c) => c.queue.push_front(tid),
+            None => st.classes.push(Class {
+                resources,
+                queue: [tid].into(),
+            }),
+        }
+        self.schedule(st);
+    }
+
     /// The actor's process ended: restart it, or fail what it had left.
     pub(crate) fn actor_worker_died(&self, st: &mut State, a: &ObjectId, why: pb::ErrorInfo) {
         let Some(actor) = st.actors.get_mut(a) else {
@@ -320,42 +378,7 @@ impl Shared {
             actor.restarts_left -= 1;
             actor.state = ActorState::Pending;
             tracing::info!(actor = %class, restarts_left = actor.restarts_left, "restarting actor: {}", why.message);
-            let tid = match actor.creation {
-                Some(t) => t,
-                None => {
-                    let spec = actor.spec.clone();
-                    let tid = parse_id(&spec.task_id).unwrap_or_else(ObjectId::random);
-                    let task = Task {
-                        function: format!("{class}::new").into(),
-                        job: actor.job,
-                        state: TaskState::Ready,
-                        pending_deps: 0,
-                        resources: resources.clone(),
-                        attempt: 0,
-                        retries_left: 0,
-                        cancelled: false,
-                        holds: Vec::new(),
-                        deps: Vec::new(),
-                        origin: actor.origin,
-                        fetching: 0,
-                        spec,
-                    };
-                    actor.creation = Some(tid);
-                    st.tasks.insert(tid, task);
-                    tid
-                }
-            };
-            if let Some(t) = st.tasks.get_mut(&tid) {
-                t.state = TaskState::Ready;
-            }
-            match st.classes.iter_mut().find(|c| c.resources == resources) {
-                Some(c) => c.queue.push_front(tid),
-                None => st.classes.push(Class {
-                    resources,
-                    queue: [tid].into(),
-                }),
-            }
-            self.schedule(st);
+            self.requeue_creation(st, a);
         } else {
             let e = died("");
             match st.actors.get(a).and_then(|a| a.creation) {

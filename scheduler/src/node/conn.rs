@@ -45,6 +45,8 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
             seq,
         }) => (h, seq),
         Ok(r) => return refuse(&writer, r.seq, "the first message must be Hello".into()),
+        // A probe (`node_running`) connects and hangs up without a word.
+        Err(RecvError::Closed) => return,
         Err(e) => return refuse(&writer, 0, format!("bad handshake: {e}")),
     };
     if hello.version != NODE_PROTOCOL_VERSION {

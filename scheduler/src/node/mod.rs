@@ -198,6 +198,12 @@ impl Node {
         &self.shared.config.session_dir
     }
 
+    /// The cluster's head (`HOST:PORT`, the port chosen if 0 was asked
+    /// for), if this node is in a cluster.
+    pub fn cluster_address(&self) -> Option<String> {
+        self.shared.cluster.get().map(|c| c.head_address.clone())
+    }
+
     /// The node's socket.
     pub fn node_socket(&self) -> PathBuf {
         self.shared.config.node_socket()

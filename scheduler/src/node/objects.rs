@@ -39,6 +39,10 @@ impl Obj {
             lent: Vec::new(),
             pulling: false,
             fetchers: Vec::new(),
+            actor_node: None,
+            waiting_calls: Vec::new(),
+            lineage: None,
+            relocations: 0,
         }
     }
 }
@@ -117,9 +121,21 @@ impl Shared {
             return;
         };
         if o.is_ready() {
+            // Made twice (a task run again): the second copy goes.
+            match body {
+                Body::Stored(_) => self.store.delete(&[id]),
+                Body::Remote { node, .. } => self.give_back(&id, vec![(node, 1)]),
+                _ => {}
+            }
             return;
         }
         let remote = matches!(body, Body::Remote { .. });
+        let fetchers = if remote {
+            Vec::new()
+        } else {
+            std::mem::take(&mut o.fetchers)
+        };
+        let pull_for_fetchers = remote && !o.fetchers.is_empty();
         o.state = ObjState::Ready(body);
         let mut waiters = std::mem::take(&mut o.waiters);
         let dependents = std::mem::take(&mut o.dependents);
@@ -159,6 +175,12 @@ impl Shared {
         for t in dependents {
             self.dependency_ready(st, t, id);
         }
+        for t in fetchers {
+            self.fetched(st, t);
+        }
+        if pull_for_fetchers {
+            self.start_pull(st, id);
+        }
         self.free_if_unused(st, id);
     }
 
@@ -190,6 +212,7 @@ impl Shared {
     pub(crate) fn free_if_unused(&self, st: &mut State, id: ObjectId) {
         let mut stack = vec![id];
         let mut deletes = Vec::new();
+        let mut lineage_holds = Vec::new();
         while let Some(id) = stack.pop() {
             if !st
                 .objects
@@ -205,6 +228,16 @@ impl Shared {
                 deletes.push(id);
             }
             self.give_back(&id, std::mem::take(&mut o.granted));
+            if let Some(t) = o.lineage
+                && let Some(l) = st.lineage.get_mut(&t)
+            {
+                l.live = l.live.saturating_sub(1);
+                if l.live == 0
+                    && let Some(l) = st.lineage.remove(&t)
+                {
+                    lineage_holds.extend(l.holds);
+                }
+            }
             if let Some(a) = o.actor.then_some(id).and_then(|a| st.actors.get(&a))
                 && let Some(node) = a.location
             {
@@ -231,6 +264,9 @@ impl Shared {
         }
         if !deletes.is_empty() {
             self.store.delete(&deletes);
+        }
+        for h in lineage_holds {
+            self.release(st, &h, Hold::Task);
         }
     }
 

@@ -420,6 +420,10 @@ impl Shared {
             return;
         }
         let me = st.node_id;
+        let actor_node = loc
+            .as_ref()
+            .ok()
+            .and_then(|l| NodeId::from_slice(&l.actor_node));
         let (body, encoding) = match loc {
             Err(e) => (
                 Body::Error(error(
@@ -456,10 +460,16 @@ impl Shared {
         for c in &contained {
             self.accept_grant(st, lender, *c);
         }
+        let mut calls = Vec::new();
         if let Some(o) = st.objects.get_mut(&id) {
             o.encoding = encoding;
+            o.actor_node = actor_node;
+            calls = std::mem::take(&mut o.waiting_calls);
         }
         self.complete(st, id, body, contained);
+        for tid in calls {
+            self.call_remote_actor(st, id, tid);
+        }
     }
 
     /// Another node asks where objects are: answered once all are ready.
@@ -530,6 +540,12 @@ impl Shared {
                             format!("object {id} is not ready"),
                         )),
                     });
+                    if o.actor
+                        && let Some(a) = st.actors.get(id)
+                    {
+                        loc.actor_node =
+                            a.location.or(me).map(|n| n.to_bytes()).unwrap_or_default();
+                    }
                     o.contained.clone()
                 }
             };
@@ -594,6 +610,18 @@ impl Shared {
                 Err("the pulled copy vanished from the store".to_string())
             }
         });
+        if adopted.is_err()
+            && let Some(l) = o.lender
+            && o.relocations < 3
+        {
+            // The copy it was told of is gone (its node died, or it was
+            // remade elsewhere): ask the lender again.
+            o.relocations += 1;
+            o.state = ObjState::Locating;
+            tracing::info!(object = %id, from = %from, "pull failed; locating it again");
+            self.start_locate(l, id);
+            return;
+        }
         o.state = ObjState::Ready(match adopted {
             Ok(()) => Body::Stored(size),
             Err(e) => {
@@ -762,26 +790,211 @@ impl Shared {
         } else {
             st.finished += 1;
         }
-        for h in &task.holds {
-            self.release(st, h, Hold::Task);
-        }
         let kind = pb::TaskKind::try_from(task.spec.kind).unwrap_or(pb::TaskKind::Normal);
-        if kind == pb::TaskKind::ActorCreation
-            && let Some(a) = parse_id(&task.spec.actor_id)
-        {
-            match error_result {
-                Some(e) => self.actor_failed(st, &a, e),
-                None => {
-                    if let Some(actor) = st.actors.get_mut(&a) {
-                        actor.creation = None;
-                        actor.state = ActorState::Alive;
-                        actor.holds = task.holds;
+        let mut task = task;
+        match kind {
+            pb::TaskKind::ActorCreation => {
+                let a = parse_id(&task.spec.actor_id);
+                let alive = error_result.is_none();
+                if let Some(e) = error_result
+                    && let Some(a) = a
+                {
+                    self.actor_failed(st, &a, e);
+                }
+                if alive && let Some(actor) = a.and_then(|a| st.actors.get_mut(&a)) {
+                    actor.creation = None;
+                    actor.state = ActorState::Alive;
+                    if actor.holds.is_empty() {
+                        // Kept for restarts.
+                        actor.holds = std::mem::take(&mut task.holds);
                     }
+                }
+                for h in &task.holds {
+                    self.release(st, h, Hold::Task);
+                }
+            }
+            pb::TaskKind::Normal if task.origin.is_none() => self.keep_lineage(st, tid, task),
+            _ => {
+                for h in &task.holds {
+                    self.release(st, h, Hold::Task);
                 }
             }
         }
         self.schedule(st);
         Ok(())
+    }
+
+    /// A task that ran on another node finished: while an output of it that
+    /// lives only there is referenced, its spec and argument holds are kept
+    /// to make that output again if the node dies.
+    fn keep_lineage(&self, st: &mut State, tid: TaskId, task: Task) {
+        let mut live = 0;
+        for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
+            if let Some(o) = st.objects.get_mut(&r)
+                && matches!(o.state, ObjState::Ready(Body::Remote { .. }))
+            {
+                o.lineage = Some(tid);
+                live += 1;
+            }
+        }
+        if live == 0 || task.retries_left == 0 {
+            for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
+                if let Some(o) = st.objects.get_mut(&r) {
+                    o.lineage = None;
+                }
+            }
+            for h in &task.holds {
+                self.release(st, h, Hold::Task);
+            }
+            return;
+        }
+        st.lineage.insert(
+            tid,
+            super::state::Lineage {
+                reruns_left: task.retries_left,
+                spec: task.spec,
+                function: task.function,
+                job: task.job,
+                resources: task.resources,
+                holds: task.holds,
+                live,
+            },
+        );
+    }
+
+    /// Runs a finished task again to remake its outputs lost with a node;
+    /// false if it cannot (no lineage, no reruns left, its driver is gone).
+    fn reconstruct(&self, st: &mut State, tid: TaskId, dead: NodeId) -> bool {
+        if st.tasks.contains_key(&tid) {
+            return true; // already running again
+        }
+        let Some(l) = st.lineage.get_mut(&tid) else {
+            return false;
+        };
+        if l.reruns_left == 0 || !st.jobs.get(&l.job).is_some_and(|j| j.alive) {
+            return false;
+        }
+        l.reruns_left -= 1;
+        let spec = l.spec.clone();
+        let deps: Vec<ObjectId> = spec
+            .args
+            .iter()
+            .filter_map(|a| match &a.kind {
+                Some(pb::arg::Kind::Object(b)) => parse_id(b),
+                _ => None,
+            })
+            .collect();
+        let task = Task {
+            function: Arc::clone(&l.function),
+            job: l.job,
+            state: TaskState::Waiting,
+            pending_deps: 0,
+            resources: l.resources.clone(),
+            attempt: 0,
+            retries_left: l.reruns_left,
+            cancelled: false,
+            holds: Vec::new(),
+            deps: deps.clone(),
+            origin: None,
+            fetching: 0,
+            spec,
+        };
+        tracing::info!(task = %task.function, node = %dead, "remaking outputs lost with their node");
+        for r in task.spec.returns.iter().filter_map(|b| parse_id(b)) {
+            if let Some(o) = st.objects.get_mut(&r)
+                && matches!(o.state, ObjState::Ready(Body::Remote { node, .. }) if node == dead)
+            {
+                o.state = ObjState::Pending(tid);
+                o.pulling = false;
+            }
+        }
+        st.tasks.insert(tid, task);
+        let mut pending = 0;
+        for d in deps {
+            if let Some(o) = st.objects.get_mut(&d).filter(|o| !o.is_ready()) {
+                o.dependents.push(tid);
+                pending += 1;
+            }
+        }
+        if let Some(t) = st.tasks.get_mut(&tid) {
+            t.pending_deps = pending;
+        }
+        if pending == 0 {
+            self.deps_resolved(st, tid);
+        }
+        true
+    }
+
+    /// The node an actor lived on died: its calls there fail; it is
+    /// restarted (on any node) if `max_restarts` allows, else it is dead.
+    fn actor_node_died(&self, st: &mut State, a: &ObjectId, node: NodeId, why: &str) {
+        let Some(actor) = st.actors.get_mut(a) else {
+            return;
+        };
+        actor.location = None;
+        let class = Arc::clone(&actor.class);
+        let creation = actor.creation;
+        let restart = actor.restarts_left > 0
+            && !actor.orphaned
+            && !matches!(actor.state, ActorState::Dead(_));
+        let job = actor.job;
+        let restart = restart && st.jobs.get(&job).is_some_and(|j| j.alive);
+        let died = |f: &str| {
+            error(
+                K::ActorDied,
+                f,
+                format!("actor {class} died: its node {node} died ({why})"),
+            )
+        };
+        let calls: Vec<TaskId> = st
+            .tasks
+            .iter()
+            .filter(|(id, t)| {
+                t.state == TaskState::Forwarded(node)
+                    && Some(**id) != creation
+                    && parse_id(&t.spec.actor_id) == Some(*a)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for t in calls {
+            let Some((spec, f)) = st
+                .tasks
+                .get(&t)
+                .map(|t| (t.spec.clone(), t.function.to_string()))
+            else {
+                continue;
+            };
+            self.drop_grants(st, &spec, node);
+            self.fail_task(st, t, died(&f));
+        }
+        if let Some(spec) = creation
+            .and_then(|c| st.tasks.get(&c))
+            .map(|t| t.spec.clone())
+        {
+            self.drop_grants(st, &spec, node);
+        }
+        if restart {
+            if let Some(actor) = st.actors.get_mut(a) {
+                actor.restarts_left -= 1;
+                actor.state = ActorState::Pending;
+                tracing::info!(actor = %class, restarts_left = actor.restarts_left, "restarting actor: its node {node} died");
+            }
+            self.requeue_creation(st, a);
+        } else {
+            match creation {
+                Some(t) => self.fail_task(st, t, died("")),
+                None => self.actor_failed(st, a, died("")),
+            }
+        }
+    }
+
+    /// Forgets the holds granted to `node` with a task it will never finish.
+    fn drop_grants(&self, st: &mut State, spec: &pb::TaskSpec, node: NodeId) {
+        for id in Self::sent_refs(spec) {
+            if let Some(o) = st.objects.get_mut(&id) {
+                count_down(&mut o.lent, node);
+            }
+        }
     }
 
     /// A forwarded task here ended: its results go to the owner's node.
@@ -874,6 +1087,31 @@ impl Shared {
         }
     }
 
+    /// A call through a handle lent by another node: straight to the node
+    /// the actor lives on, or held until the handle is located.
+    pub(crate) fn call_remote_actor(&self, st: &mut State, a: ObjectId, tid: TaskId) {
+        let Some(o) = st.objects.get_mut(&a) else {
+            return;
+        };
+        match o.actor_node {
+            Some(node) => self.forward(st, tid, node),
+            None if matches!(o.state, ObjState::Locating) => o.waiting_calls.push(tid),
+            None => {
+                let f = st
+                    .tasks
+                    .get(&tid)
+                    .map(|t| t.function.to_string())
+                    .unwrap_or_default();
+                let e = error(
+                    K::ActorDied,
+                    &f,
+                    format!("{f}: the actor's owner does not say where it lives (it ended)"),
+                );
+                self.fail_task(st, tid, e);
+            }
+        }
+    }
+
     /// Sends an actor's queued calls to the node it lives on, in order.
     pub(crate) fn forward_actor_calls(&self, st: &mut State, a: &ObjectId, node: NodeId) {
         let queued: Vec<TaskId> = match st.actors.get_mut(a) {
@@ -889,6 +1127,15 @@ impl Shared {
     /// only it had are lost, holds it had are dropped.
     fn node_died(&self, st: &mut State, node: NodeId, why: &str) {
         tracing::warn!(%node, "node died: {why}");
+        let actors: Vec<ObjectId> = st
+            .actors
+            .iter()
+            .filter(|(_, a)| a.location == Some(node))
+            .map(|(id, _)| *id)
+            .collect();
+        for a in actors {
+            self.actor_node_died(st, &a, node, why);
+        }
         let forwarded: Vec<TaskId> = st
             .tasks
             .iter()
@@ -902,11 +1149,8 @@ impl Shared {
             let kind = pb::TaskKind::try_from(t.spec.kind).unwrap_or(pb::TaskKind::Normal);
             let f = Arc::clone(&t.function);
             // The grants sent with it died with the node.
-            for id in Self::sent_refs(&t.spec) {
-                if let Some(o) = st.objects.get_mut(&id) {
-                    count_down(&mut o.lent, node);
-                }
-            }
+            let spec = t.spec.clone();
+            self.drop_grants(st, &spec, node);
             let Some(t) = st.tasks.get_mut(&tid) else {
                 continue;
             };
@@ -942,20 +1186,6 @@ impl Shared {
                 );
             }
         }
-        let actors: Vec<ObjectId> = st
-            .actors
-            .iter()
-            .filter(|(_, a)| a.location == Some(node))
-            .map(|(id, _)| *id)
-            .collect();
-        for a in actors {
-            let e = error(
-                K::ActorDied,
-                "",
-                format!("the actor's node {node} died ({why})"),
-            );
-            self.actor_failed(st, &a, e);
-        }
         let ids: Vec<ObjectId> = st.objects.keys().copied().collect();
         for id in ids {
             let Some(o) = st.objects.get_mut(&id) else {
@@ -968,6 +1198,21 @@ impl Shared {
                 ObjState::Locating => o.lender == Some(node),
                 _ => false,
             };
+            let lender = o.lender.filter(|l| *l != node);
+            let lineage = o.lineage;
+            if lost && let Some(l) = lender {
+                // Its owner may remake it: ask again where it is.
+                o.state = ObjState::Locating;
+                o.pulling = false;
+                self.start_locate(l, id);
+                continue;
+            }
+            if lost && lineage.is_some_and(|t| self.reconstruct(st, t, node)) {
+                continue;
+            }
+            let Some(o) = st.objects.get_mut(&id) else {
+                continue;
+            };
             if lost {
                 let e = error(
                     K::ObjectLost,
@@ -979,12 +1224,6 @@ impl Shared {
                 o.state = ObjState::Locating; // so that `complete` takes the error
                 o.pulling = false;
                 self.complete(st, id, Body::Error(e), Vec::new());
-                if let Some(o) = st.objects.get_mut(&id) {
-                    let fetchers = std::mem::take(&mut o.fetchers);
-                    for t in fetchers {
-                        self.fetched(st, t);
-                    }
-                }
             } else {
                 self.free_if_unused(st, id);
             }

@@ -135,6 +135,30 @@ pub(crate) struct Obj {
     pub pulling: bool,
     /// Tasks dispatched here that wait for its bytes before they start.
     pub fetchers: Vec<TaskId>,
+    /// A borrowed actor handle: the node the actor lives on, once located.
+    pub actor_node: Option<NodeId>,
+    /// Calls to that actor made here before it was located.
+    pub waiting_calls: Vec<TaskId>,
+    /// The task that made it, kept to make it again if its only copy is
+    /// lost with a node (lineage).
+    pub lineage: Option<TaskId>,
+    /// Times a pull of it failed and it was located again.
+    pub relocations: u8,
+}
+
+/// What it takes to run a finished task again: its spec, and holds on its
+/// arguments, kept while an output of it that lives only on another node is
+/// referenced.
+pub(crate) struct Lineage {
+    pub spec: pb::TaskSpec,
+    pub function: Arc<str>,
+    pub job: JobId,
+    pub resources: ResourceSet,
+    pub holds: Vec<ObjectId>,
+    /// Outputs still referenced that it could remake.
+    pub live: usize,
+    /// Runs left for remaking them (`max_retries`).
+    pub reruns_left: u32,
 }
 
 impl Obj {
@@ -331,6 +355,8 @@ pub(crate) struct State {
     pub node_id: Option<NodeId>,
     /// Every node as the head last reported it.
     pub cluster: Vec<pb::NodeInfo>,
+    /// Finished tasks whose outputs could be remade, by task id.
+    pub lineage: HashMap<TaskId, Lineage>,
     /// Jobs of other nodes' drivers, by (node, job id there).
     pub remote_jobs: HashMap<(NodeId, u64), JobId>,
     pub next_remote_job: JobId,
@@ -357,6 +383,7 @@ impl State {
             failed: 0,
             node_id: None,
             cluster: Vec::new(),
+            lineage: HashMap::new(),
             remote_jobs: HashMap::new(),
             // Above any connection id, so remote jobs never collide with drivers'.
             next_remote_job: 1 << 48,

@@ -179,7 +179,7 @@ impl Shared {
     }
 
     /// Every argument exists: fail with the first argument's error, or queue.
-    fn deps_resolved(&self, st: &mut State, tid: TaskId) {
+    pub(crate) fn deps_resolved(&self, st: &mut State, tid: TaskId) {
         let Some(t) = st.tasks.get(&tid) else {
             return;
         };
