@@ -455,6 +455,30 @@ fn lost_node() {
     assert_eq!(get(&kept), 7);
 }
 
+fn local_work() {
+    connect();
+    let refs: Vec<_> = (0..20).map(whoami::remote).collect();
+    let results = arca::get_many_timeout(&refs, GET).expect("tasks with the head gone");
+    assert_eq!(results.len(), 20);
+    let s = arca::status().unwrap();
+    assert!(
+        !s.head_error.is_empty(),
+        "the driver's status does not say the head is gone"
+    );
+}
+
+fn blip() {
+    connect();
+    let refs: Vec<_> = (0..200).map(|i| sleep_then::remote(20, i)).collect();
+    touch("pause");
+    assert!(
+        wait_for("resumed", WAIT),
+        "the test did not resume the node"
+    );
+    let got = arca::get_many_timeout(&refs, GET).expect("tasks across a pause");
+    assert_eq!(got, (0..200).collect::<Vec<u32>>());
+}
+
 #[test]
 #[ignore = "entry point of the driver and worker processes the tests start"]
 fn child_entry() {
@@ -465,6 +489,8 @@ fn child_entry() {
         "chain" => chain(),
         "lost_node" => lost_node(),
         "remote_actor" => remote_actor(),
+        "local_work" => local_work(),
+        "blip" => blip(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -620,6 +646,55 @@ fn a_killed_node_is_declared_dead_its_work_retried_restarted_and_remade() {
     for want in ["remaking outputs lost with their node", "restarting actor"] {
         assert!(log.contains(want), "`{want}` not in the head's log:\n{log}");
     }
+}
+
+#[test]
+fn a_dead_head_is_reported_and_the_nodes_keep_working() {
+    let c = Cluster::start_with(&[PLAIN, PLAIN], &["--node-timeout", "1"]);
+    sigkill(c.pid(0));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = c.status(1);
+        let head_dead = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["is_head"] == true && n["alive"] == false);
+        if s["head_error"].is_string() && head_dead {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 does not see the head gone: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = arca_cmd(
+        Command::new(arca_bin())
+            .args(["status", "--temp-dir"])
+            .arg(&c.nodes[1]),
+    );
+    assert!(text(&out).contains("HEAD UNREACHABLE"), "{}", text(&out));
+    c.driver(1, "local_work", &[]).finish();
+}
+
+#[test]
+fn a_pause_shorter_than_the_timeout_loses_nothing() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let c = Cluster::start(&[NodeSpec { cpus: 1, ..PLAIN }, PLAIN]);
+    let mut d = c.driver(0, "blip", &[]);
+    let pause = d.dir().join("pause");
+    common::wait_until("the driver to submit", WAIT, || {
+        pause.exists() || d.exited()
+    });
+    let node = Pid::from_raw(c.pid(1) as i32);
+    kill(node, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    kill(node, Signal::SIGCONT).unwrap();
+    fs::write(d.dir().join("resumed"), "").unwrap();
+    d.finish();
+    c.wait_alive(2);
 }
 
 #[test]

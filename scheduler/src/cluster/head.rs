@@ -232,6 +232,8 @@ pub(crate) async fn heartbeat_loop(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut control = cluster.control();
+    let mut last_answer = Instant::now();
+    let mut head_declared_dead = false;
     let mut tick = tokio::time::interval(cluster.config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -251,17 +253,38 @@ pub(crate) async fn heartbeat_loop(
         };
         let timeout = cluster.config.death_timeout;
         let r = tokio::time::timeout(timeout, control.heartbeat(hb)).await;
-        let view = match r {
+        let why = match r {
             Ok(Ok(v)) => {
                 *cluster.head_error.lock() = None;
-                v.into_inner()
+                last_answer = Instant::now();
+                head_declared_dead = false;
+                Ok(v.into_inner())
             }
-            Ok(Err(e)) => {
-                head_unreachable(&cluster, e.message());
-                continue;
-            }
-            Err(_) => {
-                head_unreachable(&cluster, "no answer in time");
+            Ok(Err(e)) => Err(e.message().to_string()),
+            Err(_) => Err("no answer in time".to_string()),
+        };
+        let view = match why {
+            Ok(v) => v,
+            Err(why) => {
+                head_unreachable(&cluster, &why);
+                if !head_declared_dead && last_answer.elapsed() > cluster.config.death_timeout {
+                    // The head's own node is gone too: what was sent there
+                    // is retried elsewhere, as for any dead node.
+                    head_declared_dead = true;
+                    let (s, c) = (shared.clone(), Arc::clone(&cluster));
+                    let _ = tokio::task::spawn_blocking(move || {
+                        if let Some(shared) = s.upgrade() {
+                            let mut st = shared.state.lock();
+                            let mut nodes = st.cluster.clone();
+                            for n in nodes.iter_mut().filter(|n| n.is_head && n.alive) {
+                                n.alive = false;
+                                n.death_reason = format!("the head stopped answering ({why})");
+                            }
+                            shared.cluster_view(&mut st, &c, nodes);
+                        }
+                    })
+                    .await;
+                }
                 continue;
             }
         };

@@ -154,6 +154,13 @@ impl Shared {
             .filter_map(|n| Some((NodeId::from_slice(&n.node_id)?, n.death_reason.clone())))
             .filter(|(id, _)| *id != c.id && c.dead.lock().insert(*id))
             .collect();
+        // A node seen dead that answers again (the head, after a partition)
+        // gets messages again; what was sent to it before was retried.
+        for n in nodes.iter().filter(|n| n.alive) {
+            if let Some(id) = NodeId::from_slice(&n.node_id) {
+                c.dead.lock().remove(&id);
+            }
+        }
         st.cluster = nodes;
         for (node, why) in newly_dead {
             self.node_died(st, node, &why);
