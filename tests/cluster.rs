@@ -748,3 +748,74 @@ fn garbage_on_the_grpc_port_does_not_hurt_the_head() {
     let _ = s.write_all(&body);
     c.wait_alive(2);
 }
+
+#[test]
+fn a_bare_stop_stops_every_node_on_the_machine() {
+    // A private TMPDIR keeps this test's node registry apart from others'.
+    let tmp = TempDir::new();
+    let port = 20_000 + (std::process::id() % 400) as u16 * 100 + 99;
+    let arca = |args: &[&str], dir: &Path| {
+        let out = arca_cmd(
+            Command::new(arca_bin())
+                .args(args)
+                .arg("--temp-dir")
+                .arg(dir)
+                .env("TMPDIR", tmp.path())
+                .env_remove("ARCA_TEMP_DIR")
+                .env_remove("ARCA_TOKEN"),
+        );
+        assert!(out.status.success(), "arca {args:?}: {}", text(&out));
+    };
+    let (head, other) = (tmp.path().join("head"), tmp.path().join("other"));
+    let head_args = [
+        "start",
+        "--head",
+        "--port",
+        &port.to_string(),
+        "--num-cpus",
+        "1",
+        "--memory",
+        "64MiB",
+    ];
+    arca(&head_args, &head);
+    let address = format!("127.0.0.1:{port}");
+    let join = [
+        "start",
+        "--address",
+        &address,
+        "--node-ip-address",
+        "127.0.0.2",
+        "--num-cpus",
+        "1",
+        "--memory",
+        "64MiB",
+    ];
+    arca(&join, &other);
+    let pids: Vec<u32> = [&head, &other]
+        .iter()
+        .map(|d| {
+            fs::read_to_string(d.join("node.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let out = arca_cmd(
+        Command::new(arca_bin())
+            .arg("stop")
+            .env("TMPDIR", tmp.path())
+            .env_remove("ARCA_TEMP_DIR"),
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // The joined node first, then its head.
+    let (a, b) = (
+        t.find(&*other.display().to_string()),
+        t.find(&*head.display().to_string()),
+    );
+    assert!(a.is_some() && b.is_some() && a < b, "{t}");
+    for pid in pids {
+        assert!(!alive(pid), "node {pid} still runs after `arca stop`:\n{t}");
+    }
+}

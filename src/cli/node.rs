@@ -680,6 +680,7 @@ pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
     let me = std::process::id();
     fs::write(&pid_file, format!("{me}\n"))
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
+    let registered = register_node(&dir);
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     std::thread::Builder::new()
@@ -700,6 +701,7 @@ pub fn run_node(a: NodeRunArgs) -> anyhow::Result<()> {
         let _ = fs::remove_file(r);
         let _ = fs::remove_file(dir.join(HEAD_ADDRESS_FILE));
     }
+    let _ = fs::remove_file(registered);
     if read_pid(&dir) == Some(me) {
         let _ = fs::remove_file(&pid_file);
     }
@@ -960,11 +962,69 @@ pub struct StopArgs {
     session: SessionArgs,
 }
 
+/// Where each node on this machine notes its temp dir while it runs, so
+/// that a bare `arca stop` finds them all: `<tmp>/arca-nodes/<pid>`.
+fn node_registry() -> PathBuf {
+    std::env::temp_dir().join("arca-nodes")
+}
+
+/// Notes a running node (best effort: without it, `arca stop` needs
+/// `--temp-dir` for this node).
+fn register_node(dir: &Path) -> PathBuf {
+    let reg = node_registry();
+    let _ = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o1777)
+        .create(&reg);
+    let entry = reg.join(std::process::id().to_string());
+    let _ = fs::write(&entry, format!("{}\n", dir.display()));
+    entry
+}
+
+/// The temp dirs of nodes on this machine that still run: joined nodes
+/// first, heads last (so that nodes leave before their head goes).
+fn nodes_on_this_machine() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(node_registry())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let dir = PathBuf::from(fs::read_to_string(e.path()).ok()?.trim());
+            if is_node_process(pid, &dir) {
+                Some(dir)
+            } else {
+                let _ = fs::remove_file(e.path());
+                None
+            }
+        })
+        .collect();
+    dirs.sort_by_key(|d| d.join(HEAD_ADDRESS_FILE).exists());
+    dirs
+}
+
+/// `arca stop`: the node in `--temp-dir` (or `$ARCA_TEMP_DIR`); with
+/// neither, every node running on this machine.
+pub fn stop(a: StopArgs) -> anyhow::Result<()> {
+    let named = a.session.temp_dir.is_some()
+        || std::env::var_os(arca_proto::consts::ENV_TEMP_DIR).is_some_and(|v| !v.is_empty());
+    if !named {
+        let all = nodes_on_this_machine();
+        if !all.is_empty() {
+            for dir in all {
+                stop_one(&dir)?;
+            }
+            return Ok(());
+        }
+    }
+    stop_one(&a.session.dir())
+}
+
 /// Asks the node to stop and waits until its process is gone, falling back to
 /// SIGTERM and then SIGKILL (of its process group, workers included); then
 /// ends any worker that outlived it and removes what a killed node leaves.
-pub fn stop(a: StopArgs) -> anyhow::Result<()> {
-    let dir = a.session.dir();
+fn stop_one(dir: &Path) -> anyhow::Result<()> {
+    let dir = dir.to_path_buf();
     let mut pid = None;
     let mut workers = 0;
     let mut asked = false;
