@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import threading
 from typing import Any
 
@@ -85,10 +86,36 @@ def _is_async(cls: type) -> bool:
     )
 
 
-# Named actors of this job (a cluster-wide registry comes with the control
-# service; see docs/python.md).
+# Named actors this process made or looked up. The registry itself is the
+# cluster's KV (on the head; a standalone node's own): one key per name,
+# whose value says which actor and which node owns it.
 _named: dict[tuple[str, str], ActorHandle] = {}
 _named_lock = threading.Lock()
+
+
+def _kv_key(namespace: str, name: str) -> str:
+    return f"actor:{namespace}:{name}"
+
+
+def _kv_value(ref: Any, class_name: str, methods: dict[str, int]) -> bytes:
+    d = {"id": ref.hex(), "node": _native.node_id(), "class": class_name, "methods": methods}
+    return json.dumps(d).encode()
+
+
+def _handle_from_kv(value: bytes, key: str) -> ActorHandle:
+    d = json.loads(value)
+    actor_id = bytes.fromhex(d["id"])
+    if d["node"] and d["node"] != _native.node_id():
+        # Owned on another node: borrow it there before holding it here.
+        _native.borrow_from(actor_id, d["node"])
+    _native.begin_borrow()
+    try:
+        ref = _native._borrow_ref(actor_id)
+    finally:
+        _native.end_borrow()
+    handle = ActorHandle(ref, d["class"], d["methods"])
+    handle.__dict__["_kv_key"] = key
+    return handle
 
 
 class ActorClass:
@@ -150,6 +177,23 @@ class ActorClass:
         if max_restarts < 0:
             max_restarts = 2**32 - 1
         actor_ref = _native.new_actor_ref()
+        detached = opts.get("lifetime") == "detached"
+        if name is not None:
+            key = _kv_key(namespace, name)
+            value = _kv_value(actor_ref, self._name, self._methods)
+            kept = _native.kv_put(key, value, False, not detached)
+            if kept is not None:
+                if opts.get("get_if_exists"):
+                    return _handle_from_kv(kept, key)
+                from .exceptions import ActorAlreadyExistsError
+
+                raise ActorAlreadyExistsError(
+                    f"The name {name} (namespace={namespace!r}) is already taken. Please use "
+                    "a different name or get the existing actor using "
+                    f"ray.get_actor('{name}', namespace='{namespace}')"
+                )
+        elif detached:
+            raise ValueError("Detached actors must be named; pass name= with lifetime='detached'")
         _native.submit(
             ACTOR_CREATION,
             f"{self._name}::__init__",
@@ -163,8 +207,11 @@ class ActorClass:
             max_concurrency,
             actor_ref,
         )
+        if detached:
+            _native.detach(actor_ref)
         handle = ActorHandle(actor_ref, self._name, self._methods)
         if name is not None:
+            handle.__dict__["_kv_key"] = _kv_key(namespace, name)
             with _named_lock:
                 _named[(namespace, name)] = handle
         return handle
@@ -267,6 +314,12 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     with _named_lock:
         h = _named.get((ns, name))
     if h is None:
+        value = _native.kv_get(_kv_key(ns, name))
+        if value is not None:
+            h = _handle_from_kv(value, _kv_key(ns, name))
+            with _named_lock:
+                _named[(ns, name)] = h
+    if h is None:
         raise ValueError(
             f"Failed to look up actor with name '{name}'. This could because 1. "
             "You are trying to look up a named actor you didn't create. 2. The named "
@@ -284,6 +337,9 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
             f"Got: {type(actor)}."
         )
     _native.kill(actor._actor_ref, no_restart)
+    key = actor.__dict__.get("_kv_key")
+    if key is not None and no_restart:
+        _native.kv_delete(key)
     with _named_lock:
         for k, v in list(_named.items()):
             if v is actor or v == actor:

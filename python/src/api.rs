@@ -12,7 +12,7 @@ use arca_proto::consts::INLINE_RESULT_MAX;
 use arca_scheduler::{Node, NodeConfig};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::buffer::borrow_bytes;
 use crate::codec::{layout, value_to_py};
@@ -93,6 +93,50 @@ pub fn connect(
 #[pyfunction]
 pub fn node_id() -> PyResult<String> {
     core::node_id().map_err(to_py_err)
+}
+
+/// Puts `value` under `key` in the cluster's KV; without `overwrite` an
+/// existing value is kept. Returns `None` if added, else the kept value.
+#[pyfunction]
+pub fn kv_put<'py>(
+    py: Python<'py>,
+    key: &str,
+    value: &[u8],
+    overwrite: bool,
+    job_scoped: bool,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let value = value.to_vec();
+    let r = py
+        .detach(|| core::kv_put(key, value, overwrite, job_scoped))
+        .map_err(to_py_err)?;
+    Ok(r.err().map(|v| PyBytes::new(py, &v)))
+}
+
+/// The value under `key` in the cluster's KV, or `None`.
+#[pyfunction]
+pub fn kv_get<'py>(py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let v = py.detach(|| core::kv_get(key)).map_err(to_py_err)?;
+    Ok(v.map(|v| PyBytes::new(py, &v)))
+}
+
+/// Deletes `key` from the cluster's KV.
+#[pyfunction]
+pub fn kv_delete(py: Python<'_>, key: &str) -> PyResult<()> {
+    py.detach(|| core::kv_delete(key)).map_err(to_py_err)
+}
+
+/// Borrows `id` from the node `lender` (hex) before a ref to it is made
+/// here (a named actor's handle read from the KV).
+#[pyfunction]
+pub fn borrow_from(id: &[u8], lender: &str) -> PyResult<()> {
+    let id = ObjectId::from_slice(id).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    core::borrow_from(id, lender).map_err(to_py_err)
+}
+
+/// Makes an actor outlive its handles and its driver.
+#[pyfunction]
+pub fn detach(actor: &Bound<'_, PyObjectRef>) -> PyResult<()> {
+    core::detach(actor.get().inner.id()).map_err(to_py_err)
 }
 
 fn node_config(d: &Bound<'_, PyDict>) -> PyResult<NodeConfig> {

@@ -18,6 +18,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<refs::Contained>()?;
     m.add_class::<buffer::StoreBuffer>()?;
     m.add_function(wrap_pyfunction!(refs::_borrow_ref, m)?)?;
+    m.add_function(wrap_pyfunction!(api::kv_put, m)?)?;
+    m.add_function(wrap_pyfunction!(api::kv_get, m)?)?;
+    m.add_function(wrap_pyfunction!(api::kv_delete, m)?)?;
+    m.add_function(wrap_pyfunction!(api::borrow_from, m)?)?;
+    m.add_function(wrap_pyfunction!(api::detach, m)?)?;
     m.add_function(wrap_pyfunction!(refs::begin_collect, m)?)?;
     m.add_function(wrap_pyfunction!(refs::end_collect, m)?)?;
     m.add_function(wrap_pyfunction!(refs::begin_borrow, m)?)?;

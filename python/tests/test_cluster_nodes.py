@@ -164,11 +164,6 @@ def test_task_needing_special_runs_on_the_other_node(cluster, tmp_path):
     assert out["plain"] in (cluster["head_id"], cluster["node_id"])
 
 
-@pytest.mark.xfail(
-    reason="core: a call made after the actor's constructor was forwarded to another node "
-    "stays queued at the owner's node (actor_dispatch has no worker there to run it on)",
-    strict=False,
-)
 def test_actor_needing_special_lives_on_the_other_node(cluster, tmp_path):
     out = run_driver(
         cluster,
@@ -183,10 +178,7 @@ def test_actor_needing_special_lives_on_the_other_node(cluster, tmp_path):
                 return ray.get_runtime_context().get_node_id()
 
         actor = Where.options(resources={"special": 1}).remote()
-        try:
-            print("RESULT", json.dumps(ray.get(actor.node.remote(), timeout=15)))
-        except ray.exceptions.GetTimeoutError:
-            print("RESULT null")
+        print("RESULT", json.dumps(ray.get(actor.node.remote(), timeout=30)))
         ray.kill(actor)
         ray.shutdown()
         """,
@@ -386,3 +378,127 @@ def test_local_ignores_the_cluster(cluster, tmp_path):
         ARCA_ADDRESS=cluster["address"],
     )
     assert out == {"nodes": 1, "cpus": 1, "address": ""}
+
+
+NAMED_ACTOR = """
+import json, os, sys, time
+import arca as ray
+ray.init()
+
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+    def incr(self):
+        self.n += 1
+        return self.n
+    def node(self):
+        return ray.get_runtime_context().get_node_id()
+"""
+
+
+def test_a_named_actor_is_found_by_a_driver_on_another_node(cluster, tmp_path):
+    """The registry is the head's KV: a driver on the second node finds an
+    actor a driver on the head made, and calls it while that driver lives."""
+    flag = tmp_path / "done"
+    ready = tmp_path / "ready"
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            NAMED_ACTOR
+            + f"""
+c = Counter.options(name="shared", resources={{"special": 1}}).remote()
+ray.get(c.incr.remote(), timeout=30)
+open({str(ready)!r}, "w").close()
+deadline = time.monotonic() + 60
+while not os.path.exists({str(flag)!r}) and time.monotonic() < deadline:
+    time.sleep(0.05)
+""",
+        ],
+        cwd=tmp_path,
+        env={**driver_env(), "ARCA_TEMP_DIR": cluster["head_dir"]},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert owner.poll() is None, "the owner driver failed"
+            assert time.monotonic() < deadline, "the owner driver did not get ready"
+            time.sleep(0.05)
+        out = run_driver(
+            cluster,
+            NAMED_ACTOR
+            + """
+c = ray.get_actor("shared")
+n = ray.get(c.incr.remote(), timeout=30)
+print("RESULT", json.dumps([n, ray.get(c.node.remote(), timeout=30)]))
+""",
+            tmp_path,
+            ARCA_TEMP_DIR=cluster["node_dir"],
+        )
+        assert out == [2, cluster["node_id"]]
+    finally:
+        flag.touch()
+        owner.wait(timeout=60)
+    # Its driver gone, the name is free again and a lookup fails as in Ray.
+    out = run_driver(
+        cluster,
+        NAMED_ACTOR
+        + """
+try:
+    ray.get_actor("shared")
+    print("RESULT", json.dumps("found"))
+except ValueError as e:
+    print("RESULT", json.dumps(str(e)))
+""",
+        tmp_path,
+        ARCA_TEMP_DIR=cluster["node_dir"],
+    )
+    assert "Failed to look up actor with name 'shared'" in out
+
+
+def test_a_detached_actor_outlives_its_driver(cluster, tmp_path, arca_bin):
+    run_driver(
+        cluster,
+        NAMED_ACTOR
+        + """
+c = Counter.options(name="keeper", lifetime="detached").remote()
+print("RESULT", json.dumps(ray.get(c.incr.remote(), timeout=30)))
+""",
+        tmp_path,
+    )
+    out = run_driver(
+        cluster,
+        NAMED_ACTOR
+        + """
+c = ray.get_actor("keeper")
+n = ray.get(c.incr.remote(), timeout=30)
+ray.kill(c)
+print("RESULT", json.dumps(n))
+""",
+        tmp_path,
+        ARCA_TEMP_DIR=cluster["node_dir"],
+    )
+    assert out == 2
+    out = run_driver(
+        cluster,
+        NAMED_ACTOR
+        + """
+try:
+    ray.get_actor("keeper")
+    print("RESULT", json.dumps("found"))
+except ValueError:
+    print("RESULT", json.dumps("gone"))
+""",
+        tmp_path,
+    )
+    assert out == "gone"
+    # Killed through a handle borrowed on the other node: its process ends.
+    deadline = time.monotonic() + 30
+    while True:
+        dirs = (Path(cluster["head_dir"]), Path(cluster["node_dir"]))
+        alive = [_status(arca_bin, d).get("actors_alive") for d in dirs]
+        if alive == [0, 0]:
+            break
+        assert time.monotonic() < deadline, f"the killed actor still runs: {alive}"
+        time.sleep(0.1)

@@ -282,6 +282,8 @@ pub(crate) fn unexpected(reply: &pb::reply::Kind) -> Error {
         pb::reply::Kind::Error(_) => "Error",
         pb::reply::Kind::CancelTask(_) => "CancelTask",
         pb::reply::Kind::Log(_) => "Log",
+        pb::reply::Kind::KvPut(_) => "KvPut",
+        pb::reply::Kind::KvGet(_) => "KvGet",
     };
     Error::Protocol(format!("unexpected {name} reply from the node"))
 }

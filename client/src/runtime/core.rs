@@ -161,6 +161,74 @@ pub fn node_id() -> Result<String> {
     Ok(runtime()?.node_id.clone())
 }
 
+/// Puts `value` under `key` in the cluster's KV (the head's; a standalone
+/// node's own). Without `overwrite`, an existing value is kept and
+/// returned: `Ok(Err(existing))`. A `job_scoped` key is deleted when this
+/// driver's job ends.
+pub fn kv_put(
+    key: &str,
+    value: Vec<u8>,
+    overwrite: bool,
+    job_scoped: bool,
+) -> Result<std::result::Result<(), bytes::Bytes>> {
+    let req = pb::request::Kind::KvPut(pb::KvPut {
+        key: key.to_string(),
+        value: value.into(),
+        overwrite,
+        job_scoped,
+    });
+    match runtime()?.call(req)? {
+        pb::reply::Kind::KvPut(r) if r.added => Ok(Ok(())),
+        pb::reply::Kind::KvPut(r) => Ok(Err(r.existing)),
+        other => Err(super::conn::unexpected(&other)),
+    }
+}
+
+/// The value under `key` in the cluster's KV, if any.
+pub fn kv_get(key: &str) -> Result<Option<bytes::Bytes>> {
+    let req = pb::request::Kind::KvGet(pb::KvKey {
+        key: key.to_string(),
+    });
+    match runtime()?.call(req)? {
+        pb::reply::Kind::KvGet(r) => Ok(r.found.then_some(r.value)),
+        other => Err(super::conn::unexpected(&other)),
+    }
+}
+
+/// Deletes `key` from the cluster's KV.
+pub fn kv_delete(key: &str) -> Result<()> {
+    let req = pb::request::Kind::KvDelete(pb::KvKey {
+        key: key.to_string(),
+    });
+    match runtime()?.call(req)? {
+        pb::reply::Kind::Ok(_) => Ok(()),
+        other => Err(super::conn::unexpected(&other)),
+    }
+}
+
+/// Before holding `id`, an object another node (`lender`, hex node id)
+/// owns that this process learnt of outside a value (a named actor's
+/// handle from the KV): lets this node borrow it. Send it before the ref
+/// is announced ([`borrow`] + [`end_borrow`]).
+pub fn borrow_from(id: ObjectId, lender: &str) -> Result<()> {
+    let lender = (0..lender.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(lender.get(i..i + 2).unwrap_or("zz"), 16))
+        .collect::<std::result::Result<Vec<u8>, _>>()
+        .map_err(|_| Error::Protocol(format!("{lender:?} is not a node id")))?;
+    runtime()?.send(pb::request::Kind::Borrow(pb::Borrow {
+        id: id.as_bytes().to_vec().into(),
+        lender: lender.into(),
+    }))
+}
+
+/// Makes the actor `id` outlive its handles and its driver.
+pub fn detach(id: ObjectId) -> Result<()> {
+    runtime()?.send(pb::request::Kind::Detach(pb::Detach {
+        id: id.as_bytes().to_vec().into(),
+    }))
+}
+
 /// This driver's job id at the node (a worker's is its driver's).
 pub fn job_id() -> Result<u64> {
     Ok(runtime()?.job_id)

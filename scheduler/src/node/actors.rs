@@ -48,6 +48,7 @@ impl Shared {
                 killed: None,
                 location: None,
                 origin: task.origin,
+                detached: false,
             },
         );
     }
@@ -269,11 +270,26 @@ impl Shared {
 
     /// `arca::kill`.
     pub(crate) fn kill_actor(&self, st: &mut State, a: &ObjectId, no_restart: bool) {
+        if no_restart
+            && let Some(o) = st.objects.get_mut(a).filter(|o| o.detached)
+        {
+            // A detached actor's handle is no longer held for it.
+            o.detached = false;
+            self.free_if_unused(st, *a);
+        }
         let Some(actor) = st.actors.get_mut(a) else {
+            // A borrowed handle: the actor's node (or its owner's) kills it.
+            if let Some(node) = st.objects.get(a).and_then(|o| o.actor_node.or(o.lender)) {
+                self.send_kill(node, a, no_restart);
+            }
             return;
         };
         if no_restart {
             actor.restarts_left = 0;
+            actor.detached = false;
+        }
+        if let Some(node) = actor.location {
+            return self.send_kill(node, a, no_restart);
         }
         let e = error(
             K::ActorDied,

@@ -152,6 +152,7 @@ fn register(
                     startup_failures: 0,
                     alive: true,
                     logs: None,
+                    keys: Vec::new(),
                 },
             );
             job = Some(id);
@@ -288,6 +289,32 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> R
             st.send(conn, seq, R::Memory(reply));
         }
         Q::Shutdown(_) => {}
+        Q::KvPut(p) => {
+            if p.job_scoped
+                && let Some(j) = st.conns.get(&conn).and_then(|c| c.job)
+                && let Some(job) = st.jobs.get_mut(&j)
+            {
+                job.keys.push(p.key.clone());
+            }
+            shared.kv_put(st, conn, seq, p);
+        }
+        Q::KvGet(k) => shared.kv_get(st, conn, seq, k.key),
+        Q::KvDelete(k) => shared.kv_delete(st, Some((conn, seq)), k.key),
+        Q::Borrow(b) => {
+            let id = parse_id(&b.id).ok_or("Borrow: malformed object id")?;
+            let lender = crate::cluster::NodeId::from_slice(&b.lender)
+                .ok_or("Borrow: malformed node id")?;
+            shared.borrow_from(st, lender, id);
+        }
+        Q::Detach(d) => {
+            let id = parse_id(&d.id).ok_or("Detach: malformed actor id")?;
+            if let Some(o) = st.objects.get_mut(&id) {
+                o.detached = true;
+            }
+            if let Some(a) = st.actors.get_mut(&id) {
+                a.detached = true;
+            }
+        }
     }
     Ok(())
 }

@@ -43,6 +43,7 @@ impl Obj {
             waiting_calls: Vec::new(),
             lineage: None,
             relocations: 0,
+            detached: false,
         }
     }
 }

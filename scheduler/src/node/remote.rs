@@ -65,6 +65,18 @@ impl Shared {
         );
     }
 
+    /// Asks `node` to kill the actor `a` (it lives there, or its owner is).
+    pub(crate) fn send_kill(&self, node: NodeId, a: &ObjectId, no_restart: bool) {
+        self.send_peer(
+            node,
+            M::KillActor(cpb::KillForwardedActor {
+                actor_id: id_bytes(a),
+                no_restart,
+                orphaned: false,
+            }),
+        );
+    }
+
     /// Gives back holds other nodes granted on `id`.
     pub(crate) fn give_back(&self, id: &ObjectId, granted: Vec<(NodeId, u32)>) {
         for (node, n) in granted {
@@ -667,6 +679,16 @@ impl Shared {
                 }
                 Ok(())
             }
+            M::Borrow(b) => {
+                for x in &b.ids {
+                    let id = parse_id(x).ok_or("Borrow: malformed object id")?;
+                    if !self.grant(st, from, &id) {
+                        // Gone already: the borrower finds out when it locates it.
+                        tracing::debug!(object = %id, peer = %from, "borrow of an unknown object");
+                    }
+                }
+                Ok(())
+            }
             M::Cancel(c) => {
                 let tid = parse_id(&c.task_id).ok_or("Cancel: malformed task id")?;
                 if st.tasks.get(&tid).is_some_and(|t| t.origin == Some(from)) {
@@ -676,12 +698,12 @@ impl Shared {
             }
             M::KillActor(k) => {
                 let a = parse_id(&k.actor_id).ok_or("KillActor: malformed actor id")?;
-                if st.actors.get(&a).is_some_and(|x| x.origin == Some(from)) {
-                    if k.orphaned {
-                        self.actor_orphaned(st, a);
-                    } else {
-                        self.kill_actor(st, &a, k.no_restart);
-                    }
+                // Its owner may end it when no handle is left; any node of
+                // the cluster may kill it (`kill` through a borrowed handle).
+                match st.actors.get(&a) {
+                    Some(x) if k.orphaned && x.origin == Some(from) => self.actor_orphaned(st, a),
+                    Some(_) if !k.orphaned => self.kill_actor(st, &a, k.no_restart),
+                    _ => {}
                 }
                 Ok(())
             }
@@ -713,6 +735,7 @@ impl Shared {
                         startup_failures: 0,
                         alive: true,
                         logs: None,
+                        keys: Vec::new(),
                     },
                 );
                 st.remote_jobs.insert((from, job.job_id), j);
@@ -1119,6 +1142,112 @@ impl Shared {
         }
     }
 
+    /// A process here is about to hold `id`, which `lender` owns and did
+    /// not grant: borrow it (and locate it) if this node does not know it.
+    pub(crate) fn borrow_from(&self, st: &mut State, lender: NodeId, id: ObjectId) {
+        if Some(lender) == st.node_id || st.objects.contains_key(&id) {
+            return;
+        }
+        self.send_peer(
+            lender,
+            M::Borrow(cpb::Borrow {
+                ids: vec![id_bytes(&id)],
+            }),
+        );
+        self.accept_grant(st, lender, id);
+    }
+
+    /// The KV: the head's in a cluster (answered once the head does), else
+    /// this node's own.
+    pub(crate) fn kv_put(&self, st: &mut State, conn: u64, seq: u64, p: pb::KvPut) {
+        use pb::reply::Kind as R;
+        let Some(c) = self.cluster().cloned() else {
+            let reply = match st.kv.get(&p.key) {
+                Some(v) if !p.overwrite => pb::KvPutReply {
+                    added: false,
+                    existing: v.clone(),
+                },
+                _ => {
+                    st.kv.insert(p.key, p.value);
+                    pb::KvPutReply {
+                        added: true,
+                        existing: bytes::Bytes::new(),
+                    }
+                }
+            };
+            return st.send(conn, seq, R::KvPut(reply));
+        };
+        let me = self.me.clone();
+        let req = cpb::KvPutRequest {
+            key: p.key,
+            value: p.value,
+            overwrite: p.overwrite,
+        };
+        c.runtime().handle().clone().spawn(async move {
+            let reply = match c.control().kv_put(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    R::KvPut(pb::KvPutReply {
+                        added: r.added,
+                        existing: r.existing,
+                    })
+                }
+                Err(s) => head_error(&c, &s),
+            };
+            answer(me, conn, seq, reply).await;
+        });
+    }
+
+    pub(crate) fn kv_get(&self, st: &mut State, conn: u64, seq: u64, key: String) {
+        use pb::reply::Kind as R;
+        let Some(c) = self.cluster().cloned() else {
+            let reply = match st.kv.get(&key) {
+                Some(v) => pb::KvGetReply {
+                    found: true,
+                    value: v.clone(),
+                },
+                None => pb::KvGetReply::default(),
+            };
+            return st.send(conn, seq, R::KvGet(reply));
+        };
+        let me = self.me.clone();
+        c.runtime().handle().clone().spawn(async move {
+            let reply = match c.control().kv_get(cpb::KvKey { key }).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    R::KvGet(pb::KvGetReply {
+                        found: r.found,
+                        value: r.value,
+                    })
+                }
+                Err(s) => head_error(&c, &s),
+            };
+            answer(me, conn, seq, reply).await;
+        });
+    }
+
+    /// Deletes a key; answers `reply_to` (a request) once done, if given.
+    pub(crate) fn kv_delete(&self, st: &mut State, reply_to: Option<(u64, u64)>, key: String) {
+        use pb::reply::Kind as R;
+        let Some(c) = self.cluster().cloned() else {
+            st.kv.remove(&key);
+            if let Some((conn, seq)) = reply_to {
+                st.send(conn, seq, R::Ok(pb::Ok {}));
+            }
+            return;
+        };
+        let me = self.me.clone();
+        c.runtime().handle().clone().spawn(async move {
+            let reply = match c.control().kv_delete(cpb::KvKey { key }).await {
+                Ok(_) => R::Ok(pb::Ok {}),
+                Err(s) => head_error(&c, &s),
+            };
+            if let Some((conn, seq)) = reply_to {
+                answer(me, conn, seq, reply).await;
+            }
+        });
+    }
+
     /// Sends an actor's queued calls to the node it lives on, in order.
     pub(crate) fn forward_actor_calls(&self, st: &mut State, a: &ObjectId, node: NodeId) {
         let queued: Vec<TaskId> = match st.actors.get_mut(a) {
@@ -1246,4 +1375,27 @@ impl Shared {
             self.end_job(st, j);
         }
     }
+}
+
+/// The reply to a KV request the head could not answer.
+fn head_error(c: &Cluster, s: &tonic::Status) -> pb::reply::Kind {
+    pb::reply::Kind::Error(pb::Error {
+        message: format!(
+            "the cluster's KV on the head at {} did not answer: {}",
+            c.head_address,
+            s.message()
+        ),
+        timeout: false,
+        missing: Vec::new(),
+    })
+}
+
+/// Sends a late reply to a client's request, under the scheduler's lock.
+async fn answer(me: std::sync::Weak<Shared>, conn: u64, seq: u64, reply: pb::reply::Kind) {
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(shared) = me.upgrade() {
+            shared.state.lock().send(conn, seq, reply);
+        }
+    })
+    .await;
 }

@@ -79,6 +79,8 @@ pub(crate) struct Job {
     pub alive: bool,
     /// The driver's LOGS connection, which gets its workers' output.
     pub logs: Option<ConnId>,
+    /// KV keys it put that go when it ends (its named actors).
+    pub keys: Vec<String>,
 }
 
 /// A finished object's contents.
@@ -144,6 +146,8 @@ pub(crate) struct Obj {
     pub lineage: Option<TaskId>,
     /// Times a pull of it failed and it was located again.
     pub relocations: u8,
+    /// A detached actor's handle: held until the actor is killed.
+    pub detached: bool,
 }
 
 /// What it takes to run a finished task again: its spec, and holds on its
@@ -167,6 +171,7 @@ impl Obj {
             + self.task_holds
             + self.contained_in
             + self.lent.iter().map(|(_, n)| n).sum::<u32>()
+            + u32::from(self.detached)
     }
 
     /// Its value exists somewhere (possibly only on another node).
@@ -288,6 +293,8 @@ pub(crate) struct Actor {
     pub creation: Option<TaskId>,
     /// Set by `arca::kill`: the reason its calls fail.
     pub killed: Option<pb::ErrorInfo>,
+    /// Outlives its driver (`lifetime="detached"`).
+    pub detached: bool,
     /// It lives on another node: calls are forwarded there.
     pub location: Option<NodeId>,
     /// It lives here for an owner on another node.
@@ -357,6 +364,8 @@ pub(crate) struct State {
     pub cluster: Vec<pb::NodeInfo>,
     /// Finished tasks whose outputs could be remade, by task id.
     pub lineage: HashMap<TaskId, Lineage>,
+    /// The KV of a standalone node (a cluster's is on its head).
+    pub kv: HashMap<String, Bytes>,
     /// Jobs of other nodes' drivers, by (node, job id there).
     pub remote_jobs: HashMap<(NodeId, u64), JobId>,
     pub next_remote_job: JobId,
@@ -384,6 +393,7 @@ impl State {
             node_id: None,
             cluster: Vec::new(),
             lineage: HashMap::new(),
+            kv: HashMap::new(),
             remote_jobs: HashMap::new(),
             // Above any connection id, so remote jobs never collide with drivers'.
             next_remote_job: 1 << 48,

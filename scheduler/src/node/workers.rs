@@ -409,6 +409,9 @@ impl Shared {
         let Some(j) = st.jobs.remove(&job) else {
             return;
         };
+        for key in &j.keys {
+            self.kv_delete(st, None, key.clone());
+        }
         let e = error(
             K::TaskCancelled,
             "",
@@ -423,16 +426,22 @@ impl Shared {
         for t in queued {
             self.fail_task(st, t, e.clone());
         }
-        for a in st.actors.values_mut().filter(|a| a.job == job) {
+        for a in st.actors.values_mut().filter(|a| a.job == job && !a.detached) {
             a.restarts_left = 0;
         }
+        let detached: Vec<ObjectId> = st
+            .actors
+            .iter()
+            .filter(|(_, a)| a.detached)
+            .map(|(id, _)| *id)
+            .collect();
         let command_in_use = st.jobs.values().any(|o| o.command == j.command);
         let doomed: Vec<_> = st
             .workers
             .iter()
             .filter(|(_, w)| match w.state {
                 WorkerState::Busy(t) => st.tasks.get(&t).is_some_and(|t| t.job == job),
-                _ if w.actor.is_some() => w.job == job,
+                _ if w.actor.is_some() => w.job == job && !w.actor.is_some_and(|a| detached.contains(&a)),
                 _ => !command_in_use && w.command == j.command,
             })
             .map(|(id, _)| *id)
@@ -440,7 +449,8 @@ impl Shared {
         for w in doomed {
             self.kill_worker(st, w, e.clone());
         }
-        st.actors.retain(|_, a| a.job != job || a.worker.is_some());
+        st.actors
+            .retain(|_, a| a.job != job || a.worker.is_some() || a.detached);
     }
 
     /// Kills every worker and waits (up to `timeout`) for them to be reaped.
