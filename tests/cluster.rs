@@ -85,6 +85,18 @@ fn call_actor(c: CounterHandle, times: u32) -> Vec<i64> {
 }
 
 #[arca::remote]
+fn shout(what: String) -> String {
+    println!("{what}");
+    arca::node_id().unwrap_or_default()
+}
+
+/// Where a task with a large argument runs.
+#[arca::remote]
+fn where_is(b: arca::Buffer) -> (usize, String) {
+    (b.len(), arca::node_id().unwrap_or_default())
+}
+
+#[arca::remote]
 fn sleep_then(ms: u64, i: u32) -> u32 {
     std::thread::sleep(Duration::from_millis(ms));
     i
@@ -455,6 +467,32 @@ fn lost_node() {
     assert_eq!(get(&kept), 7);
 }
 
+fn logs_and_locality() {
+    connect();
+    let other = fs::read_to_string(file("other_node")).unwrap();
+    // Output of a task on another node reaches this driver, with its IP.
+    let node = get(&shout::options()
+        .resources("other", 1.0)
+        .remote(String::from("hello from afar")));
+    assert_eq!(node, other);
+    // A task whose 8 MiB argument lives on the other node runs there,
+    // although it would fit here.
+    let big = make_buffer::options()
+        .resources("other", 1.0)
+        .remote(9, 8 << 20);
+    arca::wait(std::slice::from_ref(&big), 1, GET).unwrap();
+    for _ in 0..3 {
+        let (n, at) = get(&where_is::remote(&big));
+        assert_eq!(
+            (n, at.as_str()),
+            (8 << 20, other.as_str()),
+            "the task did not go to its bytes"
+        );
+    }
+    // Lines are printed by a thread of their own: give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
 fn local_work() {
     connect();
     let refs: Vec<_> = (0..20).map(whoami::remote).collect();
@@ -490,6 +528,7 @@ fn child_entry() {
         "lost_node" => lost_node(),
         "remote_actor" => remote_actor(),
         "local_work" => local_work(),
+        "logs_and_locality" => logs_and_locality(),
         "blip" => blip(),
         other => panic!("unknown scenario {other}"),
     });
@@ -646,6 +685,28 @@ fn a_killed_node_is_declared_dead_its_work_retried_restarted_and_remade() {
     for want in ["remaking outputs lost with their node", "restarting actor"] {
         assert!(log.contains(want), "`{want}` not in the head's log:\n{log}");
     }
+}
+
+#[test]
+fn remote_output_reaches_the_driver_and_tasks_go_to_their_bytes() {
+    let c = Cluster::start(&[
+        PLAIN,
+        NodeSpec {
+            resources: r#"{"other": 1}"#,
+            ..PLAIN
+        },
+    ]);
+    let out = c
+        .driver(0, "logs_and_locality", &[("other_node", c.node_id(1))])
+        .finish();
+    assert!(
+        out.lines()
+            // (The worker's libtest may have written on the line before.)
+            .any(|l| l.starts_with("(shout pid=")
+                && l.contains(", ip=127.0.0.2) ")
+                && l.ends_with("hello from afar")),
+        "the remote task's line is not in the driver's output:\n{out}"
+    );
 }
 
 #[test]

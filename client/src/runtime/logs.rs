@@ -46,7 +46,10 @@ pub(crate) fn stream(socket: &Path, job: u64) -> Result<()> {
                 let text: String = log
                     .lines
                     .iter()
-                    .map(|l| format!("({} pid={}) {l}\n", log.name, log.pid))
+                    .map(|l| match log.ip.as_str() {
+                        "" => format!("({} pid={}) {l}\n", log.name, log.pid),
+                        ip => format!("({} pid={}, ip={ip}) {l}\n", log.name, log.pid),
+                    })
                     .collect();
                 let _ = if log.stderr {
                     std::io::stderr().lock().write_all(text.as_bytes())

@@ -270,9 +270,7 @@ impl Shared {
 
     /// `arca::kill`.
     pub(crate) fn kill_actor(&self, st: &mut State, a: &ObjectId, no_restart: bool) {
-        if no_restart
-            && let Some(o) = st.objects.get_mut(a).filter(|o| o.detached)
-        {
+        if no_restart && let Some(o) = st.objects.get_mut(a).filter(|o| o.detached) {
             // A detached actor's handle is no longer held for it.
             o.detached = false;
             self.free_if_unused(st, *a);

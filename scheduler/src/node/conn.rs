@@ -302,8 +302,8 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> R
         Q::KvDelete(k) => shared.kv_delete(st, Some((conn, seq)), k.key),
         Q::Borrow(b) => {
             let id = parse_id(&b.id).ok_or("Borrow: malformed object id")?;
-            let lender = crate::cluster::NodeId::from_slice(&b.lender)
-                .ok_or("Borrow: malformed node id")?;
+            let lender =
+                crate::cluster::NodeId::from_slice(&b.lender).ok_or("Borrow: malformed node id")?;
             shared.borrow_from(st, lender, id);
         }
         Q::Detach(d) => {

@@ -689,6 +689,14 @@ impl Shared {
                 }
                 Ok(())
             }
+            M::Log(l) => {
+                if let (Some(conn), Some(log)) =
+                    (st.jobs.get(&l.job_id).and_then(|j| j.logs), l.log)
+                {
+                    st.send(conn, 0, pb::reply::Kind::Log(log));
+                }
+                Ok(())
+            }
             M::Cancel(c) => {
                 let tid = parse_id(&c.task_id).ok_or("Cancel: malformed task id")?;
                 if st.tasks.get(&tid).is_some_and(|t| t.origin == Some(from)) {

@@ -194,8 +194,14 @@ impl Shared {
                 }
                 let name = label.clone();
                 let logs = st.jobs.get(&job).and_then(|j| j.logs);
-                match logs {
-                    Some(conn) => st.send(
+                // A job forwarded here: its driver is on the owner's node.
+                let origin = st
+                    .remote_jobs
+                    .iter()
+                    .find(|(_, j)| **j == job)
+                    .map(|((node, their_job), _)| (*node, *their_job));
+                match (logs, origin) {
+                    (Some(conn), _) => st.send(
                         conn,
                         0,
                         pb::reply::Kind::Log(pb::Log {
@@ -203,9 +209,32 @@ impl Shared {
                             name,
                             stderr,
                             lines,
+                            ip: String::new(),
                         }),
                     ),
-                    None => {
+                    (None, Some((node, their_job))) => {
+                        let ip = shared
+                            .cluster()
+                            .map(|c| c.config.node_ip.clone())
+                            .unwrap_or_default();
+                        let log = pb::Log {
+                            pid,
+                            name,
+                            stderr,
+                            lines,
+                            ip,
+                        };
+                        shared.send_peer(
+                            node,
+                            arca_proto::cluster::peer_message::Kind::Log(
+                                arca_proto::cluster::WorkerLog {
+                                    job_id: their_job,
+                                    log: Some(log),
+                                },
+                            ),
+                        );
+                    }
+                    (None, None) => {
                         drop(st);
                         let stream = if stderr { "err" } else { "out" };
                         let text: String = lines
@@ -426,7 +455,11 @@ impl Shared {
         for t in queued {
             self.fail_task(st, t, e.clone());
         }
-        for a in st.actors.values_mut().filter(|a| a.job == job && !a.detached) {
+        for a in st
+            .actors
+            .values_mut()
+            .filter(|a| a.job == job && !a.detached)
+        {
             a.restarts_left = 0;
         }
         let detached: Vec<ObjectId> = st
@@ -441,7 +474,9 @@ impl Shared {
             .iter()
             .filter(|(_, w)| match w.state {
                 WorkerState::Busy(t) => st.tasks.get(&t).is_some_and(|t| t.job == job),
-                _ if w.actor.is_some() => w.job == job && !w.actor.is_some_and(|a| detached.contains(&a)),
+                _ if w.actor.is_some() => {
+                    w.job == job && !w.actor.is_some_and(|a| detached.contains(&a))
+                }
                 _ => !command_in_use && w.command == j.command,
             })
             .map(|(id, _)| *id)
