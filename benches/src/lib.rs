@@ -25,6 +25,10 @@ pub enum Area {
     /// Tasks and actors: calls per second, sync and async, one and several
     /// clients (run by the `arca` binary, whose workers it starts).
     Tasks,
+    /// A cluster of nodes on this machine (started for the run): object
+    /// transfer and broadcast between nodes beside raw TCP loopback, tasks
+    /// run on another node, how fast a killed node is seen dead.
+    Cluster,
 }
 
 /// Settings shared by the workloads.
@@ -49,8 +53,10 @@ pub fn run(area: Area, opts: &BenchOptions) -> anyhow::Result<Report> {
     match area {
         Area::Store => store::run(opts),
         Area::Spill => spill::run(opts),
-        Area::Tasks => {
-            anyhow::bail!("`bench tasks` runs in the arca binary: use `arca bench tasks`")
+        Area::Tasks | Area::Cluster => {
+            anyhow::bail!(
+                "this area runs in the arca binary: use `arca bench tasks` or `arca bench cluster`"
+            )
         }
     }
 }

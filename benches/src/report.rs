@@ -11,6 +11,10 @@ pub struct Metric {
     pub value: f64,
     /// Its unit.
     pub unit: String,
+    /// Why the workload could not be measured (`value` is then NaN, `null`
+    /// in JSON).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The metrics of one run.
@@ -28,6 +32,19 @@ impl Report {
             name: name.into(),
             value,
             unit: unit.into(),
+            error: None,
+        });
+    }
+
+    /// Records a workload that failed, with why, so that the others of the
+    /// run are still reported.
+    pub fn push_failed(&mut self, name: &str, unit: &str, error: &str) {
+        eprintln!("  FAILED {name}: {error}");
+        self.metrics.push(Metric {
+            name: name.into(),
+            value: f64::NAN,
+            unit: unit.into(),
+            error: Some(error.into()),
         });
     }
 
@@ -41,6 +58,10 @@ impl Report {
         let w = self.metrics.iter().map(|m| m.name.len()).max().unwrap_or(0);
         let mut out = String::new();
         for m in &self.metrics {
+            if let Some(e) = &m.error {
+                out += &format!("{:<w$}  {:>12}  {}\n", m.name, "FAILED", e);
+                continue;
+            }
             let v = if m.value >= 100.0 {
                 format!("{:.0}", m.value)
             } else {
@@ -55,4 +76,23 @@ impl Report {
 /// Progress goes to stderr so that `--json` output stays one clean object.
 fn tracing_free_log(name: &str, value: f64, unit: &str) {
     eprintln!("  measured {name}: {value:.2} {unit}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_metric_is_null_with_its_error() {
+        let mut r = Report::default();
+        r.push("ok per second", 3.0, "ops/s");
+        r.push_failed("broken seconds", "s", "the node died");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["metrics"][0]["value"], 3.0);
+        assert!(json["metrics"][0].get("error").is_none());
+        assert!(json["metrics"][1]["value"].is_null());
+        assert_eq!(json["metrics"][1]["error"], "the node died");
+        let table = r.to_table();
+        assert!(table.contains("FAILED  the node died"), "{table}");
+    }
 }

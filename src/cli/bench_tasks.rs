@@ -44,7 +44,10 @@ pub struct TasksOptions {
 }
 
 /// Calls `f` (which does `n` operations) until `seconds` pass; ops per second.
-fn rate(seconds: f64, mut f: impl FnMut() -> anyhow::Result<u64>) -> anyhow::Result<f64> {
+pub(super) fn rate(
+    seconds: f64,
+    mut f: impl FnMut() -> anyhow::Result<u64>,
+) -> anyhow::Result<f64> {
     f()?; // warm-up: workers started, pages touched
     let t = Instant::now();
     let mut n = 0;

@@ -1,5 +1,6 @@
 //! Subcommands of the `arca` binary.
 
+mod bench_cluster;
 mod bench_tasks;
 mod memory;
 mod node;
@@ -60,7 +61,7 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct BenchArgs {
-    /// Which workloads: `store` or `spill`.
+    /// Which workloads: `store`, `spill`, `tasks` or `cluster`.
     area: arca_bench::Area,
     /// Print one JSON object instead of a table.
     #[arg(long)]
@@ -142,6 +143,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", report.to_table());
             }
+            Ok(())
+        }
+        Command::Bench(a) if a.area == arca_bench::Area::Cluster => {
+            let report = bench_cluster::run(&bench_cluster::ClusterOptions { seconds: a.seconds })?;
+            if a.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            let failed = report.metrics.iter().filter(|m| m.error.is_some()).count();
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {} cluster workloads failed (their errors are in the report)",
+                report.metrics.len()
+            );
             Ok(())
         }
         Command::BenchTasksClient { temp_dir, seconds } => bench_tasks::client(temp_dir, seconds),
