@@ -880,3 +880,130 @@ fn a_bare_stop_stops_every_node_on_the_machine() {
         assert!(!alive(pid), "node {pid} still runs after `arca stop`:\n{t}");
     }
 }
+
+/// Well-formed gRPC with bad contents, from a peer holding the token (and
+/// one without): every call gets an error, and the head keeps serving.
+#[test]
+fn malformed_peer_messages_get_errors() {
+    use arca_proto::cluster as cpb;
+    use tonic::Code;
+    let c = Cluster::start(&[PLAIN]);
+    let token = fs::read_to_string(c.head().join("cluster_token")).unwrap();
+    let address = format!("http://{}", c.address());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let channel = tonic::transport::Endpoint::from_shared(address)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let tok: tonic::metadata::AsciiMetadataValue = token.trim().parse().unwrap();
+        let with_token = move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("arca-token", tok.clone());
+            Ok(r)
+        };
+        let mut peer =
+            cpb::peer_client::PeerClient::with_interceptor(channel.clone(), with_token.clone())
+                .max_encoding_message_size(256 << 20);
+        let mut control =
+            cpb::control_client::ControlClient::with_interceptor(channel.clone(), with_token);
+        let code = |r: Result<tonic::Response<cpb::Empty>, tonic::Status>| {
+            r.map(|_| ()).unwrap_err().code()
+        };
+        let msg = |k: cpb::peer_message::Kind| cpb::PeerMessage { kind: Some(k) };
+        let me = bytes::Bytes::from_static(&[7u8; 16]);
+        // A sender id of the wrong size.
+        let bad_from = cpb::Batch {
+            from: vec![1, 2, 3].into(),
+            messages: vec![],
+        };
+        assert_eq!(code(peer.deliver(bad_from).await), Code::InvalidArgument);
+        // A task without a spec, a release of a malformed id, an empty message.
+        for m in [
+            msg(cpb::peer_message::Kind::Forward(cpb::Forward::default())),
+            msg(cpb::peer_message::Kind::Release(cpb::Release {
+                ids: vec![vec![1u8; 3].into()],
+            })),
+            cpb::PeerMessage { kind: None },
+        ] {
+            let b = cpb::Batch {
+                from: me.clone(),
+                messages: vec![m],
+            };
+            assert_eq!(code(peer.deliver(b).await), Code::InvalidArgument);
+        }
+        // Results for a task this node never forwarded: ignored, not a crash.
+        let stale = cpb::Finished {
+            task_id: vec![9u8; 20].into(),
+            results: vec![arca_proto::node::Object {
+                id: vec![8u8; 20].into(),
+                body: Some(arca_proto::node::object::Body::Stored(1 << 20)),
+                ..Default::default()
+            }],
+        };
+        let b = cpb::Batch {
+            from: me.clone(),
+            messages: vec![msg(cpb::peer_message::Kind::Finished(stale))],
+        };
+        peer.deliver(b)
+            .await
+            .expect("stale results are dropped quietly");
+        // Chunks of an object this node does not have.
+        let mut s = peer
+            .pull(cpb::PullRequest {
+                id: vec![5u8; 20].into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.message().await.unwrap_err().code(), Code::NotFound);
+        let r = peer
+            .pull(cpb::PullRequest {
+                id: vec![5u8; 2].into(),
+            })
+            .await;
+        assert_eq!(r.map(|_| ()).unwrap_err().code(), Code::InvalidArgument);
+        // Where is an object with a malformed id.
+        let r = peer
+            .locate(cpb::LocateRequest {
+                ids: vec![vec![1u8].into()],
+                from: me.clone(),
+            })
+            .await;
+        assert_eq!(r.map(|_| ()).unwrap_err().code(), Code::InvalidArgument);
+        // A node that registers without an address it can be reached at.
+        let bad = cpb::RegisterRequest {
+            node: Some(arca_proto::node::NodeInfo {
+                node_id: me.clone(),
+                address: "nowhere".into(),
+                ..Default::default()
+            }),
+        };
+        assert_eq!(
+            control.register(bad).await.map(|_| ()).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        // An oversized message (the limit is 64 MiB).
+        let big = cpb::Batch {
+            from: me.clone(),
+            messages: vec![msg(cpb::peer_message::Kind::Release(cpb::Release {
+                ids: vec![vec![0u8; 80 << 20].into()],
+            }))],
+        };
+        assert_ne!(peer.deliver(big).await.map(|_| ()).ok(), Some(()));
+        // No token at all.
+        let mut anon = cpb::peer_client::PeerClient::new(channel);
+        let b = cpb::Batch {
+            from: me,
+            messages: vec![],
+        };
+        assert_eq!(
+            anon.deliver(b).await.map(|_| ()).unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    });
+    c.wait_alive(1);
+}

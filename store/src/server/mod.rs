@@ -569,13 +569,18 @@ impl StoreHandle {
     }
 
     /// Pins a sealed object for `client` and maps its data, restoring it
-    /// from disk if it was spilled; waits up to `timeout` for it to appear.
+    /// from disk if it was spilled; waits up to `timeout` for one being
+    /// created to be sealed. An unknown id fails at once.
     pub fn read_local(
         &self,
         client: ClientId,
         id: ObjectId,
         timeout: Duration,
     ) -> Result<LocalRead, String> {
+        if !self.shared.table.lock().contains(&id) {
+            // Not being made here either: nothing to wait for.
+            return Err(format!("object {id} is not in this node's store"));
+        }
         let results =
             conn::get(&self.shared, &|| false, client, &[id], Some(timeout)).unwrap_or_default();
         let r = results.into_iter().next().unwrap_or_default();
