@@ -35,6 +35,10 @@ use crate::node::Shared;
 /// Largest gRPC message a node takes: a chunk is 5 MiB, a batch of
 /// forwarded tasks is cut at [`BATCH_BYTES`].
 pub(crate) const MAX_MESSAGE: usize = 64 << 20;
+/// HTTP/2 flow-control window per stream (connections get 4 times as
+/// much): several 5 MiB chunks in flight, so a pull never waits for the
+/// window while the receiver copies one into its store.
+const WINDOW: u32 = 32 << 20;
 /// A `Deliver` batch stops growing at this many encoded bytes.
 const BATCH_BYTES: usize = 8 << 20;
 
@@ -304,9 +308,13 @@ impl Cluster {
         });
         let check = CheckToken(config.token.as_str().into());
         let peer = peer::PeerService::new(Arc::downgrade(shared), Arc::downgrade(&cluster));
-        let mut router = tonic::transport::Server::builder().add_service(
-            cpb::peer_server::PeerServer::with_interceptor(peer.clone(), check.clone()),
-        );
+        let mut router = tonic::transport::Server::builder()
+            .initial_stream_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW * 4)
+            .add_service(cpb::peer_server::PeerServer::with_interceptor(
+                peer.clone(),
+                check.clone(),
+            ));
         // The generated server's size limits are set on the inner service.
         let _ = &peer;
         if config.head {
@@ -315,7 +323,9 @@ impl Cluster {
                 control, check,
             ));
         }
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle off: a small reply must not wait for the peer's delayed ACK.
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop_serve = stop_rx.clone();
         cluster.rt.spawn(async move {
             let shutdown = async move {
@@ -395,8 +405,8 @@ impl Cluster {
             .map(|e| {
                 e.connect_timeout(Duration::from_secs(2))
                     .tcp_nodelay(true)
-                    .initial_stream_window_size(Some(8 << 20))
-                    .initial_connection_window_size(Some(32 << 20))
+                    .initial_stream_window_size(Some(WINDOW))
+                    .initial_connection_window_size(Some(WINDOW * 4))
                     .connect_lazy()
             })
             .unwrap_or_else(|_| Endpoint::from_static("http://0.0.0.0:1").connect_lazy());

@@ -102,7 +102,7 @@ impl cpb::peer_server::Peer for PeerService {
                 .store
                 .read_local(shared.store_client, id, Duration::from_secs(10));
             match read {
-                Ok(obj) => transfer::send_chunks(obj.bytes(), &tx),
+                Ok(obj) => transfer::send_chunks(obj, &tx),
                 Err(msg) => {
                     let _ = tx.blocking_send(Err(Status::not_found(msg)));
                 }

@@ -2,10 +2,11 @@
 //! as they arrive straight into the receiving store's shared memory (create,
 //! write each chunk in place, seal), with no copy of the whole object.
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 
 use arca_proto::cluster as cpb;
 use arca_store::ObjectId;
+use arca_store::server::LocalRead;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -15,26 +16,36 @@ use crate::node::Shared;
 /// Ray's chunk size.
 pub(crate) const CHUNK: usize = 5 << 20;
 
-/// Streams `bytes` as chunks (on a blocking thread: it waits for the
-/// receiver to take each one).
-pub(crate) fn send_chunks(bytes: &[u8], tx: &mpsc::Sender<Result<cpb::Chunk, Status>>) {
-    let total = bytes.len() as u64;
-    if bytes.is_empty() {
-        let _ = tx.blocking_send(Ok(cpb::Chunk {
-            offset: 0,
-            data: bytes::Bytes::new(),
-            total,
-        }));
-        return;
+/// A chunk of a pinned object, handed to the encoder without a copy: the
+/// pin lasts as long as any chunk of it.
+struct Slice(Arc<LocalRead>, std::ops::Range<usize>);
+
+impl AsRef<[u8]> for Slice {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.bytes()[self.1.clone()]
     }
-    for (i, part) in bytes.chunks(CHUNK).enumerate() {
+}
+
+/// Streams a pinned object as chunks (on a blocking thread: it waits for
+/// the receiver to take each one).
+pub(crate) fn send_chunks(obj: LocalRead, tx: &mpsc::Sender<Result<cpb::Chunk, Status>>) {
+    let obj = Arc::new(obj);
+    let len = obj.bytes().len();
+    let total = len as u64;
+    let mut offset = 0;
+    loop {
+        let end = (offset + CHUNK).min(len);
         let chunk = cpb::Chunk {
-            offset: (i * CHUNK) as u64,
-            data: bytes::Bytes::copy_from_slice(part),
+            offset: offset as u64,
+            data: bytes::Bytes::from_owner(Slice(Arc::clone(&obj), offset..end)),
             total,
         };
         if tx.blocking_send(Ok(chunk)).is_err() {
             return; // the puller went away
+        }
+        offset = end;
+        if offset >= len {
+            return;
         }
     }
 }
