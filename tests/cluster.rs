@@ -917,6 +917,7 @@ fn malformed_peer_messages_get_errors() {
         let me = bytes::Bytes::from_static(&[7u8; 16]);
         // A sender id of the wrong size.
         let bad_from = cpb::Batch {
+            from_address: String::new(),
             from: vec![1, 2, 3].into(),
             messages: vec![],
         };
@@ -930,6 +931,7 @@ fn malformed_peer_messages_get_errors() {
             cpb::PeerMessage { kind: None },
         ] {
             let b = cpb::Batch {
+                from_address: String::new(),
                 from: me.clone(),
                 messages: vec![m],
             };
@@ -945,6 +947,7 @@ fn malformed_peer_messages_get_errors() {
             }],
         };
         let b = cpb::Batch {
+            from_address: String::new(),
             from: me.clone(),
             messages: vec![msg(cpb::peer_message::Kind::Finished(stale))],
         };
@@ -988,6 +991,7 @@ fn malformed_peer_messages_get_errors() {
         );
         // An oversized message (the limit is 64 MiB).
         let big = cpb::Batch {
+            from_address: String::new(),
             from: me.clone(),
             messages: vec![msg(cpb::peer_message::Kind::Release(cpb::Release {
                 ids: vec![vec![0u8; 80 << 20].into()],
@@ -997,6 +1001,7 @@ fn malformed_peer_messages_get_errors() {
         // No token at all.
         let mut anon = cpb::peer_client::PeerClient::new(channel);
         let b = cpb::Batch {
+            from_address: String::new(),
             from: me,
             messages: vec![],
         };

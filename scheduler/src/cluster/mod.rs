@@ -432,6 +432,16 @@ impl Cluster {
         self.addresses.lock().get(&node).cloned()
     }
 
+    /// Notes where a peer that sent us messages is.
+    pub(crate) fn note_address(&self, node: NodeId, address: &str) {
+        if address.parse::<SocketAddr>().is_ok() {
+            self.addresses
+                .lock()
+                .entry(node)
+                .or_insert_with(|| address.to_string());
+        }
+    }
+
     pub(crate) fn set_addresses(&self, nodes: &[arca_proto::node::NodeInfo]) {
         let mut a = self.addresses.lock();
         for n in nodes {
@@ -482,10 +492,17 @@ impl Cluster {
             let batch = cpb::Batch {
                 from: self.id.to_bytes(),
                 messages,
+                from_address: self.address.clone(),
             };
             let mut delay = Duration::from_millis(20);
+            let unknown_since = std::time::Instant::now();
             loop {
                 let Some(address) = self.address_of(to) else {
+                    // Not in the head's view yet (it just joined): wait for it.
+                    if unknown_since.elapsed() < self.config.death_timeout * 2 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
                     tracing::warn!(peer = %to, "dropping messages to a node this node does not know");
                     break;
                 };

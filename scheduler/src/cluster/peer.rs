@@ -42,6 +42,9 @@ impl cpb::peer_server::Peer for PeerService {
         let batch = req.into_inner();
         let sender = from(&batch.from)?;
         let shared = self.shared()?;
+        if let Some(c) = self.cluster.upgrade() {
+            c.note_address(sender, &batch.from_address);
+        }
         let r = tokio::task::spawn_blocking(move || {
             let mut st = shared.state.lock();
             for m in batch.messages {
@@ -95,7 +98,6 @@ impl cpb::peer_server::Peer for PeerService {
         let id = arca_store::ObjectId::from_slice(&req.into_inner().id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let shared = self.shared()?;
-        let _ = &self.cluster;
         let (tx, rx) = mpsc::channel(4);
         tokio::task::spawn_blocking(move || {
             let read = shared
