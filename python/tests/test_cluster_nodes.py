@@ -502,3 +502,23 @@ except ValueError:
             break
         assert time.monotonic() < deadline, f"the killed actor still runs: {alive}"
         time.sleep(0.1)
+
+
+def test_the_seed_program_runs_on_the_cluster(cluster, tmp_path):
+    """Ray on Golem's simple-task.py, only its import changed, on the cluster:
+    it sees both nodes and all their CPUs (on one machine every node has the
+    same host IP, so its per-IP count is one line)."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    p = subprocess.run(
+        [sys.executable, "simple_task.py"],
+        cwd=examples,
+        env={**driver_env(), "ARCA_TEMP_DIR": cluster["head_dir"]},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("    2 nodes in total\n") == 2, p.stdout
+    assert "    4.0 CPU resources in total\n" in p.stdout, p.stdout
+    counts = [int(line.split()[0]) for line in p.stdout.splitlines() if " tasks on " in line]
+    assert sum(counts) == 20, p.stdout
