@@ -1012,3 +1012,37 @@ fn malformed_peer_messages_get_errors() {
     });
     c.wait_alive(1);
 }
+
+/// The seed programs' cluster flow: a head, two nodes joining it, and the
+/// `which_worker` example reporting that its tasks ran on all three.
+#[test]
+fn the_which_worker_example_runs_on_every_node() {
+    let c = Cluster::start(&[PLAIN, PLAIN, PLAIN]);
+    // `cargo test` builds the examples beside the test binaries' directory.
+    let exe = std::env::current_exe().unwrap();
+    let example = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/which_worker");
+    assert!(example.exists(), "{} is not built", example.display());
+    let mut child = Command::new(&example)
+        .env("ARCA_TEMP_DIR", c.head())
+        .env_remove("ARCA_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_timeout(&mut child, WAIT * 2);
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "which_worker failed:\n{t}"
+    );
+    assert!(t.contains("1000 tasks ran on 3 node(s)"), "{t}");
+}

@@ -83,9 +83,11 @@ fn mostly_dead_spill_files_are_compacted() {
             .map(|m| m.len())
             .sum()
     };
-    wait_until("the books to match the files", Duration::from_secs(20), || {
-        files() == totals(&c).spill_disk_bytes
-    });
+    wait_until(
+        "the books to match the files",
+        Duration::from_secs(20),
+        || files() == totals(&c).spill_disk_bytes,
+    );
 
     for (i, id) in keep {
         let b = c.get_one(*id, GET).unwrap();

@@ -47,13 +47,18 @@ impl cpb::peer_server::Peer for PeerService {
         }
         let r = tokio::task::spawn_blocking(move || {
             let mut st = shared.state.lock();
+            // A bad message is refused, and the ones after it still count.
+            let mut first_error = None;
             for m in batch.messages {
-                let Some(kind) = m.kind else {
-                    return Err("an empty message".to_string());
+                let done = match m.kind {
+                    Some(kind) => shared.peer_message(&mut st, sender, kind),
+                    None => Err("an empty message".to_string()),
                 };
-                shared.peer_message(&mut st, sender, kind)?;
+                if let Err(e) = done {
+                    first_error.get_or_insert(e);
+                }
             }
-            Ok(())
+            first_error.map_or(Ok(()), Err)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
