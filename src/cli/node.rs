@@ -574,10 +574,12 @@ fn wait_serving(child: &mut Child, dir: &Path, log: &Path) -> anyhow::Result<pb:
                 log.display()
             );
         }
-        // Ours once it serves and says its pid is the child's.
+        // Ours once it serves, says its pid is the child's, and has noted
+        // that pid in node.pid (written just after it starts serving).
         if let Ok(Some(mut node)) = NodeClient::connect(dir, "arca start")
             && let Ok(s) = node.status()
             && s.pid == child.id()
+            && read_pid(dir) == Some(s.pid)
         {
             return Ok(s);
         }
@@ -852,11 +854,7 @@ fn render_cluster(s: &pb::StatusReply) -> String {
                 show_amount(k, t.get(k).copied().unwrap_or(0.0))
             )
         };
-        let id = n
-            .node_id
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        let id = arca_proto::hex::encode(&n.node_id);
         let state = if n.alive { "alive" } else { "dead" };
         let head = if n.is_head { " (head)" } else { "" };
         out += &format!(
@@ -937,7 +935,7 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "cluster_address": if s.cluster_address.is_empty() { None } else { Some(&s.cluster_address) },
         "head_error": if s.head_error.is_empty() { None } else { Some(&s.head_error) },
         "nodes": s.cluster.iter().map(|n| json!({
-            "node_id": n.node_id.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "node_id": arca_proto::hex::encode(&n.node_id),
             "address": n.address,
             "name": n.name,
             "alive": n.alive,
