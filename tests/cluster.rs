@@ -312,7 +312,7 @@ fn node_ids() -> Vec<String> {
         .unwrap()
         .cluster
         .iter()
-        .map(|n| n.node_id.iter().map(|b| format!("{b:02x}")).collect())
+        .map(|n| arca_proto::hex::encode(&n.node_id))
         .collect()
 }
 

@@ -29,6 +29,26 @@ pub mod cluster {
     include!(concat!(env!("OUT_DIR"), "/arca.cluster.rs"));
 }
 
+/// Ids in hex, as tools and logs show them (node ids travel as bytes).
+pub mod hex {
+    /// `bytes` as lowercase hex digits.
+    pub fn encode(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Hex digits back to bytes; `None` if `s` is not an even number of
+    /// hex digits.
+    pub fn decode(s: &str) -> Option<Vec<u8>> {
+        if !s.len().is_multiple_of(2) {
+            return None;
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
+}
+
 /// Constants of the node protocol that both ends (the node daemon and every
 /// client) must agree on; here so that a client need not link the daemon.
 pub mod consts {

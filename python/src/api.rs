@@ -464,7 +464,7 @@ pub fn status(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let cluster = PyList::empty(py);
     for n in s.cluster {
         let c = PyDict::new(py);
-        let id: String = n.node_id.iter().map(|b| format!("{b:02x}")).collect();
+        let id = arca_proto::hex::encode(&n.node_id);
         c.set_item("node_id", id)?;
         c.set_item("address", &n.address)?;
         c.set_item("name", &n.name)?;

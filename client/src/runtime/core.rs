@@ -211,11 +211,8 @@ pub fn kv_delete(key: &str) -> Result<()> {
 /// handle from the KV): lets this node borrow it. Send it before the ref
 /// is announced ([`borrow`] + [`end_borrow`]).
 pub fn borrow_from(id: ObjectId, lender: &str) -> Result<()> {
-    let lender = (0..lender.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(lender.get(i..i + 2).unwrap_or("zz"), 16))
-        .collect::<std::result::Result<Vec<u8>, _>>()
-        .map_err(|_| Error::Protocol(format!("{lender:?} is not a node id")))?;
+    let lender = arca_proto::hex::decode(lender)
+        .ok_or_else(|| Error::Protocol(format!("{lender:?} is not a node id")))?;
     runtime()?.send(pb::request::Kind::Borrow(pb::Borrow {
         id: id.as_bytes().to_vec().into(),
         lender: lender.into(),

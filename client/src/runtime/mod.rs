@@ -466,7 +466,7 @@ fn connect(
         session_dir,
         job_id: reply.job_id,
         cluster_address: reply.cluster_address.clone(),
-        node_id: reply.node_id.iter().map(|b| format!("{b:02x}")).collect(),
+        node_id: arca_proto::hex::encode(&reply.node_id),
     }));
     Ok(())
 }

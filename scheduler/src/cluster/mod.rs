@@ -64,7 +64,7 @@ impl NodeId {
 
     /// The id in hex, as `arca status` shows it.
     pub fn to_hex(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        arca_proto::hex::encode(&self.0)
     }
 }
 
@@ -96,7 +96,7 @@ fn random_bytes() -> [u8; 16] {
 
 /// A fresh cluster token: 32 hex digits.
 pub fn new_token() -> String {
-    random_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    arca_proto::hex::encode(&random_bytes())
 }
 
 /// How a node takes part in a cluster.

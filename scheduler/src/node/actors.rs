@@ -11,8 +11,7 @@ use nix::unistd::Pid;
 use super::Shared;
 use super::objects::Hold;
 use super::state::{
-    Actor, ActorState, Class, State, Task, TaskId, TaskState, WorkerId, WorkerState, error,
-    parse_id,
+    Actor, ActorState, State, Task, TaskId, TaskState, WorkerId, WorkerState, error, parse_id,
 };
 
 use pb::ErrorKind as K;
@@ -253,6 +252,10 @@ impl Shared {
             return;
         };
         actor.orphaned = true;
+        if let Some(node) = actor.location {
+            // It lives on another node: it ends there once its calls are done.
+            self.send_kill(node, &a, true, true);
+        }
         if matches!(actor.state, ActorState::Dead(_)) {
             st.actors.remove(&a);
             return;
@@ -278,7 +281,7 @@ impl Shared {
         let Some(actor) = st.actors.get_mut(a) else {
             // A borrowed handle: the actor's node (or its owner's) kills it.
             if let Some(node) = st.objects.get(a).and_then(|o| o.actor_node.or(o.lender)) {
-                self.send_kill(node, a, no_restart);
+                self.send_kill(node, a, no_restart, false);
             }
             return;
         };
@@ -287,7 +290,7 @@ impl Shared {
             actor.detached = false;
         }
         if let Some(node) = actor.location {
-            return self.send_kill(node, a, no_restart);
+            return self.send_kill(node, a, no_restart, false);
         }
         let e = error(
             K::ActorDied,
@@ -344,13 +347,7 @@ impl Shared {
         if let Some(t) = st.tasks.get_mut(&tid) {
             t.state = TaskState::Ready;
         }
-        match st.classes.iter_mut().find(|c| c.resources == resources) {
-            Some(c) => c.queue.push_front(tid),
-            None => st.classes.push(Class {
-                resources,
-                queue: [tid].into(),
-            }),
-        }
+        st.queue_ready(tid, resources, true);
         self.schedule(st);
     }
 

@@ -239,20 +239,6 @@ impl Shared {
                     lineage_holds.extend(l.holds);
                 }
             }
-            if let Some(a) = o.actor.then_some(id).and_then(|a| st.actors.get(&a))
-                && let Some(node) = a.location
-            {
-                self.send_peer(
-                    node,
-                    arca_proto::cluster::peer_message::Kind::KillActor(
-                        arca_proto::cluster::KillForwardedActor {
-                            actor_id: id.as_bytes().to_vec().into(),
-                            no_restart: true,
-                            orphaned: true,
-                        },
-                    ),
-                );
-            }
             if o.actor {
                 self.actor_orphaned(st, id);
             }

@@ -21,6 +21,7 @@ use super::state::{
     ActorState, Body, Job, Obj, ObjState, State, Task, TaskId, TaskState, WaitKind, WorkerCommand,
     count_down, count_up, error, parse_id,
 };
+use super::tasks::kind;
 use crate::cluster::{Cluster, NodeId};
 use crate::resources::ResourceSet;
 
@@ -65,14 +66,16 @@ impl Shared {
         );
     }
 
-    /// Asks `node` to kill the actor `a` (it lives there, or its owner is).
-    pub(crate) fn send_kill(&self, node: NodeId, a: &ObjectId, no_restart: bool) {
+    /// Asks `node` to kill the actor `a` (it lives there, or its owner is);
+    /// `orphaned`: its owner dropped the last handle, so it ends once its
+    /// calls are done.
+    pub(crate) fn send_kill(&self, node: NodeId, a: &ObjectId, no_restart: bool, orphaned: bool) {
         self.send_peer(
             node,
             M::KillActor(cpb::KillForwardedActor {
                 actor_id: id_bytes(a),
                 no_restart,
-                orphaned: false,
+                orphaned,
             }),
         );
     }
@@ -337,7 +340,7 @@ impl Shared {
         let Some(t) = st.tasks.get(&tid) else {
             return;
         };
-        let actor = (pb::TaskKind::try_from(t.spec.kind) == Ok(pb::TaskKind::ActorCreation))
+        let actor = (kind(&t.spec) == pb::TaskKind::ActorCreation)
             .then(|| parse_id(&t.spec.actor_id))
             .flatten();
         self.forward(st, tid, node);
@@ -382,25 +385,46 @@ impl Shared {
         let Some(c) = self.cluster().cloned() else {
             return;
         };
+        self.off_lock(
+            c,
+            move |c, _| async move {
+                match c.address_of(lender) {
+                    None => Err(format!("node {lender} is not in the cluster")),
+                    Some(addr) => c
+                        .peer(&addr)
+                        .locate(cpb::LocateRequest {
+                            ids: vec![id_bytes(&id)],
+                            from: c.id.to_bytes(),
+                        })
+                        .await
+                        .map(|r| r.into_inner().locations)
+                        .map_err(|s| s.message().to_string()),
+                }
+            },
+            move |shared, st, located| shared.located(st, lender, id, located),
+        );
+    }
+
+    /// Runs `work` on the cluster's runtime, off the scheduler's lock, then
+    /// hands what it gives to `then` under the lock (on a blocking thread,
+    /// so no runtime thread waits for the lock).
+    fn off_lock<T, W, Fut>(
+        &self,
+        c: Arc<Cluster>,
+        work: W,
+        then: impl FnOnce(&Shared, &mut State, T) + Send + 'static,
+    ) where
+        T: Send + 'static,
+        W: FnOnce(Arc<Cluster>, std::sync::Weak<Shared>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send,
+    {
         let me = self.me.clone();
-        let rt = c.runtime().handle().clone();
-        rt.spawn(async move {
-            let located = match c.address_of(lender) {
-                None => Err(format!("node {lender} is not in the cluster")),
-                Some(addr) => c
-                    .peer(&addr)
-                    .locate(cpb::LocateRequest {
-                        ids: vec![id_bytes(&id)],
-                        from: c.id.to_bytes(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().locations)
-                    .map_err(|s| s.message().to_string()),
-            };
+        c.runtime().handle().clone().spawn(async move {
+            let out = work(c, me.clone()).await;
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(shared) = me.upgrade() {
                     let mut st = shared.state.lock();
-                    shared.located(&mut st, lender, id, located);
+                    then(&shared, &mut st, out);
                 }
             })
             .await;
@@ -592,20 +616,16 @@ impl Shared {
         let Some(c) = self.cluster().cloned() else {
             return;
         };
-        let me = self.me.clone();
-        c.runtime().handle().clone().spawn(async move {
-            let result = match c.address_of(node) {
-                None => Err(format!("node {node} is not in the cluster")),
-                Some(addr) => crate::cluster::transfer::pull(me.clone(), &c, &addr, id, size).await,
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(shared) = me.upgrade() {
-                    let mut st = shared.state.lock();
-                    shared.pulled(&mut st, id, node, result);
+        self.off_lock(
+            c,
+            move |c, me| async move {
+                match c.address_of(node) {
+                    None => Err(format!("node {node} is not in the cluster")),
+                    Some(addr) => crate::cluster::transfer::pull(me, &c, &addr, id, size).await,
                 }
-            })
-            .await;
-        });
+            },
+            move |shared, st, result| shared.pulled(st, id, node, result),
+        );
     }
 
     /// A pull ended: readers waiting for the bytes go on.
@@ -828,9 +848,8 @@ impl Shared {
         } else {
             st.finished += 1;
         }
-        let kind = pb::TaskKind::try_from(task.spec.kind).unwrap_or(pb::TaskKind::Normal);
         let mut task = task;
-        match kind {
+        match kind(&task.spec) {
             pb::TaskKind::ActorCreation => {
                 let a = parse_id(&task.spec.actor_id);
                 let alive = error_result.is_none();
@@ -1185,24 +1204,17 @@ impl Shared {
             };
             return st.send(conn, seq, R::KvPut(reply));
         };
-        let me = self.me.clone();
         let req = cpb::KvPutRequest {
             key: p.key,
             value: p.value,
             overwrite: p.overwrite,
         };
-        c.runtime().handle().clone().spawn(async move {
-            let reply = match c.control().kv_put(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    R::KvPut(pb::KvPutReply {
-                        added: r.added,
-                        existing: r.existing,
-                    })
-                }
-                Err(s) => head_error(&c, &s),
-            };
-            answer(me, conn, seq, reply).await;
+        self.ask_head(c, Some((conn, seq)), |mut control| async move {
+            let r = control.kv_put(req).await?.into_inner();
+            Ok(R::KvPut(pb::KvPutReply {
+                added: r.added,
+                existing: r.existing,
+            }))
         });
     }
 
@@ -1218,19 +1230,12 @@ impl Shared {
             };
             return st.send(conn, seq, R::KvGet(reply));
         };
-        let me = self.me.clone();
-        c.runtime().handle().clone().spawn(async move {
-            let reply = match c.control().kv_get(cpb::KvKey { key }).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    R::KvGet(pb::KvGetReply {
-                        found: r.found,
-                        value: r.value,
-                    })
-                }
-                Err(s) => head_error(&c, &s),
-            };
-            answer(me, conn, seq, reply).await;
+        self.ask_head(c, Some((conn, seq)), |mut control| async move {
+            let r = control.kv_get(cpb::KvKey { key }).await?.into_inner();
+            Ok(R::KvGet(pb::KvGetReply {
+                found: r.found,
+                value: r.value,
+            }))
         });
     }
 
@@ -1244,16 +1249,33 @@ impl Shared {
             }
             return;
         };
-        let me = self.me.clone();
-        c.runtime().handle().clone().spawn(async move {
-            let reply = match c.control().kv_delete(cpb::KvKey { key }).await {
-                Ok(_) => R::Ok(pb::Ok {}),
-                Err(s) => head_error(&c, &s),
-            };
-            if let Some((conn, seq)) = reply_to {
-                answer(me, conn, seq, reply).await;
-            }
+        self.ask_head(c, reply_to, |mut control| async move {
+            control.kv_delete(cpb::KvKey { key }).await?;
+            Ok(R::Ok(pb::Ok {}))
         });
+    }
+
+    /// Runs `call` on the head's control service off the scheduler's lock,
+    /// and answers the client's request `reply_to` with its reply (or with
+    /// why the head did not give one) once it is done.
+    fn ask_head<F, Fut>(&self, c: Arc<Cluster>, reply_to: Option<(u64, u64)>, call: F)
+    where
+        F: FnOnce(crate::cluster::Control) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<pb::reply::Kind, tonic::Status>> + Send,
+    {
+        self.off_lock(
+            c,
+            move |c, _| async move {
+                call(c.control())
+                    .await
+                    .unwrap_or_else(|s| head_error(&c, &s))
+            },
+            move |_, st, reply| {
+                if let Some((conn, seq)) = reply_to {
+                    st.send(conn, seq, reply);
+                }
+            },
+        );
     }
 
     /// Sends an actor's queued calls to the node it lives on, in order.
@@ -1290,7 +1312,7 @@ impl Shared {
             let Some(t) = st.tasks.get_mut(&tid) else {
                 continue;
             };
-            let kind = pb::TaskKind::try_from(t.spec.kind).unwrap_or(pb::TaskKind::Normal);
+            let kind = kind(&t.spec);
             let f = Arc::clone(&t.function);
             // The grants sent with it died with the node.
             let spec = t.spec.clone();
@@ -1303,13 +1325,7 @@ impl Shared {
                 t.state = TaskState::Ready;
                 let r = t.resources.clone();
                 tracing::info!(task = %f, "its node died; retrying it");
-                match st.classes.iter_mut().find(|c| c.resources == r) {
-                    Some(c) => c.queue.push_front(tid),
-                    None => st.classes.push(super::state::Class {
-                        resources: r,
-                        queue: [tid].into(),
-                    }),
-                }
+                st.queue_ready(tid, r, true);
             } else {
                 let (k, what) = if kind == pb::TaskKind::Normal {
                     (
@@ -1396,14 +1412,4 @@ fn head_error(c: &Cluster, s: &tonic::Status) -> pb::reply::Kind {
         timeout: false,
         missing: Vec::new(),
     })
-}
-
-/// Sends a late reply to a client's request, under the scheduler's lock.
-async fn answer(me: std::sync::Weak<Shared>, conn: u64, seq: u64, reply: pb::reply::Kind) {
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Some(shared) = me.upgrade() {
-            shared.state.lock().send(conn, seq, reply);
-        }
-    })
-    .await;
 }

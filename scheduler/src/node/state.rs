@@ -438,6 +438,31 @@ impl State {
         Some(short.rsplit('.').next().unwrap_or(short).to_string())
     }
 
+    /// The error of the first argument of `tid` that failed, if any.
+    pub fn failed_dep(&self, tid: &TaskId) -> Option<pb::ErrorInfo> {
+        self.tasks
+            .get(tid)?
+            .deps
+            .iter()
+            .find_map(|d| match self.objects.get(d).map(|o| &o.state) {
+                Some(ObjState::Ready(Body::Error(e))) => Some(e.clone()),
+                _ => None,
+            })
+    }
+
+    /// Queues a ready task behind those asking for the same resources; a
+    /// retried one goes `first`, ahead of them.
+    pub fn queue_ready(&mut self, tid: TaskId, resources: ResourceSet, first: bool) {
+        match self.classes.iter_mut().find(|c| c.resources == resources) {
+            Some(c) if first => c.queue.push_front(tid),
+            Some(c) => c.queue.push_back(tid),
+            None => self.classes.push(Class {
+                resources,
+                queue: [tid].into(),
+            }),
+        }
+    }
+
     /// Puts an idle task worker in its pool.
     pub fn pool_push(&mut self, wid: WorkerId) {
         if let Some(w) = self.workers.get(&wid) {

@@ -9,14 +9,13 @@ use arca_store::ObjectId;
 use super::Shared;
 use super::objects::{Hold, body_of};
 use super::state::{
-    Body, Class, ConnId, Obj, ObjState, State, Task, TaskId, TaskState, WorkerState, error,
-    parse_id,
+    Body, ConnId, Obj, ObjState, State, Task, TaskId, TaskState, WorkerState, error, parse_id,
 };
 use crate::resources::ResourceSet;
 
 use pb::ErrorKind as K;
 
-fn kind(spec: &pb::TaskSpec) -> pb::TaskKind {
+pub(super) fn kind(spec: &pb::TaskSpec) -> pb::TaskKind {
     pb::TaskKind::try_from(spec.kind).unwrap_or(pb::TaskKind::Normal)
 }
 
@@ -180,17 +179,7 @@ impl Shared {
 
     /// Every argument exists: fail with the first argument's error, or queue.
     pub(crate) fn deps_resolved(&self, st: &mut State, tid: TaskId) {
-        let Some(t) = st.tasks.get(&tid) else {
-            return;
-        };
-        let failed = t
-            .deps
-            .iter()
-            .find_map(|d| match st.objects.get(d).map(|o| &o.state) {
-                Some(ObjState::Ready(Body::Error(e))) => Some(e.clone()),
-                _ => None,
-            });
-        if let Some(e) = failed {
+        if let Some(e) = st.failed_dep(&tid) {
             // The same cause as the argument's: `get` on this task reports the
             // function that failed first.
             self.fail_task(st, tid, e);
@@ -209,13 +198,7 @@ impl Shared {
             }
             _ => {
                 let r = t.resources.clone();
-                match st.classes.iter_mut().find(|c| c.resources == r) {
-                    Some(c) => c.queue.push_back(tid),
-                    None => st.classes.push(Class {
-                        resources: r,
-                        queue: [tid].into(),
-                    }),
-                }
+                st.queue_ready(tid, r, false);
                 self.schedule(st);
             }
         }
@@ -362,22 +345,15 @@ impl Shared {
 
     /// Sends a dispatched task with its arguments resolved to its worker.
     fn execute(&self, st: &mut State, wid: u64, tid: TaskId) {
-        let Some(t) = st.tasks.get(&tid) else {
-            return;
-        };
-        let failed = t
-            .deps
-            .iter()
-            .find_map(|d| match st.objects.get(d).map(|o| &o.state) {
-                Some(ObjState::Ready(Body::Error(e))) => Some(e.clone()),
-                _ => None,
-            });
-        if let Some(e) = failed {
+        if let Some(e) = st.failed_dep(&tid) {
             // An argument was lost while it was pulled: the worker goes back.
             self.undispatch(st, wid, tid);
             self.fail_task(st, tid, e);
             return;
         }
+        let Some(t) = st.tasks.get(&tid) else {
+            return;
+        };
         let attempt = t.attempt;
         let mut args = Vec::with_capacity(t.spec.args.len());
         for a in &t.spec.args {

@@ -374,13 +374,7 @@ impl Shared {
                 t.state = TaskState::Ready;
                 tracing::info!(task = %f, retries_left = t.retries_left, "{how}; retrying its task");
                 let r = t.resources.clone();
-                match st.classes.iter_mut().find(|c| c.resources == r) {
-                    Some(c) => c.queue.push_front(tid),
-                    None => st.classes.push(super::state::Class {
-                        resources: r,
-                        queue: [tid].into(),
-                    }),
-                }
+                st.queue_ready(tid, r, true);
             } else {
                 let tries = t.attempt;
                 self.fail_task(
