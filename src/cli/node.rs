@@ -1196,5 +1196,14 @@ fn remove_leftovers(dir: &Path) -> bool {
     {
         removed = true;
     }
+    // A killed head's note for nodes on this machine, if it still points here.
+    let serving = UnixStream::connect(dir.join(arca_scheduler::NODE_SOCKET)).is_ok();
+    if !serving && let Ok(address) = fs::read_to_string(dir.join(HEAD_ADDRESS_FILE)) {
+        let registry = head_registry(address.trim());
+        if fs::read_to_string(&registry).is_ok_and(|d| Path::new(d.trim()) == dir) {
+            let _ = fs::remove_file(registry);
+        }
+        removed |= fs::remove_file(dir.join(HEAD_ADDRESS_FILE)).is_ok();
+    }
     removed
 }
