@@ -109,6 +109,13 @@ fn sleep_then(ms: u64, i: u32) -> u32 {
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A head and the nodes that joined it, stopped on drop.
+/// This run's 100 head ports: below the kernel's ephemeral range
+/// (32768 and up), where the nodes' own outgoing connections take theirs,
+/// and apart from other runs'.
+fn port_base() -> u16 {
+    20_000 + (std::process::id() % 120) as u16 * 100
+}
+
 struct Cluster {
     port: u16,
     nodes: Vec<PathBuf>,
@@ -148,7 +155,7 @@ impl Cluster {
     /// arguments go to every node.
     fn start_with(specs: &[NodeSpec], extra: &[&str]) -> Cluster {
         let n = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
-        let port = 20_000 + (std::process::id() % 400) as u16 * 100 + n;
+        let port = port_base() + n;
         let mut c = Cluster {
             port,
             nodes: Vec::new(),
@@ -517,6 +524,20 @@ fn blip() {
     assert_eq!(got, (0..200).collect::<Vec<u32>>());
 }
 
+/// Bytes of [`serve_object`]'s object: three chunks and a bit.
+const SERVED: usize = (15 << 20) + 5;
+
+/// Puts an object on its node for the test to pull, and waits.
+fn serve_object() {
+    connect();
+    let r = arca::put(&arca::Buffer::from(pattern(11, SERVED))).expect("put");
+    fs::write(file("object"), r.id().to_hex()).unwrap();
+    assert!(
+        wait_for("checked", WAIT),
+        "the test did not pull the object"
+    );
+}
+
 #[test]
 #[ignore = "entry point of the driver and worker processes the tests start"]
 fn child_entry() {
@@ -530,6 +551,7 @@ fn child_entry() {
         "local_work" => local_work(),
         "logs_and_locality" => logs_and_locality(),
         "blip" => blip(),
+        "serve_object" => serve_object(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -814,7 +836,7 @@ fn garbage_on_the_grpc_port_does_not_hurt_the_head() {
 fn a_bare_stop_stops_every_node_on_the_machine() {
     // A private TMPDIR keeps this test's node registry apart from others'.
     let tmp = TempDir::new();
-    let port = 20_000 + (std::process::id() % 400) as u16 * 100 + 99;
+    let port = port_base() + 99;
     let arca = |args: &[&str], dir: &Path| {
         let out = arca_cmd(
             Command::new(arca_bin())
@@ -888,6 +910,8 @@ fn malformed_peer_messages_get_errors() {
     use arca_proto::cluster as cpb;
     use tonic::Code;
     let c = Cluster::start(&[PLAIN]);
+    let d = c.driver(0, "serve_object", &[]);
+    let served = d.dir().to_path_buf();
     let token = fs::read_to_string(c.head().join("cluster_token")).unwrap();
     let address = format!("http://{}", c.address());
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -908,8 +932,10 @@ fn malformed_peer_messages_get_errors() {
         let mut peer =
             cpb::peer_client::PeerClient::with_interceptor(channel.clone(), with_token.clone())
                 .max_encoding_message_size(256 << 20);
-        let mut control =
-            cpb::control_client::ControlClient::with_interceptor(channel.clone(), with_token);
+        let mut control = cpb::control_client::ControlClient::with_interceptor(
+            channel.clone(),
+            with_token.clone(),
+        );
         let code = |r: Result<tonic::Response<cpb::Empty>, tonic::Status>| {
             r.map(|_| ()).unwrap_err().code()
         };
@@ -954,21 +980,45 @@ fn malformed_peer_messages_get_errors() {
         peer.deliver(b)
             .await
             .expect("stale results are dropped quietly");
-        // Chunks of an object this node does not have.
-        let mut s = peer
-            .pull(cpb::PullRequest {
-                id: vec![5u8; 20].into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(s.message().await.unwrap_err().code(), Code::NotFound);
-        let r = peer
-            .pull(cpb::PullRequest {
-                id: vec![5u8; 2].into(),
-            })
-            .await;
-        assert_eq!(r.map(|_| ()).unwrap_err().code(), Code::InvalidArgument);
+        // Chunks of an object this node does not have, or of a malformed
+        // id; without the token. tonic's own client reads the hand-written
+        // Transfer service.
+        let mut transfer = cpb::transfer_client::TransferClient::with_interceptor(
+            channel.clone(),
+            with_token.clone(),
+        )
+        .max_decoding_message_size(64 << 20);
+        let pull_code = |r: Result<
+            tonic::Response<tonic::Streaming<cpb::Chunk>>,
+            tonic::Status,
+        >| { r.map(|_| ()).unwrap_err().code() };
+        let pull = |id: Vec<u8>| cpb::PullRequest { id: id.into() };
+        assert_eq!(
+            pull_code(transfer.pull(pull(vec![5u8; 20])).await),
+            Code::NotFound
+        );
+        assert_eq!(
+            pull_code(transfer.pull(pull(vec![5u8; 2])).await),
+            Code::InvalidArgument
+        );
+        let mut anon_transfer = cpb::transfer_client::TransferClient::new(channel.clone());
+        assert_eq!(
+            pull_code(anon_transfer.pull(pull(vec![5u8; 20])).await),
+            Code::Unauthenticated
+        );
+        // A real object, every byte.
+        let object = served.join("object");
+        common::wait_until("the driver's put", WAIT, || object.exists());
+        let id = arca_proto::hex::decode(&fs::read_to_string(&object).unwrap()).unwrap();
+        let mut s = transfer.pull(pull(id)).await.unwrap().into_inner();
+        let mut got = Vec::new();
+        while let Some(chunk) = s.message().await.unwrap() {
+            assert_eq!(chunk.offset, got.len() as u64);
+            assert_eq!(chunk.total, SERVED as u64);
+            got.extend_from_slice(&chunk.data);
+        }
+        assert!(got == pattern(11, SERVED), "the pulled bytes differ");
+        fs::write(served.join("checked"), "").unwrap();
         // Where is an object with a malformed id.
         let r = peer
             .locate(cpb::LocateRequest {
@@ -1010,6 +1060,7 @@ fn malformed_peer_messages_get_errors() {
             Code::Unauthenticated
         );
     });
+    d.finish();
     c.wait_alive(1);
 }
 

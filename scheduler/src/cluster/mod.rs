@@ -172,12 +172,22 @@ impl tonic::service::Interceptor for CheckToken {
             .metadata()
             .get(TOKEN_HEADER)
             .and_then(|v| v.to_str().ok());
+        self.check(given, req.remote_addr())?;
+        Ok(req)
+    }
+}
+
+impl CheckToken {
+    /// Whether a call from `from` carrying token `given` may go on.
+    pub(crate) fn check(
+        &self,
+        given: Option<&str>,
+        from: Option<SocketAddr>,
+    ) -> Result<(), tonic::Status> {
         if given.is_some_and(|g| constant_time_eq(g.as_bytes(), self.0.as_bytes())) {
-            return Ok(req);
+            return Ok(());
         }
-        let from = req
-            .remote_addr()
-            .map_or_else(|| "an unknown peer".to_string(), |a| a.to_string());
+        let from = from.map_or_else(|| "an unknown peer".to_string(), |a| a.to_string());
         let what = if given.is_some() { "a wrong" } else { "no" };
         tracing::warn!(%from, "refused a call with {what} cluster token");
         Err(tonic::Status::unauthenticated(format!(
@@ -212,6 +222,8 @@ pub(crate) struct Cluster {
     /// Peer addresses by id, from the head's view.
     addresses: Mutex<HashMap<NodeId, String>>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Connections for pulls, apart from `channels` (see `transfer`).
+    pub(crate) pulls: transfer::Connections,
     /// Nodes the head declared dead.
     pub dead: Mutex<std::collections::HashSet<NodeId>>,
     /// Why the head cannot be reached, while it cannot.
@@ -302,6 +314,7 @@ impl Cluster {
             outbox: Mutex::new(HashMap::new()),
             addresses: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            pulls: Default::default(),
             dead: Mutex::new(Default::default()),
             head_error: Mutex::new(None),
             stop,
@@ -312,11 +325,13 @@ impl Cluster {
             .initial_stream_window_size(WINDOW)
             .initial_connection_window_size(WINDOW * 4)
             .add_service(cpb::peer_server::PeerServer::with_interceptor(
-                peer.clone(),
+                peer,
+                check.clone(),
+            ))
+            .add_service(transfer::TransferService::new(
+                Arc::downgrade(shared),
                 check.clone(),
             ));
-        // The generated server's size limits are set on the inner service.
-        let _ = &peer;
         if config.head {
             let control = head::ControlService::new(config.death_timeout, &cluster.rt);
             router = router.add_service(cpb::control_server::ControlServer::with_interceptor(

@@ -1,15 +1,13 @@
-//! Every node's peer service: one-way messages in order (`Deliver`),
-//! object locations (`Locate`) and object bytes (`Pull`).
+//! Every node's peer service: one-way messages in order (`Deliver`) and
+//! object locations (`Locate`). Object bytes are `transfer`'s.
 
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use arca_proto::cluster as cpb;
-use tokio::sync::{mpsc, oneshot};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::oneshot;
 use tonic::{Request, Response, Status};
 
-use super::{Cluster, NodeId, transfer};
+use super::{Cluster, NodeId};
 use crate::node::Shared;
 
 #[derive(Clone)]
@@ -92,29 +90,5 @@ impl cpb::peer_server::Peer for PeerService {
                 "the node stopped before the objects were ready",
             )),
         }
-    }
-
-    type PullStream = ReceiverStream<Result<cpb::Chunk, Status>>;
-
-    async fn pull(
-        &self,
-        req: Request<cpb::PullRequest>,
-    ) -> Result<Response<Self::PullStream>, Status> {
-        let id = arca_store::ObjectId::from_slice(&req.into_inner().id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let shared = self.shared()?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
-            let read = shared
-                .store
-                .read_local(shared.store_client, id, Duration::from_secs(10));
-            match read {
-                Ok(obj) => transfer::send_chunks(obj, &tx),
-                Err(msg) => {
-                    let _ = tx.blocking_send(Err(Status::not_found(msg)));
-                }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
