@@ -524,6 +524,32 @@ fn blip() {
     assert_eq!(got, (0..200).collect::<Vec<u32>>());
 }
 
+/// Bytes of each of [`spilled_pull`]'s objects: four overfill node 0's
+/// 64 MiB store, so the first ones are spilled.
+const SPILLED: usize = 20 << 20;
+
+/// Puts four objects here, waits for the test to see some spilled, then has
+/// another node read every byte of each.
+fn spilled_pull() {
+    connect();
+    let refs: Vec<_> = (0..4u64)
+        .map(|i| arca::put(&arca::Buffer::from(pattern(i, SPILLED))).expect("put"))
+        .collect();
+    touch("put");
+    assert!(wait_for("go", WAIT), "the test saw nothing spilled");
+    for (i, r) in refs.iter().enumerate() {
+        let (ok, n, _) = get(&check_buffer::options()
+            .resources("other", 1.0)
+            .remote(r, i as u64));
+        assert!(
+            ok && n == SPILLED,
+            "object {i} corrupted on the way ({n} bytes)"
+        );
+    }
+    touch("pulled");
+    assert!(wait_for("checked", WAIT), "the test did not check");
+}
+
 /// Bytes of [`serve_object`]'s object: three chunks and a bit.
 const SERVED: usize = (15 << 20) + 5;
 
@@ -552,6 +578,7 @@ fn child_entry() {
         "logs_and_locality" => logs_and_locality(),
         "blip" => blip(),
         "serve_object" => serve_object(),
+        "spilled_pull" => spilled_pull(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -600,6 +627,48 @@ fn one_gib_object_made_on_one_node_read_on_another() {
         .finish();
     // Everything freed everywhere once the driver is gone.
     wait_until_clean(&c);
+}
+
+/// Spill totals of node `k`'s store: (objects only on disk, restored).
+fn spill_counts(c: &Cluster, k: usize) -> (u64, u64) {
+    let out = Command::new(arca_bin())
+        .args(["memory", "--json", "--temp-dir"])
+        .arg(&c.nodes[k])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("arca memory --json: {e}: {out:?}"));
+    let spill = &v["totals"]["spill"];
+    let n = |k: &str| spill[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    (n("objects_on_disk_only"), n("restored_objects"))
+}
+
+#[test]
+fn a_spilled_object_is_pulled_from_disk_without_restoring_it() {
+    let c = Cluster::start(&[
+        NodeSpec {
+            memory: "64MiB",
+            ..PLAIN
+        },
+        NodeSpec {
+            resources: r#"{"other": 1}"#,
+            ..PLAIN
+        },
+    ]);
+    let mut d = c.driver(0, "spilled_pull", &[]);
+    let dir = d.dir().to_path_buf();
+    let flag = |name: &str| dir.join(name);
+    let (put, pulled) = (flag("put"), flag("pulled"));
+    common::wait_until("the puts", WAIT, || put.exists() || d.exited());
+    common::wait_until("an object spilled", WAIT, || spill_counts(&c, 0).0 > 0);
+    fs::write(flag("go"), "").unwrap();
+    common::wait_until("the pulls", WAIT, || pulled.exists() || d.exited());
+    assert!(pulled.exists(), "{}", d.output());
+    let (on_disk, restored) = spill_counts(&c, 0);
+    assert!(on_disk > 0, "nothing stayed on disk");
+    assert_eq!(restored, 0, "node 0 restored objects to serve them");
+    fs::write(flag("checked"), "").unwrap();
+    d.finish();
 }
 
 #[test]

@@ -28,6 +28,7 @@ use arca_proto::cluster as cpb;
 use arca_proto::consts::TOKEN_HEADER;
 use arca_store::ObjectId;
 use arca_store::server::LocalRead;
+use arca_store::spill::io::RecordReader;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderValue;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -91,16 +92,26 @@ impl TransferService {
             .shared
             .upgrade()
             .ok_or_else(|| Status::unavailable("the node is stopping"))?;
-        let obj = tokio::task::spawn_blocking(move || {
+        let source = tokio::task::spawn_blocking(move || {
+            // A spilled object is served from its spill file, not restored
+            // here first.
+            match shared.store.open_spilled(id) {
+                Some(Ok(record)) => return Ok(Source::Disk(record)),
+                // Restored or deleted meanwhile, or unreadable: the store
+                // says which.
+                Some(Err(e)) => tracing::debug!("serving {id} from memory: {e}"),
+                None => {}
+            }
             shared
                 .store
                 .read_local(shared.store_client, id, Duration::from_secs(10))
+                .map(|obj| Source::Memory(Arc::new(obj)))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(Status::not_found)?;
         let (tx, rx) = mpsc::channel(8);
-        tokio::task::spawn_blocking(move || send_chunks(obj, &tx));
+        tokio::task::spawn_blocking(move || send_chunks(source, &tx));
         let body = tonic::body::Body::new(StreamBody::new(ReceiverStream::new(rx)));
         let mut response = http::Response::new(body);
         response
@@ -159,32 +170,80 @@ impl AsRef<[u8]> for Slice {
 
 type Frames = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
-/// Streams a pinned object as chunks, then the OK status (on a blocking
-/// thread: it waits for h2 to take each chunk).
-fn send_chunks(obj: LocalRead, tx: &Frames) {
-    let obj = Arc::new(obj);
-    let len = obj.bytes().len();
+/// Where a pull's bytes come from.
+enum Source {
+    /// The object pinned in the store.
+    Memory(Arc<LocalRead>),
+    /// Its spill record, read in order and checked at the end.
+    Disk(RecordReader),
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Memory(obj) => obj.bytes().len(),
+            Source::Disk(r) => r.header().data_size as usize,
+        }
+    }
+
+    /// The bytes `offset..end`, which follow the last ones asked for.
+    fn chunk(&mut self, offset: usize, end: usize) -> Result<Bytes, String> {
+        match self {
+            Source::Memory(obj) => Ok(Bytes::from_owner(Slice(Arc::clone(obj), offset..end))),
+            Source::Disk(r) => r
+                .next(end - offset)
+                .map(Bytes::from_owner)
+                .map_err(|e| format!("cannot read the spill file: {e}")),
+        }
+    }
+
+    /// Whether every byte sent was the object's.
+    fn finish(self) -> Result<(), String> {
+        match self {
+            Source::Memory(_) => Ok(()),
+            Source::Disk(r) => r
+                .finish()
+                .map_err(|e| format!("the spill record is bad: {e}")),
+        }
+    }
+}
+
+/// Streams an object as chunks, then its status (on a blocking thread: it
+/// waits for h2 to take each chunk).
+fn send_chunks(mut source: Source, tx: &Frames) {
+    let len = source.len();
     let mut offset = 0;
-    loop {
+    let status = loop {
         let end = (offset + CHUNK).min(len);
+        let data = match source.chunk(offset, end) {
+            Ok(data) => data,
+            Err(e) => break Status::data_loss(e),
+        };
         let head = chunk_head(offset as u64, len as u64, end - offset);
         if tx.blocking_send(Ok(Frame::data(head))).is_err() {
             return; // the puller went away
         }
-        if end > offset {
-            let data = Bytes::from_owner(Slice(Arc::clone(&obj), offset..end));
-            if tx.blocking_send(Ok(Frame::data(data))).is_err() {
-                return;
-            }
+        if !data.is_empty() && tx.blocking_send(Ok(Frame::data(data))).is_err() {
+            return;
         }
         offset = end;
         if offset >= len {
-            break;
+            break match source.finish() {
+                Ok(()) => Status::ok(""),
+                Err(e) => Status::data_loss(e),
+            };
         }
+    };
+    if status.code() != Code::Ok {
+        tracing::error!("a pull failed: {}", status.message());
     }
     let mut trailers = http::HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let _ = tx.blocking_send(Ok(Frame::trailers(trailers)));
+    match status.add_header(&mut trailers) {
+        Ok(()) => {
+            let _ = tx.blocking_send(Ok(Frame::trailers(trailers)));
+        }
+        Err(e) => tracing::error!("cannot end a pull: {e}"),
+    }
 }
 
 /// The gRPC message prefix and a `Chunk`'s fields up to its bytes: offset,

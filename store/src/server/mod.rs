@@ -27,6 +27,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard};
 use crate::ObjectId;
 use crate::segment::Segment;
 use crate::size::ByteSize;
+use crate::spill::io::RecordReader;
 use crate::spill::{SpillConfig, SpillFiles};
 use crate::table::{ClientId, Table};
 use crate::wire::DEFAULT_SPIN;
@@ -566,6 +567,22 @@ impl StoreHandle {
                 )))
             }
         }
+    }
+
+    /// Opens an object that is only on disk (spilled, not in memory) to be
+    /// read in pieces without restoring it; `None` if it is in memory, being
+    /// restored, or not here ([`StoreHandle::read_local`] serves those).
+    pub fn open_spilled(&self, id: ObjectId) -> Option<Result<RecordReader, String>> {
+        let (path, disk) = self.shared.table.lock().on_disk_only(&id)?;
+        Some(
+            RecordReader::open(&path, disk.offset, &disk.header).map_err(|e| {
+                format!(
+                    "object {id} cannot be read from spill file {} (record at byte {}): {e}",
+                    path.display(),
+                    disk.offset
+                )
+            }),
+        )
     }
 
     /// Pins a sealed object for `client` and maps its data, restoring it

@@ -466,6 +466,17 @@ impl Table {
         self.objects.get(id).is_some_and(Entry::visible)
     }
 
+    /// The spill file and record of a sealed object that is only on disk
+    /// (not in memory, not being restored), to read it without restoring it.
+    pub fn on_disk_only(&self, id: &ObjectId) -> Option<(std::path::PathBuf, DiskLoc)> {
+        let e = self.objects.get(id)?;
+        if !e.visible() || e.mem.is_some() || e.io != Io::Idle || e.error.is_some() {
+            return None;
+        }
+        let disk = e.disk?;
+        Some((self.spill.as_ref()?.path(disk.file), disk))
+    }
+
     /// Pins `id` for `client` and returns where it is, if it is readable in
     /// memory now (a spilled object must be restored first).
     pub fn get(&mut self, client: ClientId, id: &ObjectId) -> Option<Location> {
