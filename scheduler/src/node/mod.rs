@@ -10,6 +10,7 @@
 mod actors;
 mod conn;
 mod objects;
+mod pulls;
 mod remote;
 mod state;
 mod tasks;

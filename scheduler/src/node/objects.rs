@@ -8,6 +8,7 @@ use arca_proto::node as pb;
 use arca_store::ObjectId;
 
 use super::Shared;
+use super::pulls::PullFor;
 use super::state::{
     Body, ConnId, Obj, ObjState, State, WaitKind, Waiter, WaiterId, WorkerState, error,
 };
@@ -157,7 +158,7 @@ impl Shared {
                 if let Some(o) = st.objects.get_mut(&id) {
                     o.waiters = gets;
                 }
-                self.start_pull(st, id);
+                self.start_pull(st, id, PullFor::Get);
             }
         }
         let mut kept = Vec::with_capacity(contained.len());
@@ -180,7 +181,7 @@ impl Shared {
             self.fetched(st, t);
         }
         if pull_for_fetchers {
-            self.start_pull(st, id);
+            self.start_pull(st, id, PullFor::Arg);
         }
         self.free_if_unused(st, id);
     }
@@ -282,7 +283,7 @@ impl Shared {
             }
         }
         for id in pulls {
-            self.start_pull(st, id);
+            self.start_pull(st, id, PullFor::Get);
         }
         let deadline = u64::try_from(timeout_ms)
             .ok()

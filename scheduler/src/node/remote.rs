@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::objects::Hold;
+use super::pulls::PullFor;
 use super::state::{
     ActorState, Body, Job, Obj, ObjState, State, Task, TaskId, TaskState, WaitKind, WorkerCommand,
     count_down, count_up, error, parse_id,
@@ -601,31 +602,59 @@ impl Shared {
         out
     }
 
-    /// Starts pulling a remote object's bytes here, once.
-    pub(crate) fn start_pull(&self, st: &mut State, id: ObjectId) {
-        let Some(o) = st.objects.get_mut(&id) else {
+    /// Asks for a remote object's bytes here, once: the pull starts when
+    /// the queue admits it (`pulls`).
+    pub(crate) fn start_pull(&self, st: &mut State, id: ObjectId, why: PullFor) {
+        let Some(o) = st.objects.get(&id) else {
             return;
         };
-        let ObjState::Ready(Body::Remote { node, size }) = o.state else {
+        let ObjState::Ready(Body::Remote { size, .. }) = o.state else {
             return;
         };
-        if o.pulling {
+        if o.pulling || self.cluster().is_none() {
             return;
         }
-        o.pulling = true;
+        st.pulls.request(id, size, why);
+        self.admit_pulls(st);
+    }
+
+    /// Starts the pulls the queue admits now.
+    fn admit_pulls(&self, st: &mut State) {
+        if !st.pulls.waiting() {
+            return;
+        }
         let Some(c) = self.cluster().cloned() else {
             return;
         };
-        self.off_lock(
-            c,
-            move |c, me| async move {
-                match c.address_of(node) {
-                    None => Err(format!("node {node} is not in the cluster")),
-                    Some(addr) => crate::cluster::transfer::pull(me, &c, &addr, id, size).await,
-                }
-            },
-            move |shared, st, result| shared.pulled(st, id, node, result),
-        );
+        let room = self.store.room();
+        let State { pulls, objects, .. } = st;
+        let admitted = pulls.admit(room, |id| match objects.get(id)?.state {
+            ObjState::Ready(Body::Remote { node, .. }) => Some(node),
+            _ => None,
+        });
+        for (id, ticket) in admitted {
+            let Some(o) = st.objects.get_mut(&id) else {
+                continue;
+            };
+            let ObjState::Ready(Body::Remote { node, size }) = o.state else {
+                continue;
+            };
+            o.pulling = true;
+            self.off_lock(
+                Arc::clone(&c),
+                move |c, me| async move {
+                    match c.address_of(node) {
+                        None => Err(format!("node {node} is not in the cluster")),
+                        Some(addr) => crate::cluster::transfer::pull(me, &c, &addr, id, size).await,
+                    }
+                },
+                move |shared, st, result| {
+                    st.pulls.ended(id, ticket);
+                    shared.pulled(st, id, node, result);
+                    shared.admit_pulls(st);
+                },
+            );
+        }
     }
 
     /// A pull ended: readers waiting for the bytes go on.
@@ -1293,6 +1322,9 @@ impl Shared {
     /// only it had are lost, holds it had are dropped.
     fn node_died(&self, st: &mut State, node: NodeId, why: &str) {
         tracing::warn!(%node, "node died: {why}");
+        // Its pulls end in errors; the room they held is free now.
+        st.pulls.node_died(node);
+        self.admit_pulls(st);
         let actors: Vec<ObjectId> = st
             .actors
             .iter()

@@ -369,6 +369,8 @@ pub(crate) struct State {
     /// Jobs of other nodes' drivers, by (node, job id there).
     pub remote_jobs: HashMap<(NodeId, u64), JobId>,
     pub next_remote_job: JobId,
+    /// Pulls waiting for room, and the running ones.
+    pub pulls: super::pulls::Pulls,
 }
 
 impl State {
@@ -397,6 +399,7 @@ impl State {
             remote_jobs: HashMap::new(),
             // Above any connection id, so remote jobs never collide with drivers'.
             next_remote_job: 1 << 48,
+            pulls: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use arca_store::ObjectId;
 
 use super::Shared;
 use super::objects::{Hold, body_of};
+use super::pulls::PullFor;
 use super::state::{
     Body, ConnId, Obj, ObjState, State, Task, TaskId, TaskState, WorkerState, error, parse_id,
 };
@@ -288,7 +289,7 @@ impl Shared {
             {
                 o.fetchers.push(tid);
                 fetching += 1;
-                self.start_pull(st, d);
+                self.start_pull(st, d, PullFor::Arg);
             }
         }
         if let Some(t) = st.tasks.get_mut(&tid) {

@@ -430,6 +430,11 @@ impl StoreHandle {
         self.shared.done(t);
     }
 
+    /// Bytes a create could have now without spilling.
+    pub fn room(&self) -> u64 {
+        self.shared.table.lock().room()
+    }
+
     /// The store's totals, as `arca memory` shows them.
     pub fn totals(&self) -> arca_proto::store::StoreTotals {
         self.shared.table.lock().totals()

@@ -212,6 +212,16 @@ impl Table {
         self.allocators.iter().map(Allocator::size).sum()
     }
 
+    /// Bytes of memory a create could have now without spilling: free
+    /// space plus what eviction may take.
+    pub fn room(&self) -> u64 {
+        self.allocators
+            .iter()
+            .map(Allocator::free_bytes)
+            .sum::<u64>()
+            + self.lru.bytes()
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> Stats {
         self.stats
