@@ -75,7 +75,7 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
             Err(RecvError::Closed) => break,
             Err(e) => {
                 tracing::warn!(conn = id, pid = hello.pid, "dropping client: {e}");
-                let st = shared.state.lock();
+                let mut st = shared.state.lock();
                 st.send(
                     id,
                     0,
@@ -180,6 +180,7 @@ fn register(
         id,
         ConnState {
             writer: Arc::clone(writer),
+            outbox: Arc::new(super::state::Outbox::new(Arc::clone(writer), id, hello.pid)),
             pid: hello.pid,
             role,
             job,

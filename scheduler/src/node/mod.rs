@@ -2,10 +2,12 @@
 //! worker pool, serving drivers and workers on `<session>/node.sock`.
 //!
 //! One mutex guards the scheduler's [`State`]; every connection has a thread
-//! that reads its requests and a writer that any thread may use under that
-//! mutex, so a result that completes a `get` is written to the waiting driver
-//! by the thread that received it, with no hand-off. Replies to one
-//! connection are written in the order the state changed.
+//! that reads its requests. Replies are queued per connection while the
+//! mutex is held and written by the same thread right after it lets go
+//! (`state::StateLock`), so a result that completes a `get` is written to
+//! the waiting driver by the thread that received it, with no hand-off, and
+//! a client that stops reading holds up that thread only, never the lock.
+//! Replies to one connection are written in the order the state changed.
 
 mod actors;
 mod conn;
@@ -80,7 +82,7 @@ pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     pub(crate) store: StoreHandle,
     pub(crate) store_client: ClientId,
-    pub(crate) state: Mutex<State>,
+    pub(crate) state: state::StateLock,
     /// Wakes the timer thread when an earlier deadline is registered.
     pub(crate) timer: Condvar,
     pub(crate) shutdown: AtomicBool,
@@ -149,7 +151,7 @@ impl Node {
         );
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
-            state: Mutex::new(State::new(total)),
+            state: state::StateLock::new(State::new(total)),
             config,
             store,
             store_client,

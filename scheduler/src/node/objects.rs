@@ -527,7 +527,7 @@ impl Shared {
             }
             let tick = now + Duration::from_millis(100);
             let until = st.deadlines.first().map_or(tick, |(d, _)| (*d).min(tick));
-            self.timer.wait_until(&mut st, until);
+            st.wait_until(&self.timer, until);
         }
     }
 

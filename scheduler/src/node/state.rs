@@ -22,6 +22,8 @@ pub(crate) type TaskId = ObjectId;
 
 pub(crate) struct ConnState {
     pub writer: Arc<Mutex<Conn>>,
+    /// Replies queued for it under the lock, written after (`StateLock`).
+    pub outbox: Arc<Outbox>,
     pub pid: u32,
     pub role: pb::Role,
     pub job: Option<JobId>,
@@ -30,6 +32,122 @@ pub(crate) struct ConnState {
     pub holds: HashSet<ObjectId>,
     /// Its `get`s and `wait`s not answered yet (one per client thread).
     pub waiters: Vec<WaiterId>,
+}
+
+/// Replies to one connection, queued while the state lock is held and
+/// written once it is released ([`StateLock`]), in order: the queue is
+/// drained only under the writer's lock.
+pub(crate) struct Outbox {
+    queue: Mutex<Vec<pb::Reply>>,
+    writer: Arc<Mutex<Conn>>,
+    conn: ConnId,
+    pid: u32,
+}
+
+impl Outbox {
+    pub fn new(writer: Arc<Mutex<Conn>>, conn: ConnId, pid: u32) -> Self {
+        Self {
+            queue: Mutex::new(Vec::new()),
+            writer,
+            conn,
+            pid,
+        }
+    }
+
+    /// Queues `msg`; true if the queue was empty (the caller then owes a
+    /// flush).
+    fn push(&self, msg: pb::Reply) -> bool {
+        let mut q = self.queue.lock();
+        q.push(msg);
+        q.len() == 1
+    }
+
+    /// Writes what is queued, in one write per batch. A write that fails,
+    /// or stalls for [`super::conn::WRITE_STALL`] because the client
+    /// stopped reading, ends the connection: its reader thread then sees it
+    /// closed and cleans up. Only this thread waits meanwhile, never the
+    /// node's lock.
+    pub fn flush(&self) {
+        let mut w = self.writer.lock();
+        loop {
+            let batch = std::mem::take(&mut *self.queue.lock());
+            if batch.is_empty() {
+                return;
+            }
+            let sent = batch
+                .iter()
+                .try_for_each(|m| w.queue(m))
+                .and_then(|()| w.flush());
+            if let Err(e) = sent {
+                tracing::warn!(
+                    conn = self.conn,
+                    pid = self.pid,
+                    "dropping a client that does not take its replies: {e}"
+                );
+                let _ = w.stream().shutdown(std::net::Shutdown::Both);
+                self.queue.lock().clear();
+                return;
+            }
+        }
+    }
+}
+
+/// The scheduler's state behind its lock. Replies queued while it is held
+/// ([`State::send`]) are written when the guard is dropped, after the lock
+/// is released, so that no socket write happens under it.
+pub(crate) struct StateLock(Mutex<State>);
+
+impl StateLock {
+    pub fn new(state: State) -> Self {
+        Self(Mutex::new(state))
+    }
+
+    pub fn lock(&self) -> Locked<'_> {
+        Locked(Some(self.0.lock()))
+    }
+}
+
+/// A held [`StateLock`].
+pub(crate) struct Locked<'a>(Option<parking_lot::MutexGuard<'a, State>>);
+
+impl Locked<'_> {
+    /// Waits on `cv` until `until`, releasing the lock meanwhile. Replies
+    /// queued so far are written first.
+    pub fn wait_until(&mut self, cv: &parking_lot::Condvar, until: Instant) {
+        if let Some(g) = self.0.as_mut() {
+            if !g.unsent.is_empty() {
+                let unsent = std::mem::take(&mut g.unsent);
+                parking_lot::MutexGuard::unlocked(g, || unsent.iter().for_each(|o| o.flush()));
+            }
+            cv.wait_until(g, until);
+        }
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.0.as_deref().expect("the guard is held until drop")
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.0.as_deref_mut().expect("the guard is held until drop")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut g) = self.0.take() else {
+            return;
+        };
+        let unsent = std::mem::take(&mut g.unsent);
+        drop(g);
+        for o in unsent {
+            o.flush();
+        }
+    }
 }
 
 /// How a job's workers start, and which build of the program that is.
@@ -371,6 +489,8 @@ pub(crate) struct State {
     pub next_remote_job: JobId,
     /// Pulls waiting for room, and the running ones.
     pub pulls: super::pulls::Pulls,
+    /// Connections with replies queued under this hold of the lock.
+    unsent: Vec<Arc<Outbox>>,
 }
 
 impl State {
@@ -400,15 +520,13 @@ impl State {
             // Above any connection id, so remote jobs never collide with drivers'.
             next_remote_job: 1 << 48,
             pulls: Default::default(),
+            unsent: Vec::new(),
         }
     }
 
-    /// Sends `reply` to the request `seq` of a connection (0: not a reply).
-    /// A write that fails, or stalls for [`super::conn::WRITE_STALL`] because
-    /// the client stopped reading, ends the connection: its reader thread
-    /// then sees it closed and cleans up, and the node (whose state lock the
-    /// caller holds) is never held up by one client for longer.
-    pub fn send(&self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {
+    /// Sends `reply` to the request `seq` of a connection (0: not a reply):
+    /// queued, and written once the lock is released (`Outbox::flush`).
+    pub fn send(&mut self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -416,14 +534,9 @@ impl State {
             kind: Some(reply),
             seq,
         };
-        let mut w = c.writer.lock();
-        if let Err(e) = w.send(&msg) {
-            tracing::warn!(
-                conn,
-                pid = c.pid,
-                "dropping a client that does not take its replies: {e}"
-            );
-            let _ = w.stream().shutdown(std::net::Shutdown::Both);
+        if c.outbox.push(msg) {
+            let o = Arc::clone(&c.outbox);
+            self.unsent.push(o);
         }
     }
 

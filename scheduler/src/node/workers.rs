@@ -188,7 +188,7 @@ impl Shared {
                 let Some(shared) = me.upgrade() else {
                     return;
                 };
-                let st = shared.state.lock();
+                let mut st = shared.state.lock();
                 if let Some(l) = st.worker_label(wid) {
                     label = l;
                 }
@@ -491,6 +491,10 @@ impl Shared {
             for w in ids {
                 self.kill_worker(&mut st, w, e.clone());
             }
+        }
+        {
+            // Apart from the kills, so that their replies are written first.
+            let st = self.state.lock();
             for c in st.conns.values() {
                 let _ = c.writer.lock().stream().shutdown(std::net::Shutdown::Both);
             }
