@@ -483,3 +483,31 @@ fn a_client_that_never_reads_its_replies_is_dropped_not_waited_for() {
     }
     assert!(closed, "the stuck client was never disconnected");
 }
+
+#[test]
+fn a_worker_command_that_cannot_start_fails_the_tasks_with_why() {
+    let (node, _dir) = node();
+    let mut c = conn(&node);
+    send(
+        &mut c,
+        hello(pb::Role::Driver, &["/nonexistent/arca-test-worker"]),
+    );
+    assert!(matches!(recv(&mut c), Ok(R::Hello(_))));
+    let ret = ObjectId::random();
+    send(&mut c, task(ret, vec![]));
+    send_seq(&mut c, 7, get_one(ret, 20_000));
+    // The reply to the get (other messages may come first).
+    let reply = loop {
+        match recv_seq(&mut c) {
+            Ok((7, r)) => break r,
+            Ok(_) => continue,
+            Err(e) => panic!("no answer to the get: {e}"),
+        }
+    };
+    let text = format!("{reply:?}");
+    assert!(
+        text.contains("cannot start a worker process") && text.contains("arca-test-worker"),
+        "{text}"
+    );
+    assert_serving(&node);
+}

@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::Shared;
 use super::objects::Hold;
@@ -300,9 +298,7 @@ impl Shared {
         match actor.worker {
             Some(w) => {
                 actor.killed = Some(e);
-                if let Some(worker) = st.workers.get(&w) {
-                    let _ = kill(Pid::from_raw(worker.pid as i32), Signal::SIGKILL);
-                }
+                st.kill_process(w);
             }
             None => match actor.creation {
                 Some(t) => self.fail_task(st, t, e),

@@ -111,16 +111,27 @@ impl StateLock {
 pub(crate) struct Locked<'a>(Option<parking_lot::MutexGuard<'a, State>>);
 
 impl Locked<'_> {
-    /// Waits on `cv` until `until`, releasing the lock meanwhile. Replies
-    /// queued so far are written first.
+    /// Waits on `cv` until `until`, releasing the lock meanwhile. What was
+    /// queued so far is done first.
     pub fn wait_until(&mut self, cv: &parking_lot::Condvar, until: Instant) {
         if let Some(g) = self.0.as_mut() {
-            if !g.unsent.is_empty() {
-                let unsent = std::mem::take(&mut g.unsent);
-                parking_lot::MutexGuard::unlocked(g, || unsent.iter().for_each(|o| o.flush()));
+            let (unsent, after) = (std::mem::take(&mut g.unsent), std::mem::take(&mut g.after));
+            if !unsent.is_empty() || !after.is_empty() {
+                parking_lot::MutexGuard::unlocked(g, || run_after(unsent, after));
             }
             cv.wait_until(g, until);
         }
+    }
+}
+
+/// Writes the queued replies, then runs the queued work, with the lock let
+/// go (the work may take it again).
+fn run_after(unsent: Vec<Arc<Outbox>>, after: Vec<Box<dyn FnOnce() + Send>>) {
+    for o in unsent {
+        o.flush();
+    }
+    for f in after {
+        f();
     }
 }
 
@@ -142,11 +153,9 @@ impl Drop for Locked<'_> {
         let Some(mut g) = self.0.take() else {
             return;
         };
-        let unsent = std::mem::take(&mut g.unsent);
+        let (unsent, after) = (std::mem::take(&mut g.unsent), std::mem::take(&mut g.after));
         drop(g);
-        for o in unsent {
-            o.flush();
-        }
+        run_after(unsent, after);
     }
 }
 
@@ -365,7 +374,10 @@ pub(crate) enum WorkerState {
 }
 
 pub(crate) struct Worker {
+    /// 0 until its process is started, after the lock is let go.
     pub pid: u32,
+    /// Asked to die before its process started: it is killed once it has.
+    pub kill_on_start: bool,
     /// The job it was started for.
     pub job: JobId,
     pub command: Arc<WorkerCommand>,
@@ -491,6 +503,9 @@ pub(crate) struct State {
     pub pulls: super::pulls::Pulls,
     /// Connections with replies queued under this hold of the lock.
     unsent: Vec<Arc<Outbox>>,
+    /// Work to do once the lock is let go, after the replies are written
+    /// (starting worker processes).
+    pub after: Vec<Box<dyn FnOnce() + Send>>,
 }
 
 impl State {
@@ -521,6 +536,20 @@ impl State {
             next_remote_job: 1 << 48,
             pulls: Default::default(),
             unsent: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
+    /// SIGKILLs a worker's process, or has it killed as soon as it starts.
+    pub fn kill_process(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
+        if w.pid == 0 {
+            w.kill_on_start = true;
+        } else {
+            let pid = nix::unistd::Pid::from_raw(w.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 

@@ -66,7 +66,9 @@ impl Shared {
         }
     }
 
-    /// Starts a worker process for `job` (for `actor`, dedicated to it).
+    /// Starts a worker process for `job` (for `actor`, dedicated to it): the
+    /// worker is known now, and its process is started once the lock is let
+    /// go (`launch`), so that no fork happens under the lock.
     pub(crate) fn spawn_worker(
         &self,
         st: &mut State,
@@ -87,20 +89,67 @@ impl Shared {
         if !command.cwd.is_empty() {
             cmd.current_dir(&command.cwd);
         }
-        let spawned = cmd.spawn();
-        let mut child = match spawned {
+        let argv = command.argv.join(" ");
+        st.workers.insert(
+            wid,
+            Worker {
+                pid: 0,
+                kill_on_start: false,
+                job,
+                command,
+                conn: None,
+                state: WorkerState::Starting,
+                blocked: false,
+                actor,
+                killed: None,
+                last_function: None,
+            },
+        );
+        let me = self.me.clone();
+        st.after.push(Box::new(move || {
+            if let Some(shared) = me.upgrade() {
+                shared.launch(wid, job, cmd, argv);
+            }
+        }));
+        Some(wid)
+    }
+
+    /// Starts worker `wid`'s process, with the lock let go, then records
+    /// its pid (or its failure) under the lock.
+    fn launch(&self, wid: WorkerId, job: JobId, mut cmd: Command, argv: String) {
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                let msg = format!(
-                    "cannot start a worker process ({}): {e}",
-                    command.argv.join(" ")
-                );
+                let msg = format!("cannot start a worker process ({argv}): {e}");
                 tracing::error!(job, "{msg}");
-                self.startup_failed(st, job, msg);
-                return None;
+                let mut st = self.state.lock();
+                self.startup_failed(&mut st, job, msg.clone());
+                // Not started: its task goes back to the queue, its actor
+                // is restarted or dead, as for a worker that died starting.
+                if let Some(w) = st.workers.get_mut(&wid) {
+                    w.killed
+                        .get_or_insert(error(K::WorkerCrashed, "", msg.clone()));
+                }
+                self.worker_exited(&mut st, wid, msg);
+                return;
             }
         };
         let pid = child.id();
+        {
+            let mut st = self.state.lock();
+            match st.workers.get_mut(&wid) {
+                Some(w) => {
+                    w.pid = pid;
+                    if w.kill_on_start {
+                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    }
+                }
+                // Gone already (the node is stopping): nothing waits for it.
+                None => {
+                    let _ = child.kill();
+                }
+            }
+        }
         for (pipe, stderr) in [
             (
                 child
@@ -121,20 +170,6 @@ impl Shared {
                 self.forward_output(wid, pid, job, pipe, stderr);
             }
         }
-        st.workers.insert(
-            wid,
-            Worker {
-                pid,
-                job,
-                command,
-                conn: None,
-                state: WorkerState::Starting,
-                blocked: false,
-                actor,
-                killed: None,
-                last_function: None,
-            },
-        );
         tracing::debug!(job, worker = wid, pid, "worker starting");
         let me = self.me.upgrade();
         let waiter = std::thread::Builder::new()
@@ -150,7 +185,6 @@ impl Shared {
         if let Err(e) = waiter {
             tracing::error!("cannot start a thread to wait for worker {pid}: {e}");
         }
-        Some(wid)
     }
 
     /// Sends what a worker writes to its driver's LOGS connection, line by
@@ -326,9 +360,8 @@ impl Shared {
             return;
         };
         w.killed.get_or_insert(why);
-        let pid = w.pid;
         st.pool_remove(wid);
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        st.kill_process(wid);
     }
 
     /// A worker process ended: its task is retried or failed, its actor
@@ -417,8 +450,8 @@ impl Shared {
         }
         // A worker that hangs up is ended; its exit (not this) decides
         // whether its task is retried.
-        if let Some(w) = c.worker.and_then(|w| st.workers.get(&w)) {
-            let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
+        if let Some(w) = c.worker {
+            st.kill_process(w);
         }
         if c.role == pb::Role::Driver {
             self.end_job(st, conn);
