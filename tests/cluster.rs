@@ -748,6 +748,19 @@ fn a_killed_node_is_declared_dead_its_work_retried_restarted_and_remade() {
         kill.exists() || d.exited()
     });
     assert!(kill.exists(), "{}", d.output());
+    // The victim's workers run the driver's job, shown by the head's id
+    // and the job's number there.
+    let head_id = c.node_id(0);
+    let s = c.status(1);
+    let workers = s["workers"].as_array().unwrap();
+    assert!(
+        !workers.is_empty() && workers.iter().all(|w| w["job_node"] == head_id.as_str()),
+        "{s}"
+    );
+    assert!(
+        workers.iter().all(|w| w["job_id"].as_u64() < Some(1 << 48)),
+        "{s}"
+    );
     sigkill(c.pid(1));
     c.add(
         &NodeSpec {

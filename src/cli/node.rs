@@ -808,18 +808,28 @@ fn render_status(s: &pb::StatusReply) -> String {
     );
     out += &render_cluster(s);
     out += &format!("\nworkers on this node ({})\n", s.workers.len());
+    // A job forwarded from another node: its number there @ that node.
+    let jobs: Vec<String> = s
+        .workers
+        .iter()
+        .map(|w| match w.job_node.get(..4) {
+            Some(node) => format!("{}@{}", w.job_id, arca_proto::hex::encode(node)),
+            None => w.job_id.to_string(),
+        })
+        .collect();
+    let width = jobs.iter().map(String::len).max().unwrap_or(0).max(5);
     if !s.workers.is_empty() {
         out += &format!(
-            "  {:>8} {:>7} {:>5} {:<9} {}\n",
+            "  {:>8} {:>7} {:>width$} {:<9} {}\n",
             "PID", "WORKER", "JOB", "STATE", "TASK"
         );
     }
-    for w in &s.workers {
+    for (w, job) in s.workers.iter().zip(&jobs) {
         out += &format!(
-            "  {:>8} {:>7} {:>5} {:<9} {}\n",
+            "  {:>8} {:>7} {:>width$} {:<9} {}\n",
             w.pid,
             w.worker_id,
-            w.job_id,
+            job,
             w.state,
             if w.task.is_empty() { "-" } else { &w.task }
         );
@@ -919,7 +929,9 @@ fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         },
         "resources": { "total": amounts(&s.total), "available": amounts(&s.available) },
         "workers": s.workers.iter().map(|w| json!({
-            "pid": w.pid, "worker_id": w.worker_id, "job_id": w.job_id, "state": w.state,
+            "pid": w.pid, "worker_id": w.worker_id, "job_id": w.job_id,
+            "job_node": if w.job_node.is_empty() { None } else { Some(arca_proto::hex::encode(&w.job_node)) },
+            "state": w.state,
             "task": if w.task.is_empty() { None } else { Some(&w.task) },
             "actor_id": arca_store::ObjectId::from_slice(&w.actor_id).ok().map(|a| a.to_hex()),
         })).collect::<Vec<_>>(),

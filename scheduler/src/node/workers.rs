@@ -556,10 +556,19 @@ impl Shared {
                             .map_or_else(String::new, |t| t.function.to_string()),
                     ),
                 };
+                // A job forwarded here is shown by its owner's numbering.
+                let (job_node, job_id) = st
+                    .remote_jobs
+                    .iter()
+                    .find(|(_, local)| **local == w.job)
+                    .map_or((Default::default(), w.job), |((node, job), _)| {
+                        (node.to_bytes(), *job)
+                    });
                 pb::WorkerInfo {
                     pid: w.pid,
                     worker_id: *id,
-                    job_id: w.job,
+                    job_id,
+                    job_node,
                     state: state.into(),
                     task,
                     actor_id: w
