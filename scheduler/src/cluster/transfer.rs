@@ -288,9 +288,16 @@ impl Connections {
             .map_err(|e| format!("cannot set up the connection to {address}: {e}"))?;
         let (send, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
                 .initial_stream_window_size(WINDOW)
                 .initial_connection_window_size(WINDOW * 4)
                 .max_frame_size(MAX_FRAME)
+                // A peer that goes silent mid-pull (no reset: a partition,
+                // a stopped process) fails the pull instead of holding its
+                // half-written object forever; a pause shorter than a node's
+                // death timeout is well inside this.
+                .keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(20))
                 .handshake(hyper_util::rt::TokioIo::new(tcp))
                 .await
                 .map_err(|e| format!("no HTTP/2 with {address}: {e}"))?;
