@@ -143,6 +143,18 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for TransferServic
     }
 }
 
+/// A gRPC-framed `PullRequest` for `id`.
+fn encode_request(id: ObjectId) -> Bytes {
+    let req = cpb::PullRequest {
+        id: id.as_bytes().to_vec().into(),
+    };
+    let mut b = BytesMut::with_capacity(5 + req.encoded_len());
+    b.put_u8(0);
+    b.put_u32(req.encoded_len() as u32);
+    req.encode_raw(&mut b);
+    b.freeze()
+}
+
 /// The object id in a gRPC-framed `PullRequest`.
 fn parse_request(b: &[u8]) -> Result<ObjectId, Status> {
     let bad = |why: &str| Status::invalid_argument(format!("a malformed pull request: {why}"));
@@ -321,18 +333,12 @@ pub(crate) async fn pull(
     size: u64,
 ) -> Result<(), String> {
     let mut conn = cluster.pulls.get(address).await?;
-    let mut body = BytesMut::with_capacity(64);
-    let req = cpb::PullRequest {
-        id: id.as_bytes().to_vec().into(),
-    };
-    body.put_u8(0);
-    body.put_u32(req.encoded_len() as u32);
-    req.encode(&mut body).map_err(|e| e.to_string())?;
+    let body = encode_request(id);
     let request = http::Request::post(format!("http://{address}{PATH}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header(TOKEN_HEADER, cluster.config.token.as_str())
-        .body(Full::new(body.freeze()))
+        .body(Full::new(body))
         .map_err(|e| format!("cannot make a pull request: {e}"))?;
     let broke = |e: hyper::Error| format!("the pull from {address} broke off: {e}");
     conn.ready().await.map_err(broke)?;
@@ -640,17 +646,12 @@ mod tests {
     #[test]
     fn pull_requests_are_checked() {
         let id = ObjectId::from_slice(&[3u8; 20]).unwrap();
-        let req = cpb::PullRequest {
-            id: id.as_bytes().to_vec().into(),
-        };
-        let mut b = vec![0];
-        b.extend_from_slice(&(req.encoded_len() as u32).to_be_bytes());
-        req.encode(&mut b).unwrap();
+        let b = encode_request(id);
         assert_eq!(parse_request(&b).unwrap(), id);
         let code = |b: &[u8]| parse_request(b).unwrap_err().code();
         assert_eq!(code(&b[..3]), Code::InvalidArgument);
         assert_eq!(code(&b[..b.len() - 1]), Code::InvalidArgument);
-        let mut compressed = b.clone();
+        let mut compressed = b.to_vec();
         compressed[0] = 1;
         assert_eq!(code(&compressed), Code::InvalidArgument);
         assert_eq!(code(&[0, 0, 0, 0, 2, 0x0a, 0]), Code::InvalidArgument);

@@ -20,6 +20,15 @@ pub(crate) enum PullFor {
     Arg,
 }
 
+/// A pull to start now: from `node`, `size` bytes.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub id: ObjectId,
+    pub ticket: u64,
+    pub node: NodeId,
+    pub size: u64,
+}
+
 /// The pull queue. Each admitted pull has a ticket, so that the end of a
 /// pull given up on (its node died) is not taken for the end of a newer one.
 #[derive(Debug, Default)]
@@ -69,7 +78,7 @@ impl Pulls {
         &mut self,
         room: u64,
         mut source: impl FnMut(&ObjectId) -> Option<NodeId>,
-    ) -> Vec<(ObjectId, u64)> {
+    ) -> Vec<Admitted> {
         let mut out = Vec::new();
         while let Some(&(why, seq, id)) = self.queue.first() {
             let Some(&(_, _, size)) = self.queued.get(&id) else {
@@ -90,7 +99,12 @@ impl Pulls {
             self.next += 1;
             self.running.insert(id, (self.next, size, node));
             self.bytes += size;
-            out.push((id, self.next));
+            out.push(Admitted {
+                id,
+                ticket: self.next,
+                node,
+                size,
+            });
         }
         out
     }
@@ -133,8 +147,8 @@ mod tests {
         NodeId::from_slice(&[i; 16]).unwrap()
     }
 
-    fn ids(v: &[(ObjectId, u64)]) -> Vec<ObjectId> {
-        v.iter().map(|(i, _)| *i).collect()
+    fn ids(v: &[Admitted]) -> Vec<ObjectId> {
+        v.iter().map(|a| a.id).collect()
     }
 
     #[test]
@@ -171,7 +185,7 @@ mod tests {
             "80 of 100 bytes; the third waits"
         );
         assert!(p.admit(100, |_| Some(node(1))).is_empty());
-        assert!(p.ended(first[0].0, first[0].1));
+        assert!(p.ended(first[0].id, first[0].ticket));
         assert_eq!(ids(&p.admit(100, |_| Some(node(1)))), [id(3)]);
         // A request for a running pull changes nothing.
         p.request(id(3), 40, PullFor::Get);
@@ -193,11 +207,14 @@ mod tests {
         p.request(id(1), 60, PullFor::Get);
         let t3 = p.admit(0, |_| Some(node(1)));
         assert!(t3.is_empty(), "one runs and 60 more do not fit");
-        assert!(p.ended(t2[0].0, t2[0].1));
+        assert!(p.ended(t2[0].id, t2[0].ticket));
         let t3 = p.admit(0, |_| Some(node(1)));
         assert_eq!(ids(&t3), [id(1)]);
-        assert!(!p.ended(id(1), t1[0].1), "the given-up pull's end is stale");
-        assert!(p.ended(id(1), t3[0].1));
+        assert!(
+            !p.ended(id(1), t1[0].ticket),
+            "the given-up pull's end is stale"
+        );
+        assert!(p.ended(id(1), t3[0].ticket));
         assert_eq!(p.bytes, 0);
     }
 

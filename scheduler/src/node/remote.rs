@@ -17,7 +17,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::objects::Hold;
-use super::pulls::PullFor;
+use super::pulls::{Admitted, PullFor};
 use super::state::{
     ActorState, Body, Job, Obj, ObjState, State, Task, TaskId, TaskState, WaitKind, WorkerCommand,
     count_down, count_up, error, parse_id,
@@ -632,14 +632,17 @@ impl Shared {
             ObjState::Ready(Body::Remote { node, .. }) => Some(node),
             _ => None,
         });
-        for (id, ticket) in admitted {
-            let Some(o) = st.objects.get_mut(&id) else {
-                continue;
-            };
-            let ObjState::Ready(Body::Remote { node, size }) = o.state else {
-                continue;
-            };
-            o.pulling = true;
+        for Admitted {
+            id,
+            ticket,
+            node,
+            size,
+        } in admitted
+        {
+            // `admit` saw it remote, on `node`, under this hold of the lock.
+            if let Some(o) = st.objects.get_mut(&id) {
+                o.pulling = true;
+            }
             self.off_lock(
                 Arc::clone(&c),
                 move |c, me| async move {

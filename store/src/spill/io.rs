@@ -187,6 +187,19 @@ pub enum ReadError {
     Record(#[from] RecordError),
 }
 
+/// Reads the header sector of the record at `offset` through `stage` and
+/// checks it against `expected`.
+fn read_header(
+    file: &File,
+    offset: u64,
+    expected: &Header,
+    stage: &mut [u8],
+) -> io::Result<Result<Header, RecordError>> {
+    file.read_exact_at(&mut stage[..SECTOR as usize], offset)?;
+    let h: [u8; HEADER_LEN] = stage[..HEADER_LEN].try_into().map_err(io::Error::other)?;
+    Ok(Header::decode(&h, expected))
+}
+
 /// Reads the record at `offset` of `path` into `dest` (the object's new block)
 /// and verifies it against `expected`.
 pub fn read_record(
@@ -202,9 +215,7 @@ pub fn read_record(
     let header = with_stage(|stage| {
         // The header sector, and the body's last partial sector, come through
         // the staging buffer; with direct I/O every read is whole sectors.
-        file.read_exact_at(&mut stage[..SECTOR as usize], offset)?;
-        let h: [u8; HEADER_LEN] = stage[..HEADER_LEN].try_into().map_err(io::Error::other)?;
-        let header = Header::decode(&h, expected);
+        let header = read_header(&file, offset, expected, stage)?;
         let direct_body = direct && len >= DIRECT_MIN && aligned(dest);
         let staged_from = if direct_body { whole } else { 0 };
         if direct_body {
@@ -257,11 +268,7 @@ impl RecordReader {
     /// or deleted meanwhile: records are never rewritten in place.
     pub fn open(path: &Path, offset: u64, expected: &Header) -> Result<Self, ReadError> {
         let (file, _) = open_direct(path, false)?;
-        let header = with_stage(|stage| {
-            file.read_exact_at(&mut stage[..SECTOR as usize], offset)?;
-            let h: [u8; HEADER_LEN] = stage[..HEADER_LEN].try_into().map_err(io::Error::other)?;
-            Ok(Header::decode(&h, expected))
-        })??;
+        let header = with_stage(|stage| read_header(&file, offset, expected, stage))??;
         Ok(Self {
             file,
             body: offset + SECTOR,
