@@ -550,6 +550,39 @@ fn spilled_pull() {
     assert!(wait_for("checked", WAIT), "the test did not check");
 }
 
+/// Bytes of [`evicted_copy`]'s objects: four overfill node 1's 64 MiB store.
+const EVICTED: usize = 20 << 20;
+
+/// On node 1: reads an object made on node 0 (a pulled copy here), puts
+/// enough to overfill this node's store, then reads the object again once
+/// the test saw the copy evicted.
+fn evicted_copy() {
+    connect();
+    let made = make_buffer::options()
+        .resources("maker", 1.0)
+        .remote(7, EVICTED);
+    let check = |what: &str| {
+        let b = arca::get_timeout(&made, GET).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(b[..] == pattern(7, EVICTED)[..], "{what}: corrupted");
+    };
+    check("the first read");
+    let filler: Vec<_> = (0..4u64)
+        .map(|i| arca::put(&arca::Buffer::from(pattern(i, EVICTED))).expect("put"))
+        .collect();
+    touch("put");
+    assert!(wait_for("go", WAIT), "the test saw nothing evicted");
+    check("the read after eviction");
+    for (i, r) in filler.iter().enumerate() {
+        let b = get(r);
+        assert!(
+            b[..] == pattern(i as u64, EVICTED)[..],
+            "filler {i} corrupted"
+        );
+    }
+    touch("read");
+    assert!(wait_for("checked", WAIT), "the test did not check");
+}
+
 /// Bytes of [`serve_object`]'s object: three chunks and a bit.
 const SERVED: usize = (15 << 20) + 5;
 
@@ -579,6 +612,7 @@ fn child_entry() {
         "blip" => blip(),
         "serve_object" => serve_object(),
         "spilled_pull" => spilled_pull(),
+        "evicted_copy" => evicted_copy(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -631,15 +665,9 @@ fn one_gib_object_made_on_one_node_read_on_another() {
 
 /// Spill totals of node `k`'s store: (objects only on disk, restored).
 fn spill_counts(c: &Cluster, k: usize) -> (u64, u64) {
-    let out = Command::new(arca_bin())
-        .args(["memory", "--json", "--temp-dir"])
-        .arg(&c.nodes[k])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("arca memory --json: {e}: {out:?}"));
-    let spill = &v["totals"]["spill"];
-    let n = |k: &str| spill[k].as_u64().unwrap_or_else(|| panic!("no {k} in {v}"));
+    let t = store_totals(c, k);
+    let spill = &t["spill"];
+    let n = |k: &str| spill[k].as_u64().unwrap_or_else(|| panic!("no {k} in {t}"));
     (n("objects_on_disk_only"), n("restored_objects"))
 }
 
@@ -667,6 +695,50 @@ fn a_spilled_object_is_pulled_from_disk_without_restoring_it() {
     let (on_disk, restored) = spill_counts(&c, 0);
     assert!(on_disk > 0, "nothing stayed on disk");
     assert_eq!(restored, 0, "node 0 restored objects to serve them");
+    fs::write(flag("checked"), "").unwrap();
+    d.finish();
+}
+
+/// Node `k`'s store totals, from `arca memory --json`.
+fn store_totals(c: &Cluster, k: usize) -> serde_json::Value {
+    let out = Command::new(arca_bin())
+        .args(["memory", "--json", "--temp-dir"])
+        .arg(&c.nodes[k])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("arca memory --json: {e}: {out:?}"));
+    v["totals"].clone()
+}
+
+#[test]
+fn a_pulled_copy_is_evicted_not_spilled_and_pulled_again() {
+    let c = Cluster::start(&[
+        NodeSpec {
+            resources: r#"{"maker": 1}"#,
+            ..PLAIN
+        },
+        NodeSpec {
+            memory: "64MiB",
+            ..PLAIN
+        },
+    ]);
+    let mut d = c.driver(1, "evicted_copy", &[]);
+    let dir = d.dir().to_path_buf();
+    let flag = |name: &str| dir.join(name);
+    let (put, read) = (flag("put"), flag("read"));
+    common::wait_until("the puts", WAIT, || put.exists() || d.exited());
+    assert!(put.exists(), "{}", d.output());
+    let t = store_totals(&c, 1);
+    assert_eq!(t["evicted_objects"], 1, "the copy was not evicted: {t}");
+    assert_eq!(
+        t["evicted_bytes"].as_u64().map(|b| b >= EVICTED as u64),
+        Some(true),
+        "{t}"
+    );
+    fs::write(flag("go"), "").unwrap();
+    common::wait_until("the reads", WAIT, || read.exists() || d.exited());
+    assert!(read.exists(), "{}", d.output());
     fs::write(flag("checked"), "").unwrap();
     d.finish();
 }

@@ -11,6 +11,7 @@
 
 mod actors;
 mod conn;
+mod copies;
 mod objects;
 mod pulls;
 mod remote;
@@ -189,9 +190,18 @@ impl Node {
                 path: node_socket,
                 cause,
             })?;
+        let mut threads = vec![accept, timer];
+        if shared.cluster.get().is_some() {
+            threads.push(
+                copies_thread(&shared).map_err(|cause| NodeStartError::Socket {
+                    path: shared.config.node_socket(),
+                    cause,
+                })?,
+            );
+        }
         Ok(Node {
             shared,
-            threads: vec![accept, timer],
+            threads,
             listener: own,
         })
     }
@@ -251,6 +261,32 @@ impl Node {
         }
         tracing::info!(session = %shared.config.session_dir.display(), "node stopped");
     }
+}
+
+/// Starts the thread that hands the store's events about pulled copies to
+/// the scheduler (only nodes in a cluster pull).
+fn copies_thread(shared: &Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    shared.store.on_event(move |e| {
+        let _ = tx.send(e);
+    });
+    let s = Arc::clone(shared);
+    std::thread::Builder::new()
+        .name("arca-node-copies".into())
+        .spawn(move || {
+            while !s.shutdown.load(Ordering::Acquire) {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(e) => e,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let mut st = s.state.lock();
+                s.store_event(&mut st, first);
+                while let Ok(e) = rx.try_recv() {
+                    s.store_event(&mut st, e);
+                }
+            }
+        })
 }
 
 impl Drop for Node {

@@ -44,6 +44,7 @@ impl Obj {
             waiting_calls: Vec::new(),
             lineage: None,
             relocations: 0,
+            copy_of: None,
             detached: false,
         }
     }

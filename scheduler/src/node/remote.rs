@@ -674,8 +674,7 @@ impl Shared {
             return;
         };
         let adopted = result.and_then(|()| {
-            let r = self.store.adopt(self.store_client, &[id]);
-            if r.first() == Some(&true) {
+            if self.store.contains(&id) {
                 Ok(())
             } else {
                 Err("the pulled copy vanished from the store".to_string())
@@ -693,6 +692,7 @@ impl Shared {
             self.start_locate(l, id);
             return;
         }
+        let landed = adopted.is_ok();
         o.state = ObjState::Ready(match adopted {
             Ok(()) => Body::Stored(size),
             Err(e) => {
@@ -706,6 +706,10 @@ impl Shared {
         });
         let waiters = std::mem::take(&mut o.waiters);
         let fetchers = std::mem::take(&mut o.fetchers);
+        if landed {
+            o.relocations = 0;
+            self.keep_as_copy(st, id, from);
+        }
         for w in waiters {
             self.waiter_progress(st, w);
         }
@@ -1343,6 +1347,7 @@ impl Shared {
             .filter(|(_, t)| t.state == TaskState::Forwarded(node))
             .map(|(id, _)| *id)
             .collect();
+        self.keep_copies_of(st, node);
         for tid in forwarded {
             let Some(t) = st.tasks.get_mut(&tid) else {
                 continue;

@@ -273,6 +273,9 @@ pub(crate) struct Obj {
     pub lineage: Option<TaskId>,
     /// Times a pull of it failed and it was located again.
     pub relocations: u8,
+    /// Its bytes here are a cache copy pulled from this node, which keeps
+    /// the primary copy (`copies`).
+    pub copy_of: Option<NodeId>,
     /// A detached actor's handle: held until the actor is killed.
     pub detached: bool,
 }

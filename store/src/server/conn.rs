@@ -330,7 +330,8 @@ pub(super) fn create(
             other => break other?,
         }
     };
-    drop(t);
+    // `done`, not a bare unlock: the create may have evicted cache copies.
+    shared.done(t);
     write(shared, loc, loc.data_size, metadata);
     Ok(loc)
 }
@@ -365,6 +366,7 @@ pub(super) fn get(
     let past = |d: Option<Instant>| d.is_some_and(|d| Instant::now() >= d);
     let mut results = vec![pb::GetResult::default(); ids.len()];
     let mut done = vec![false; ids.len()];
+    let mut asked = false;
     let mut t = shared.table.lock();
     loop {
         let mut job = None;
@@ -414,6 +416,20 @@ pub(super) fn get(
             shared.notify(&t);
             // The restored object is pinned on the next pass, under this same lock.
             continue;
+        }
+        if !asked && !past(deadline) {
+            // Once per get: ids the store never heard of may be evicted
+            // cache copies, which the node fetches again when told.
+            asked = true;
+            let missing: Vec<ObjectId> = ids
+                .iter()
+                .zip(&done)
+                .filter(|&(id, &d)| !d && t.absent(id))
+                .map(|(id, _)| *id)
+                .collect();
+            if !missing.is_empty() {
+                shared.tell(super::StoreEvent::Missing(missing));
+            }
         }
         if done.iter().all(|&d| d) || !shared.wait(&mut t, deadline) {
             break;

@@ -17,8 +17,8 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,20 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     conns: Mutex<HashMap<u64, Connection>>,
     spill_workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Where [`StoreEvent`]s go, once the embedding process asks for them.
+    events: OnceLock<Box<dyn Fn(StoreEvent) + Send + Sync>>,
+}
+
+/// What the store tells the process that embeds it (the node daemon) about
+/// its cache copies: objects created without a primary pin, which the store
+/// may evict while nobody reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreEvent {
+    /// These cache copies were evicted.
+    Evicted(Vec<ObjectId>),
+    /// A client waits for objects the store has no entry for: perhaps
+    /// evicted cache copies, to be fetched again.
+    Missing(Vec<ObjectId>),
 }
 
 /// A live connection: a clone of its stream (to shut it down on stop) and its
@@ -157,12 +171,24 @@ impl Shared {
         if t.spill_wanted() > 0 {
             self.spill_cond.notify_one();
         }
+        let evicted = t.take_evicted();
+        if !evicted.is_empty() {
+            self.tell(StoreEvent::Evicted(evicted));
+        }
         let dead = t.take_dead_files();
         drop(t);
         for f in dead {
             if let Err(e) = std::fs::remove_file(&f) {
                 tracing::warn!("cannot remove spill file {}: {e}", f.display());
             }
+        }
+    }
+
+    /// Hands `event` to the embedding process, if it asked for events. The
+    /// table lock may be held: the receiver only queues it.
+    fn tell(&self, event: StoreEvent) {
+        if let Some(f) = self.events.get() {
+            f(event);
         }
     }
 
@@ -274,6 +300,7 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
         shutdown: AtomicBool::new(false),
         conns: Mutex::new(HashMap::new()),
         spill_workers: Mutex::new(Vec::new()),
+        events: OnceLock::new(),
     });
     if shared.config.spill.is_some() {
         for i in 0..spill::WORKERS {
@@ -411,6 +438,14 @@ impl StoreHandle {
             .connect(std::process::id(), name.to_string())
     }
 
+    /// Sends the store's [`StoreEvent`]s to `f` from now on (once per store;
+    /// a second call is ignored). `f` runs on the store's threads, some
+    /// with the table lock held: it must only queue the event, never call
+    /// the store or wait.
+    pub fn on_event(&self, f: impl Fn(StoreEvent) + Send + Sync + 'static) {
+        let _ = self.shared.events.set(Box::new(f));
+    }
+
     /// Moves the primary pins of sealed objects to `client`; false for ids
     /// that are unknown, unsealed or deleted.
     pub fn adopt(&self, client: ClientId, ids: &[ObjectId]) -> Vec<bool> {
@@ -418,6 +453,16 @@ impl StoreHandle {
         let adopted = ids.iter().map(|id| t.adopt(client, id)).collect();
         self.shared.done(t);
         adopted
+    }
+
+    /// Turns primary copies `client` holds into cache copies, evictable
+    /// while nobody reads them ([`Table::demote`]); false for those that
+    /// stay primary.
+    pub fn demote(&self, client: ClientId, ids: &[ObjectId]) -> Vec<bool> {
+        let mut t = self.shared.table.lock();
+        let demoted = ids.iter().map(|id| t.demote(client, id)).collect();
+        self.shared.done(t);
+        demoted
     }
 
     /// Deletes objects: memory and spilled copies are freed once no reader
@@ -428,6 +473,11 @@ impl StoreHandle {
             t.delete(id);
         }
         self.shared.done(t);
+    }
+
+    /// Whether `id` is sealed here and not deleted (in memory or spilled).
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.shared.table.lock().contains(id)
     }
 
     /// Bytes a create could have now without spilling.
@@ -628,5 +678,85 @@ impl StoreHandle {
                 Err(format!("cannot map object {id}: {e}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::from_bytes([n; 20])
+    }
+
+    /// A 4 MiB store whose events go to the returned channel.
+    fn store(name: &str) -> (StoreHandle, mpsc::Receiver<StoreEvent>) {
+        let dir = std::env::temp_dir().join(format!("arca-ev-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = StoreConfig::new(dir.join("s.sock"), 4 << 20);
+        config.eviction_batch = 0.0;
+        let s = start(config).unwrap();
+        let (tx, rx) = mpsc::channel();
+        s.on_event(move |e| {
+            let _ = tx.send(e);
+        });
+        (s, rx)
+    }
+
+    fn write(s: &StoreHandle, client: ClientId, id: ObjectId, size: u64, primary: bool) {
+        let mut w = s.create_local(client, id, size, primary).unwrap();
+        w.bytes().fill(id.as_bytes()[0]);
+        w.seal().unwrap();
+    }
+
+    #[test]
+    fn evicted_cache_copies_are_reported_and_primaries_are_not() {
+        let (s, rx) = store("evicted");
+        let c = s.local_client("node");
+        write(&s, c, id(1), 1 << 20, false);
+        write(&s, c, id(2), 1 << 20, true);
+        write(&s, c, id(3), 1 << 20, false);
+        assert!(rx.try_recv().is_err(), "nothing evicted yet");
+        // Three more MiB: one fits, then only the cache copies can make
+        // room, oldest first.
+        for n in 4..=6 {
+            write(&s, c, id(n), 1 << 20, true);
+        }
+        let mut evicted = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                StoreEvent::Evicted(ids) => evicted.extend(ids),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(evicted, vec![id(1), id(3)]);
+        s.shutdown();
+    }
+
+    #[test]
+    fn a_get_waiting_for_an_unknown_id_is_reported_once() {
+        let (s, rx) = store("missing");
+        let c = s.local_client("reader");
+        write(&s, c, id(7), 4096, true);
+        let shared = Arc::clone(&s.shared);
+        let got = conn::get(
+            &shared,
+            &|| false,
+            c,
+            &[id(7), id(8)],
+            Some(Duration::from_millis(300)),
+        )
+        .unwrap();
+        assert!(got[0].location.is_some());
+        assert!(got[1].location.is_none(), "8 was never made");
+        assert_eq!(rx.try_recv(), Ok(StoreEvent::Missing(vec![id(8)])));
+        assert!(rx.try_recv().is_err(), "one report per get");
+        // A get that does not wait reports nothing.
+        conn::get(&shared, &|| false, c, &[id(9)], Some(Duration::ZERO)).unwrap();
+        assert!(rx.try_recv().is_err());
+        s.shutdown();
     }
 }

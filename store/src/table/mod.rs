@@ -168,6 +168,9 @@ pub struct Table {
     /// Bytes that waiting creates and restores asked spilling to free.
     spill_demand: u64,
     spills_in_flight: usize,
+    /// Cache copies evicted since the server last took them, to tell the
+    /// node (its copies of objects that live on other nodes).
+    evicted: Vec<ObjectId>,
 }
 
 impl Table {
@@ -188,6 +191,7 @@ impl Table {
             fallback: None,
             spill_demand: 0,
             spills_in_flight: 0,
+            evicted: Vec::new(),
         }
     }
 
@@ -435,6 +439,7 @@ impl Table {
                 self.drop_memory(&id);
             } else {
                 self.free_entry(&id);
+                self.evicted.push(id);
                 self.stats.evicted_objects += 1;
                 self.stats.evicted_bytes += bytes;
             }
@@ -469,6 +474,17 @@ impl Table {
             return Err(StateError::NotCreating(*id));
         }
         Ok(())
+    }
+
+    /// The cache copies evicted since the last call.
+    pub fn take_evicted(&mut self) -> Vec<ObjectId> {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Whether the table has no entry for `id` at all: not sealed, not
+    /// being created, not being deleted.
+    pub fn absent(&self, id: &ObjectId) -> bool {
+        !self.objects.contains_key(id)
     }
 
     /// Whether `id` is sealed and not deleted (in memory or spilled).
@@ -550,6 +566,29 @@ impl Table {
         }
         if let Some(c) = self.clients.get_mut(&client) {
             c.primaries.insert(*id);
+        }
+        self.settle(id);
+        true
+    }
+
+    /// Turns the primary copy `client` holds of `id` into a cache copy,
+    /// which eviction may take once nobody reads it. Only a copy in memory
+    /// and not on disk is demoted (a spilled one would be freed outright);
+    /// returns whether it was.
+    pub fn demote(&mut self, client: ClientId, id: &ObjectId) -> bool {
+        let Some(e) = self
+            .objects
+            .get_mut(id)
+            .filter(|e| e.visible() && e.primary == Some(client))
+        else {
+            return false;
+        };
+        if e.mem.is_none() || e.disk.is_some() || e.io != Io::Idle || e.fallback {
+            return false;
+        }
+        e.primary = None;
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.primaries.remove(id);
         }
         self.settle(id);
         true

@@ -125,6 +125,32 @@ fn pinned_and_primary_are_never_evicted() {
 }
 
 #[test]
+fn a_demoted_primary_becomes_evictable_and_is_reported() {
+    let mut t = Table::new(&[4 * KIB], 0);
+    let node = t.connect(1, "node".into());
+    let other = t.connect(2, "other".into());
+    put(&mut t, node, 1, KIB, true).unwrap();
+    put(&mut t, node, 2, KIB, true).unwrap();
+    put(&mut t, node, 3, 2 * KIB, true).unwrap();
+    assert!(
+        !t.demote(other, &id(1)),
+        "only the primary's holder demotes it"
+    );
+    assert!(!t.demote(node, &id(9)), "unknown ids are not demoted");
+    t.get(other, &id(1)).unwrap();
+    assert!(t.demote(node, &id(1)));
+    assert_eq!(t.room(), 0, "a copy being read is not evictable yet");
+    t.release(other, &id(1));
+    assert_eq!(t.room(), KIB, "released, it is");
+    assert!(t.take_evicted().is_empty());
+    put(&mut t, node, 4, KIB, true).unwrap();
+    assert_eq!(t.take_evicted(), vec![id(1)]);
+    assert!(t.contains(&id(2)), "the primaries stay");
+    assert!(t.absent(&id(1)) && !t.absent(&id(2)));
+    t.check_invariants();
+}
+
+#[test]
 fn fragmentation_is_resolved_by_evicting() {
     let mut t = Table::new(&[8 * KIB], 0);
     let c = t.connect(1, "a".into());
