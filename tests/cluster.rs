@@ -84,6 +84,28 @@ fn call_actor(c: CounterHandle, times: u32) -> Vec<i64> {
     arca::get_many_timeout(&refs, Some(Duration::from_secs(30))).expect("calls from a third node")
 }
 
+/// Keeps references, and the copies of their objects on its node.
+struct Keeper {
+    kept: Vec<ObjectRef<arca::Buffer>>,
+}
+
+#[arca::actor]
+impl Keeper {
+    fn new() -> Self {
+        Keeper { kept: Vec::new() }
+    }
+
+    /// Reads each object here (pulling a copy) and keeps its reference.
+    fn keep(&mut self, refs: Vec<ObjectRef<arca::Buffer>>) -> usize {
+        let mut bytes = 0;
+        for r in refs {
+            bytes += arca::get(&r).expect("get on the keeper's node").len();
+            self.kept.push(r);
+        }
+        bytes
+    }
+}
+
 #[arca::remote]
 fn shout(what: String) -> String {
     println!("{what}");
@@ -583,6 +605,34 @@ fn evicted_copy() {
     assert!(wait_for("checked", WAIT), "the test did not check");
 }
 
+/// Makes two objects on node 1 and has an actor on node 2 pull copies;
+/// reads one as soon as the test killed node 1 (the pull from node 1 fails
+/// and goes to the copy), the other once this node knows node 1 is dead
+/// (the object is remote at the copy from then on). Nothing else could
+/// make them: the resource they need died with node 1.
+fn copy_elsewhere() {
+    connect();
+    let made: Vec<_> = (0..2u64)
+        .map(|i| {
+            make_buffer::options()
+                .resources("maker", 1.0)
+                .remote(5 + i, EVICTED)
+        })
+        .collect();
+    let keeper = Keeper::options().resources("keeper", 1.0).remote();
+    assert_eq!(get(&keeper.keep(made.clone())), 2 * EVICTED);
+    touch("kill");
+    for (i, r) in made.iter().enumerate() {
+        let flag = ["killed", "dead"][i];
+        assert!(wait_for(flag, WAIT), "the test did not say {flag}");
+        let b = arca::get_timeout(r, GET).expect("an object after its node died");
+        assert!(
+            b[..] == pattern(5 + i as u64, EVICTED)[..],
+            "copy {i} differs"
+        );
+    }
+}
+
 /// Bytes of [`serve_object`]'s object: three chunks and a bit.
 const SERVED: usize = (15 << 20) + 5;
 
@@ -613,6 +663,7 @@ fn child_entry() {
         "serve_object" => serve_object(),
         "spilled_pull" => spilled_pull(),
         "evicted_copy" => evicted_copy(),
+        "copy_elsewhere" => copy_elsewhere(),
         other => panic!("unknown scenario {other}"),
     });
 }
@@ -741,6 +792,49 @@ fn a_pulled_copy_is_evicted_not_spilled_and_pulled_again() {
     assert!(read.exists(), "{}", d.output());
     fs::write(flag("checked"), "").unwrap();
     d.finish();
+}
+
+#[test]
+fn an_object_whose_node_died_is_read_from_a_copy_on_another_node() {
+    let c = Cluster::start_with(
+        &[
+            PLAIN,
+            NodeSpec {
+                resources: r#"{"maker": 1}"#,
+                ..PLAIN
+            },
+            NodeSpec {
+                resources: r#"{"keeper": 1}"#,
+                ..PLAIN
+            },
+        ],
+        &["--node-timeout", "1"],
+    );
+    let mut d = c.driver(0, "copy_elsewhere", &[]);
+    let kill = d.dir().join("kill");
+    common::wait_until("the copies", WAIT, || kill.exists() || d.exited());
+    assert!(kill.exists(), "{}", d.output());
+    let victim = c.node_id(1);
+    sigkill(c.pid(1));
+    fs::write(d.dir().join("killed"), "").unwrap();
+    common::wait_until("node 1 declared dead", WAIT, || {
+        c.status(0)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == victim.as_str() && n["alive"] == false)
+    });
+    fs::write(d.dir().join("dead"), "").unwrap();
+    d.finish();
+    let log = fs::read_to_string(c.head().join("node.log")).unwrap();
+    assert!(
+        log.contains("another node has a copy"),
+        "the head did not turn to the copy:\n{log}"
+    );
+    assert!(
+        !log.contains("remaking outputs"),
+        "the head remade what a copy had:\n{log}"
+    );
 }
 
 #[test]

@@ -45,6 +45,8 @@ impl Obj {
             lineage: None,
             relocations: 0,
             copy_of: None,
+            copies: Vec::new(),
+            keep_pulled: false,
             detached: false,
         }
     }

@@ -36,7 +36,7 @@ const LOCALITY_BYTES: u64 = 1 << 20;
 /// the next is there when one finishes.
 const PIPELINE: usize = 2;
 
-fn id_bytes(id: &ObjectId) -> bytes::Bytes {
+pub(crate) fn id_bytes(id: &ObjectId) -> bytes::Bytes {
     id.as_bytes().to_vec().into()
 }
 
@@ -468,6 +468,16 @@ impl Shared {
             .as_ref()
             .ok()
             .and_then(|l| NodeId::from_slice(&l.actor_node));
+        let copies: Vec<NodeId> = loc
+            .as_ref()
+            .map(|l| {
+                l.copies
+                    .iter()
+                    .filter_map(|b| NodeId::from_slice(b))
+                    .filter(|n| Some(*n) != me)
+                    .collect()
+            })
+            .unwrap_or_default();
         let (body, encoding) = match loc {
             Err(e) => (
                 Body::Error(error(
@@ -508,6 +518,8 @@ impl Shared {
         if let Some(o) = st.objects.get_mut(&id) {
             o.encoding = encoding;
             o.actor_node = actor_node;
+            o.copies = copies;
+            o.keep_pulled = false;
             calls = std::mem::take(&mut o.waiting_calls);
         }
         self.complete(st, id, body, contained);
@@ -584,6 +596,14 @@ impl Shared {
                             format!("object {id} is not ready"),
                         )),
                     });
+                    let main = NodeId::from_slice(&loc.node_id);
+                    loc.copies = o
+                        .copies
+                        .iter()
+                        .chain(o.copy_of.iter())
+                        .filter(|n| Some(**n) != main && **n != asker)
+                        .map(|n| n.to_bytes())
+                        .collect();
                     if o.actor
                         && let Some(a) = st.actors.get(id)
                     {
@@ -652,8 +672,11 @@ impl Shared {
                     }
                 },
                 move |shared, st, result| {
-                    st.pulls.ended(id, ticket);
-                    shared.pulled(st, id, node, result);
+                    // A pull the queue dropped (its node died) was followed
+                    // by another: only its bytes, if it got them, count.
+                    if st.pulls.ended(id, ticket) || result.is_ok() {
+                        shared.pulled(st, id, node, result);
+                    }
                     shared.admit_pulls(st);
                 },
             );
@@ -680,6 +703,16 @@ impl Shared {
                 Err("the pulled copy vanished from the store".to_string())
             }
         });
+        if let Err(e) = &adopted {
+            tracing::info!(object = %id, from = %from, "pull failed: {e}");
+            // Another copy first, then the lender again.
+            if self.try_next_copy(st, id, from) {
+                return;
+            }
+        }
+        let Some(o) = st.objects.get_mut(&id) else {
+            return;
+        };
         if adopted.is_err()
             && let Some(l) = o.lender
             && o.relocations < 3
@@ -688,7 +721,7 @@ impl Shared {
             // remade elsewhere): ask the lender again.
             o.relocations += 1;
             o.state = ObjState::Locating;
-            tracing::info!(object = %id, from = %from, "pull failed; locating it again");
+            tracing::info!(object = %id, "no other copy known; locating it again");
             self.start_locate(l, id);
             return;
         }
@@ -730,9 +763,17 @@ impl Shared {
                     if let Some(o) = st.objects.get_mut(&id)
                         && count_down(&mut o.lent, from)
                     {
+                        if !o.lent.iter().any(|(n, _)| *n == from) {
+                            // It holds none: its copy went with its last.
+                            o.copies.retain(|n| *n != from);
+                        }
                         self.free_if_unused(st, id);
                     }
                 }
+                Ok(())
+            }
+            M::Copies(c) => {
+                self.on_copies(st, from, c);
                 Ok(())
             }
             M::Borrow(b) => {

@@ -276,6 +276,13 @@ pub(crate) struct Obj {
     /// Its bytes here are a cache copy pulled from this node, which keeps
     /// the primary copy (`copies`).
     pub copy_of: Option<NodeId>,
+    /// Other nodes known to hold a copy, to pull from if the one in its
+    /// state fails: told by the lender's answer, and, on the lender, by
+    /// the borrowers that pulled one (`copies`).
+    pub copies: Vec<NodeId>,
+    /// It is pulled from a copy found in `copies`, which its node does not
+    /// keep for this one: the pulled copy stays primary here.
+    pub keep_pulled: bool,
     /// A detached actor's handle: held until the actor is killed.
     pub detached: bool,
 }
