@@ -449,7 +449,7 @@ def wait(
             "num_returns cannot be greater than the number of objects provided to ray.wait."
         )
     # The native call checks every element is an ObjectRef (TypeError).
-    ready_idx = _native.wait(object_refs, num_returns, timeout)
+    ready_idx = _native.wait(object_refs, num_returns, timeout, fetch_local)
     if len(ready_idx) == len(object_refs):
         return list(object_refs), []
     mask = [False] * len(object_refs)

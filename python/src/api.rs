@@ -319,28 +319,32 @@ pub fn get<'py>(
     Ok(out)
 }
 
-/// Waits until `num_returns` of `refs` are ready or `timeout` passes;
-/// returns the indices of the ready ones.
+/// Waits until `num_returns` of `refs` are ready (with `fetch_local`: their
+/// bytes on this node) or `timeout` passes; returns the indices of the
+/// ready ones.
 #[pyfunction]
-#[pyo3(signature = (refs, num_returns, timeout=None))]
+#[pyo3(signature = (refs, num_returns, timeout=None, fetch_local=true))]
 pub fn wait(
     py: Python<'_>,
     refs: &Bound<'_, PyList>,
     num_returns: usize,
     timeout: Option<f64>,
+    fetch_local: bool,
 ) -> PyResult<Vec<usize>> {
     let ids = ids(refs)?;
     let timeout = duration(timeout)?;
     let first_slice = timeout.map_or(SLICE, |t| t.min(SLICE));
     let ready = py
-        .detach(|| core::wait(&ids, num_returns, Some(first_slice)))
+        .detach(|| core::wait(&ids, num_returns, Some(first_slice), fetch_local))
         .map_err(to_py_err)?;
     if ready.len() >= num_returns.min(ids.len()) || timeout.is_some_and(|t| t <= SLICE) {
         return Ok(ready);
     }
     py.check_signals()?;
     let left = timeout.map(|t| t - first_slice);
-    blocking(py, left, move |t| core::wait(&ids, num_returns, t))
+    blocking(py, left, move |t| {
+        core::wait(&ids, num_returns, t, fetch_local)
+    })
 }
 
 /// Submits a task, an actor's creation or an actor method call. `args`

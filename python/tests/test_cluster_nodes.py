@@ -250,6 +250,45 @@ def test_array_put_by_driver_read_on_the_other_node(cluster, tmp_path):
     assert out["again"] == out["local"]
 
 
+def test_wait_fetches_to_this_node_unless_told_not_to(cluster, tmp_path, arca_bin):
+    out = run_driver(
+        cluster,
+        """
+        import json, os, subprocess
+        import numpy as np
+        import arca as ray
+        ray.init()
+
+        @ray.remote(resources={"special": 1})
+        def make(seed):
+            return np.full(4 << 20, seed, dtype=np.uint8)
+
+        def here(ref):
+            p = subprocess.run(
+                [os.environ["ARCA_BIN"], "memory", "--json", "--temp-dir", os.environ["HEAD_DIR"]],
+                capture_output=True, text=True, timeout=30, check=True,
+            )
+            row = [o for o in json.loads(p.stdout)["objects"] if o["id"] == ref.hex()]
+            return row[0]["state"] if row else None
+
+        kept, fetched = make.remote(1), make.remote(2)
+        ready, _ = ray.wait([kept], fetch_local=False, timeout=60)
+        assert ready == [kept]
+        ready, _ = ray.wait([fetched], timeout=60)
+        assert ready == [fetched]
+        states = {"kept": here(kept), "fetched": here(fetched)}
+        assert int(ray.get(fetched, timeout=60)[0]) == 2
+        print("RESULT", json.dumps(states))
+        ray.shutdown()
+        """,
+        tmp_path,
+        ARCA_BIN=str(arca_bin),
+        HEAD_DIR=cluster["head_dir"],
+    )
+    # Ray's default fetches: the bytes are a pulled copy on the head.
+    assert out == {"kept": "remote", "fetched": "copy"}
+
+
 def test_init_with_the_heads_address(cluster, tmp_path):
     code = """
         import json, os

@@ -75,8 +75,15 @@ pub fn get(ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Fetched>> 
 }
 
 /// Waits until `num_returns` of `ids` are ready or `timeout` passes; returns
-/// the indices of the ready ones, in order (at most `num_returns`).
-pub fn wait(ids: &[ObjectId], num_returns: usize, timeout: Option<Duration>) -> Result<Vec<usize>> {
+/// the indices of the ready ones, in order (at most `num_returns`). With
+/// `fetch_local`, an object is ready once its bytes are on this node (one on
+/// another node is pulled here); else once it exists anywhere.
+pub fn wait(
+    ids: &[ObjectId],
+    num_returns: usize,
+    timeout: Option<Duration>,
+    fetch_local: bool,
+) -> Result<Vec<usize>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -85,6 +92,7 @@ pub fn wait(ids: &[ObjectId], num_returns: usize, timeout: Option<Duration>) -> 
         ids: task::ids(ids),
         num_returns: num_returns.min(u32::MAX as usize) as u32,
         timeout_ms: timeout_ms(timeout),
+        fetch_local,
     }))?;
     match reply {
         pb::reply::Kind::Wait(w) => Ok(w.ready.into_iter().map(|i| i as usize).collect()),

@@ -612,23 +612,10 @@ pub fn wait<T>(
     num_returns: usize,
     timeout: Option<Duration>,
 ) -> Result<Split<T>> {
-    if refs.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let rt = runtime()?;
     let ids: Vec<ObjectId> = refs.iter().map(|r| r.id()).collect();
-    let timeout_ms = timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64);
-    let reply = rt.call(pb::request::Kind::Wait(pb::Wait {
-        ids: task::ids(&ids),
-        num_returns: num_returns.min(u32::MAX as usize) as u32,
-        timeout_ms,
-    }))?;
-    let pb::reply::Kind::Wait(w) = reply else {
-        return Err(unexpected(&reply));
-    };
     let mut is_ready = vec![false; refs.len()];
-    for i in w.ready {
-        if let Some(r) = is_ready.get_mut(i as usize) {
+    for i in core::wait(&ids, num_returns, timeout, false)? {
+        if let Some(r) = is_ready.get_mut(i) {
             *r = true;
         }
     }

@@ -251,7 +251,10 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> R
                 );
                 return Ok(());
             }
-            let kind = WaitKind::Wait { num_returns };
+            let kind = WaitKind::Wait {
+                num_returns,
+                fetch_local: w.fetch_local,
+            };
             shared.add_waiter(st, conn, seq, ids, kind, w.timeout_ms);
         }
         Q::AddRefs(r) => {

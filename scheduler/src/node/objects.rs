@@ -145,23 +145,23 @@ impl Shared {
         let mut waiters = std::mem::take(&mut o.waiters);
         let dependents = std::mem::take(&mut o.dependents);
         if remote {
-            // Gets wait for the bytes to be pulled here; waits and locates
-            // are answered now.
-            let gets: Vec<WaiterId> = waiters
-                .iter()
-                .copied()
-                .filter(|w| {
-                    st.waiters
-                        .get(w)
-                        .is_some_and(|w| matches!(w.kind, WaitKind::Get))
-                })
-                .collect();
-            waiters.retain(|w| !gets.contains(w));
-            if !gets.is_empty() {
+            // Gets (and waits that fetch) wait for the bytes to be pulled
+            // here; other waits and locates are answered now.
+            let mut why = None;
+            let mut fetching = Vec::new();
+            waiters.retain(|w| {
+                let Some(p) = st.waiters.get(w).and_then(|w| w.kind.pulls()) else {
+                    return true;
+                };
+                why = Some(why.map_or(p, |w: PullFor| w.min(p)));
+                fetching.push(*w);
+                false
+            });
+            if let Some(why) = why {
                 if let Some(o) = st.objects.get_mut(&id) {
-                    o.waiters = gets;
+                    o.waiters = fetching;
                 }
-                self.start_pull(st, id, PullFor::Get);
+                self.start_pull(st, id, why);
             }
         }
         let mut kept = Vec::with_capacity(contained.len());
@@ -285,8 +285,10 @@ impl Shared {
                 }
             }
         }
-        for id in pulls {
-            self.start_pull(st, id, PullFor::Get);
+        if let Some(why) = kind.pulls() {
+            for id in pulls {
+                self.start_pull(st, id, why);
+            }
         }
         let deadline = u64::try_from(timeout_ms)
             .ok()
@@ -357,7 +359,7 @@ impl Shared {
         };
         match w.kind {
             WaitKind::Get | WaitKind::Locate { .. } => w.missing == 0,
-            WaitKind::Wait { num_returns } => {
+            WaitKind::Wait { num_returns, .. } => {
                 w.ids.len() - w.missing >= num_returns.min(w.ids.len())
             }
         }
@@ -415,7 +417,7 @@ impl Shared {
             WaitKind::Get => pb::reply::Kind::Get(pb::GetReply {
                 objects: w.ids.iter().map(|id| self.object_reply(st, id)).collect(),
             }),
-            WaitKind::Wait { num_returns } => {
+            WaitKind::Wait { num_returns, .. } => {
                 ready.truncate(num_returns);
                 pb::reply::Kind::Wait(pb::WaitReply {
                     ready: ready.into_iter().map(|i| i as u32).collect(),
@@ -543,6 +545,7 @@ impl Shared {
                     _ if o.actor => ("actor", 0),
                     ObjState::Pending(_) => ("pending", 0),
                     ObjState::Ready(Body::Inline(b)) => ("inline", b.len() as u64),
+                    ObjState::Ready(Body::Stored(n)) if o.copy_of.is_some() => ("copy", *n),
                     ObjState::Ready(Body::Stored(n)) => ("stored", *n),
                     ObjState::Ready(Body::Remote { size, .. }) => ("remote", *size),
                     ObjState::Locating => ("locating", 0),

@@ -1,6 +1,6 @@
-//! Which pulls run: requests wait in a queue, gets first, then task
-//! arguments, each kind in the order asked (a `wait` does not fetch here:
-//! Ray's `fetch_local` is taken and ignored), and are admitted while their
+//! Which pulls run: requests wait in a queue, gets first, then waits that
+//! fetch (Ray's `fetch_local`), then task arguments, each kind in the order
+//! asked, and are admitted while their
 //! bytes fit in the store's room (free memory and what eviction may take,
 //! less what running pulls will write). One always runs, however large, so
 //! an object bigger than the room still arrives, the store spilling for it.
@@ -16,6 +16,8 @@ use crate::cluster::NodeId;
 pub(crate) enum PullFor {
     /// A `get` waits for its bytes.
     Get,
+    /// A `wait` with `fetch_local` waits for its bytes.
+    Wait,
     /// A task's argument, before it can be dispatched here.
     Arg,
 }
@@ -152,16 +154,19 @@ mod tests {
     }
 
     #[test]
-    fn gets_go_first_then_arguments() {
+    fn gets_go_first_then_waits_then_arguments() {
         let mut p = Pulls::default();
         p.request(id(1), 10, PullFor::Arg);
+        p.request(id(5), 10, PullFor::Wait);
         p.request(id(2), 10, PullFor::Get);
         p.request(id(3), 10, PullFor::Get);
         p.request(id(4), 10, PullFor::Arg);
         // An argument asked for by a get too moves up, behind the get.
         p.request(id(4), 10, PullFor::Get);
+        // A get asked for again by a wait stays a get.
+        p.request(id(2), 10, PullFor::Wait);
         let started = p.admit(1000, |_| Some(node(1)));
-        assert_eq!(ids(&started), [id(2), id(3), id(4), id(1)]);
+        assert_eq!(ids(&started), [id(2), id(3), id(4), id(5), id(1)]);
         assert!(!p.waiting());
     }
 

@@ -444,8 +444,12 @@ pub(crate) struct Actor {
 pub(crate) enum WaitKind {
     /// Needs every object's bytes here.
     Get,
-    /// Needs `num_returns` objects to exist anywhere.
-    Wait { num_returns: usize },
+    /// Needs `num_returns` objects to exist anywhere, or with `fetch_local`
+    /// to have their bytes here.
+    Wait {
+        num_returns: usize,
+        fetch_local: bool,
+    },
     /// Another node asks where the objects are, once all exist.
     Locate { asker: NodeId },
 }
@@ -454,8 +458,23 @@ impl WaitKind {
     /// Whether an object counts as there for this waiter.
     pub fn has(&self, o: &Obj) -> bool {
         match self {
-            WaitKind::Get => o.is_local(),
+            WaitKind::Get
+            | WaitKind::Wait {
+                fetch_local: true, ..
+            } => o.is_local(),
             _ => o.is_ready(),
+        }
+    }
+
+    /// Which pulls it asks for, if it wants bytes here.
+    pub fn pulls(&self) -> Option<super::pulls::PullFor> {
+        use super::pulls::PullFor;
+        match self {
+            WaitKind::Get => Some(PullFor::Get),
+            WaitKind::Wait {
+                fetch_local: true, ..
+            } => Some(PullFor::Wait),
+            _ => None,
         }
     }
 }
