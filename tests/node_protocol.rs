@@ -276,6 +276,7 @@ fn unknown_ids_are_errors_not_hangs() {
             ids: vec![id_bytes(unknown)],
             num_returns: 2,
             timeout_ms: 0,
+            fetch_local: false,
         }),
     );
     assert!(error_text(recv(&mut c)).contains("num_returns"));
@@ -394,6 +395,7 @@ fn replies_echo_their_request_seq_in_any_order() {
             ids: vec![id_bytes(ret)],
             num_returns: 1,
             timeout_ms: 50,
+            fetch_local: false,
         }),
     );
     send_seq(&mut c, 10, Q::Status(pb::Status {}));
@@ -404,6 +406,7 @@ fn replies_echo_their_request_seq_in_any_order() {
             ids: vec![id_bytes(ret)],
             num_returns: 2,
             timeout_ms: 0,
+            fetch_local: false,
         }),
     );
     // The Get waits; the later requests are answered meanwhile (the Wait at
