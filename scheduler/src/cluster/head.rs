@@ -244,8 +244,9 @@ pub(crate) async fn heartbeat_loop(
         let (s, c) = (shared.clone(), Arc::clone(&cluster));
         let Ok(Some(hb)) = tokio::task::spawn_blocking(move || {
             let shared = s.upgrade()?;
+            let totals = shared.store().totals();
             let st = shared.state.lock();
-            Some(shared.heartbeat(&st, &c))
+            Some(shared.heartbeat(&st, &c, &totals))
         })
         .await
         else {
@@ -292,8 +293,9 @@ pub(crate) async fn heartbeat_loop(
             // The head declared this node dead (or restarted): join again.
             let Some(sh) = shared.upgrade() else { return };
             let info = {
+                let totals = sh.store().totals();
                 let st = sh.state.lock();
-                sh.node_info(&st, &cluster)
+                sh.node_info(&st, &cluster, &totals)
             };
             tracing::warn!("the head no longer knows this node; joining again");
             let _ = control

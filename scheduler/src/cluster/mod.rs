@@ -365,7 +365,8 @@ impl Cluster {
 
     /// Registers with the head, retrying for a few seconds while it starts.
     fn join(&self, shared: &Arc<Shared>) -> Result<(), ClusterError> {
-        let info = shared.node_info(&shared.state.lock(), self);
+        let totals = shared.store().totals();
+        let info = shared.node_info(&shared.state.lock(), self, &totals);
         let mut control = self.control();
         let request = cpb::RegisterRequest { node: Some(info) };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -95,7 +95,7 @@ impl TransferService {
         let source = tokio::task::spawn_blocking(move || {
             // A spilled object is served from its spill file, not restored
             // here first.
-            match shared.store.open_spilled(id) {
+            match shared.store().open_spilled(id) {
                 Some(Ok(record)) => return Ok(Source::Disk(record)),
                 // Restored or deleted meanwhile, or unreadable: the store
                 // says which.
@@ -103,7 +103,7 @@ impl TransferService {
                 None => {}
             }
             shared
-                .store
+                .store()
                 .read_local(shared.store_client, id, Duration::from_secs(10))
                 .map(|obj| Source::Memory(Arc::new(obj)))
         })
@@ -358,7 +358,7 @@ pub(crate) async fn pull(
     let mut object = tokio::task::spawn_blocking(move || {
         let shared = s.upgrade().ok_or("the node is stopping")?;
         shared
-            .store
+            .store()
             .create_local(shared.store_client, id, size, true)
             .map_err(|e| e.to_string())
     })

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arca_proto::node as pb;
+use arca_proto::store::StoreTotals;
 use arca_store::ObjectId;
 use arca_store::wire::{Conn, MAX_REQUEST_FRAME, RecvError, Side};
 use parking_lot::Mutex;
 
-use super::objects::Hold;
+use super::objects::{Hold, Taken};
 use super::state::{ConnId, ConnState, Job, State, WaitKind, WorkerCommand, parse_id};
 use super::{NODE_PROTOCOL_VERSION, Shared};
 
@@ -97,9 +98,13 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
             shared.request_stop();
             continue;
         }
+        let before = Before::of(shared, &kind);
         let mut st = shared.state.lock();
-        if let Err(msg) = handle(shared, &mut st, id, seq, kind) {
+        if let Err(msg) = handle(shared, &mut st, id, seq, kind, &before) {
             tracing::warn!(conn = id, pid = hello.pid, "dropping client: {msg}");
+            if before.refused_gives_back {
+                shared.delete_later(&mut st, before.taken.newly_taken());
+            }
             st.send(
                 id,
                 seq,
@@ -219,16 +224,72 @@ fn ids(list: &[bytes::Bytes]) -> Result<Vec<ObjectId>, String> {
         .collect()
 }
 
+/// The store's part of a request, done before the node's lock is taken so
+/// that no store call happens under it.
+#[derive(Default)]
+struct Before {
+    totals: Option<StoreTotals>,
+    /// The stored objects it reports, taken over by the node.
+    taken: Taken,
+    /// A refused request gives them back (a task's results; not a put,
+    /// which is refused when its object exists already).
+    refused_gives_back: bool,
+}
+
+impl Before {
+    fn of(shared: &Shared, kind: &Q) -> Before {
+        let take = |objects: &mut dyn Iterator<Item = &pb::Object>| {
+            let ids: Vec<ObjectId> = objects
+                .filter(|o| matches!(o.body, Some(pb::object::Body::Stored(_))))
+                .filter_map(|o| parse_id(&o.id))
+                .collect();
+            if ids.is_empty() {
+                return Taken::default();
+            }
+            let found = shared.store().take_over(shared.store_client, &ids);
+            Taken(ids.into_iter().zip(found).collect())
+        };
+        match kind {
+            Q::Status(_) => Before {
+                totals: Some(shared.store().totals()),
+                ..Before::default()
+            },
+            Q::Put(p) => Before {
+                taken: take(&mut p.object.iter()),
+                ..Before::default()
+            },
+            Q::TaskDone(d) => Before {
+                taken: take(&mut d.results.iter()),
+                refused_gives_back: true,
+                ..Before::default()
+            },
+            _ => Before::default(),
+        }
+    }
+}
+
 /// Handles one request; one that waits for objects is answered later (by
 /// whichever thread completes them, or the timer), so this never blocks.
-fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> Result<(), String> {
+fn handle(
+    shared: &Shared,
+    st: &mut State,
+    conn: ConnId,
+    seq: u64,
+    kind: Q,
+    before: &Before,
+) -> Result<(), String> {
     match kind {
         Q::Hello(_) => return Err("Hello sent twice".into()),
         Q::Submit(s) => {
             let spec = s.spec.ok_or("Submit without a task")?;
             shared.submit(st, conn, spec)?;
         }
-        Q::Put(p) => shared.put(st, conn, p.object.ok_or("Put without an object")?)?,
+        Q::Put(p) => shared.put(
+            st,
+            conn,
+            p.object.ok_or("Put without an object")?,
+            &before.taken,
+        )?,
         Q::Get(g) => {
             let ids = ids(&g.ids)?;
             shared.add_waiter(st, conn, seq, ids, WaitKind::Get, g.timeout_ms);
@@ -283,9 +344,10 @@ fn handle(shared: &Shared, st: &mut State, conn: ConnId, seq: u64, kind: Q) -> R
             let id = parse_id(&k.actor_id).ok_or("KillActor: malformed actor id")?;
             shared.kill_actor(st, &id, k.no_restart);
         }
-        Q::TaskDone(d) => shared.task_done(st, conn, d)?,
+        Q::TaskDone(d) => shared.task_done(st, conn, d, &before.taken)?,
         Q::Status(_) => {
-            let reply = shared.status_reply(st);
+            let totals = before.totals.clone().unwrap_or_default();
+            let reply = shared.status_reply(st, &totals);
             st.send(conn, seq, R::Status(reply));
         }
         Q::Memory(_) => {

@@ -4,18 +4,23 @@
 //! remote again here, and pulled back when a reader wants it.
 //!
 //! The store says what it evicted and which ids a reader waits for that it
-//! has never heard of ([`StoreEvent`]); both may be late, so each handler
-//! checks the store before it changes anything.
+//! has never heard of ([`StoreEvent`]); both may be late, so the handler
+//! checks the store first (before taking the node's lock, as every store
+//! call is), and skips an object pulled again since it checked
+//! (`Shared::landings`).
 
+use std::sync::atomic::Ordering;
+
+use arca_proto::node::ErrorKind as K;
 use arca_store::ObjectId;
-use arca_store::server::StoreEvent;
+use arca_store::server::{StoreEvent, TakeOver};
 
 use arca_proto::cluster as cpb;
 
 use super::Shared;
 use super::pulls::PullFor;
 use super::remote::id_bytes;
-use super::state::{Body, ObjState, State, parse_id};
+use super::state::{Body, ObjState, State, error, parse_id};
 use crate::cluster::NodeId;
 
 fn copies_message(added: &[ObjectId], dropped: &[ObjectId]) -> cpb::peer_message::Kind {
@@ -26,24 +31,40 @@ fn copies_message(added: &[ObjectId], dropped: &[ObjectId]) -> cpb::peer_message
 }
 
 impl Shared {
-    /// A pull of `id` from `from` landed: its copy here becomes a cache copy,
-    /// the primary staying on `from`. A copy the store would not demote (it
-    /// was spilled already) stays primary here.
+    /// A pull of `id` from `from` landed: its copy here becomes a cache copy
+    /// (once the lock is let go), the primary staying on `from`. A copy the
+    /// store would not demote (it was spilled already) stays primary here.
     pub(crate) fn keep_as_copy(&self, st: &mut State, id: ObjectId, from: NodeId) {
         let Some(o) = st.objects.get_mut(&id) else {
             return;
         };
+        o.landed = self.landings.fetch_add(1, Ordering::SeqCst) + 1;
         o.copies.retain(|n| *n != from);
-        let demoted = !o.keep_pulled && self.store.demote(self.store_client, &[id])[0];
-        o.copy_of = demoted.then_some(from);
-        if demoted {
+        let demote = !o.keep_pulled;
+        o.keep_pulled = false;
+        if demote {
+            o.copy_of = Some(from);
             // The node it came from is a copy too.
             o.copies.push(from);
         }
-        o.keep_pulled = false;
         if let Some(l) = o.lender {
             self.send_peer(l, copies_message(&[id], &[]));
         }
+        if !demote {
+            return;
+        }
+        let me = self.me.clone();
+        st.after.push(Box::new(move || {
+            let Some(shared) = me.upgrade() else { return };
+            if !shared.store().demote(shared.store_client, &[id])[0] {
+                let mut st = shared.state.lock();
+                if let Some(o) = st.objects.get_mut(&id)
+                    && o.copy_of == Some(from)
+                {
+                    o.copy_of = None;
+                }
+            }
+        }));
     }
 
     /// A borrower says it has (or no longer has) copies of objects lent it.
@@ -93,32 +114,46 @@ impl Shared {
         true
     }
 
-    pub(crate) fn store_event(&self, st: &mut State, event: StoreEvent) {
-        match event {
-            StoreEvent::Evicted(ids) => {
-                for id in ids {
-                    self.copy_gone(st, &id);
-                }
-            }
-            StoreEvent::Missing(ids) => {
-                for id in ids {
-                    self.copy_gone(st, &id);
+    /// Hands store events to the scheduler: what the store no longer has is
+    /// checked first, without the node's lock, then applied under it.
+    pub(crate) fn store_events(&self, events: Vec<StoreEvent>) {
+        let seen = self.landings.load(Ordering::SeqCst);
+        let checked: Vec<(bool, Vec<ObjectId>)> = events
+            .into_iter()
+            .map(|e| match e {
+                StoreEvent::Evicted(ids) => (false, ids),
+                StoreEvent::Missing(ids) => (true, ids),
+            })
+            .map(|(wanted, ids)| {
+                let gone = ids
+                    .into_iter()
+                    .filter(|id| !self.store().contains(id))
+                    .collect();
+                (wanted, gone)
+            })
+            .collect();
+        let mut st = self.state.lock();
+        for (wanted, gone) in checked {
+            for id in gone {
+                self.copy_gone(&mut st, &id, seen);
+                if wanted {
                     // A reader waits in the store: the bytes come back.
-                    self.start_pull(st, id, PullFor::Get);
+                    self.start_pull(&mut st, id, PullFor::Get);
                 }
             }
         }
     }
 
-    /// If `id` is a pulled copy the store no longer has, it is remote again.
-    fn copy_gone(&self, st: &mut State, id: &ObjectId) {
+    /// A pulled copy the store no longer had when checked (with `seen`
+    /// landings then) is remote again, unless it was pulled again since.
+    fn copy_gone(&self, st: &mut State, id: &ObjectId, seen: u64) {
         let Some(o) = st.objects.get_mut(id) else {
             return;
         };
         let (ObjState::Ready(Body::Stored(size)), Some(node)) = (&o.state, o.copy_of) else {
             return;
         };
-        if self.store.contains(id) {
+        if o.landed > seen {
             return; // pulled again since
         }
         tracing::debug!(object = %id, primary = %node, "pulled copy evicted");
@@ -132,9 +167,8 @@ impl Shared {
 
     /// `node` died: it is no longer a place to pull from; objects remote
     /// there with a copy elsewhere are remote at the copy now. Copies
-    /// pulled from it are kept as primary copies here, since theirs went
-    /// with it; one evicted meanwhile is remote on the dead node, which the
-    /// caller treats as lost.
+    /// pulled from it are made primary copies here (once the lock is let
+    /// go), since theirs went with it; one evicted meanwhile is lost.
     pub(crate) fn keep_copies_of(&self, st: &mut State, node: NodeId) {
         let mut moved = Vec::new();
         for (id, o) in st.objects.iter_mut() {
@@ -163,15 +197,33 @@ impl Shared {
             .filter(|(_, o)| o.copy_of == Some(node))
             .map(|(id, _)| *id)
             .collect();
-        let kept = self.store.adopt(self.store_client, &ids);
-        for (id, kept) in ids.iter().zip(kept) {
-            let Some(o) = st.objects.get_mut(id) else {
-                continue;
-            };
-            o.copy_of = None;
-            if !kept && let ObjState::Ready(Body::Stored(size)) = o.state {
-                o.state = ObjState::Ready(Body::Remote { node, size });
-            }
+        if ids.is_empty() {
+            return;
         }
+        let me = self.me.clone();
+        st.after.push(Box::new(move || {
+            let Some(shared) = me.upgrade() else { return };
+            let kept = shared.store().take_over(shared.store_client, &ids);
+            let mut st = shared.state.lock();
+            for (id, kept) in ids.iter().zip(kept) {
+                let Some(o) = st.objects.get_mut(id) else {
+                    continue;
+                };
+                if o.copy_of != Some(node) {
+                    continue;
+                }
+                o.copy_of = None;
+                if kept == TakeOver::Missing && matches!(o.state, ObjState::Ready(Body::Stored(_))) {
+                    o.state = ObjState::Ready(Body::Error(error(
+                        K::ObjectLost,
+                        "",
+                        format!(
+                            "object {id} was lost: its primary copy was on node {node}, which died, \
+                             and the copy here had been evicted"
+                        ),
+                    )));
+                }
+            }
+        }));
     }
 }

@@ -81,7 +81,8 @@ pub enum NodeStartError {
 
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
-    pub(crate) store: StoreHandle,
+    /// Reached through [`Shared::store`].
+    store_handle: StoreHandle,
     pub(crate) store_client: ClientId,
     pub(crate) state: state::StateLock,
     /// Wakes the timer thread when an earlier deadline is registered.
@@ -95,6 +96,9 @@ pub(crate) struct Shared {
     pub(crate) me: std::sync::Weak<Shared>,
     /// The cluster side, once joined (never, for a standalone node).
     pub(crate) cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// Pulls landed so far: tells a store event checked before a landing
+    /// from one checked after it (`copies`).
+    pub(crate) landings: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -106,6 +110,19 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// The embedded store, never called under the node's lock (checked in
+    /// debug builds).
+    pub(crate) fn store(&self) -> &StoreHandle {
+        state::assert_unlocked();
+        &self.store_handle
+    }
+
+    /// The store's room as of its last change: an atomic read, not a call
+    /// into the store, so the scheduler may read it under its lock.
+    pub(crate) fn store_room(&self) -> u64 {
+        self.store_handle.room()
+    }
+
     /// Asks whoever owns the [`Node`] to stop it (`arca stop`).
     pub(crate) fn request_stop(&self) {
         *self.stop_requested.lock() = true;
@@ -154,7 +171,7 @@ impl Node {
             me: me.clone(),
             state: state::StateLock::new(State::new(total)),
             config,
-            store,
+            store_handle: store,
             store_client,
             timer: Condvar::new(),
             shutdown: AtomicBool::new(false),
@@ -163,6 +180,7 @@ impl Node {
             started: Instant::now(),
             next_conn: AtomicU64::new(1),
             cluster: std::sync::OnceLock::new(),
+            landings: AtomicU64::new(0),
         });
         if let Some(cc) = shared.config.cluster.clone() {
             let c = crate::cluster::Cluster::start(&shared, cc)?;
@@ -267,7 +285,7 @@ impl Node {
 /// the scheduler (only nodes in a cluster pull).
 fn copies_thread(shared: &Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
     let (tx, rx) = std::sync::mpsc::channel();
-    shared.store.on_event(move |e| {
+    shared.store().on_event(move |e| {
         let _ = tx.send(e);
     });
     let s = Arc::clone(shared);
@@ -280,11 +298,9 @@ fn copies_thread(shared: &Arc<Shared>) -> std::io::Result<JoinHandle<()>> {
                     Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 };
-                let mut st = s.state.lock();
-                s.store_event(&mut st, first);
-                while let Ok(e) = rx.try_recv() {
-                    s.store_event(&mut st, e);
-                }
+                let mut events = vec![first];
+                events.extend(rx.try_iter());
+                s.store_events(events);
             }
         })
 }

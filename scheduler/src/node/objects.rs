@@ -6,12 +6,37 @@ use std::time::{Duration, Instant};
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
+use arca_store::server::TakeOver;
 
 use super::Shared;
 use super::pulls::PullFor;
 use super::state::{
     Body, ConnId, Obj, ObjState, State, WaitKind, Waiter, WaiterId, WorkerState, error,
 };
+
+/// The stored objects a request reports, with what taking over their
+/// primary pins found: done before the node's lock is taken (`conn`), as
+/// every store call is.
+#[derive(Debug, Default)]
+pub(crate) struct Taken(pub Vec<(ObjectId, TakeOver)>);
+
+impl Taken {
+    pub(crate) fn of(&self, id: &ObjectId) -> TakeOver {
+        self.0
+            .iter()
+            .find(|(i, _)| i == id)
+            .map_or(TakeOver::Missing, |&(_, t)| t)
+    }
+
+    /// The pins the node took, to give back if the request is refused.
+    pub(crate) fn newly_taken(&self) -> Vec<ObjectId> {
+        self.0
+            .iter()
+            .filter(|(_, t)| *t == TakeOver::Taken)
+            .map(|&(id, _)| id)
+            .collect()
+    }
+}
 
 /// Which count a hold is kept in (holds by containing objects are set
 /// when the containing object completes).
@@ -47,6 +72,7 @@ impl Obj {
             copy_of: None,
             copies: Vec::new(),
             keep_pulled: false,
+            landed: 0,
             detached: false,
         }
     }
@@ -63,7 +89,13 @@ pub(crate) fn body_of(obj: &pb::Object) -> Body {
 
 impl Shared {
     /// A process stores an object it owns (`arca::put`).
-    pub(crate) fn put(&self, st: &mut State, conn: ConnId, obj: pb::Object) -> Result<(), String> {
+    pub(crate) fn put(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        obj: pb::Object,
+        taken: &Taken,
+    ) -> Result<(), String> {
         let id = super::state::parse_id(&obj.id).ok_or("put: malformed object id")?;
         if st.objects.contains_key(&id) {
             return Err(format!("put: object {id} already exists"));
@@ -81,31 +113,37 @@ impl Shared {
             .iter()
             .filter_map(|b| super::state::parse_id(b))
             .collect();
-        let body = self.adopt(&id, body_of(&obj), "put");
+        let body = self.adopted(&id, body_of(&obj), "put", taken);
         self.complete(st, id, body, contained);
         Ok(())
     }
 
-    /// Takes over the primary pin of a value written to the store, so that it
-    /// outlives the process that wrote it.
-    pub(crate) fn adopt(&self, id: &ObjectId, body: Body, function: &str) -> Body {
+    /// A value written to the store, whose primary pin the node took over
+    /// before its lock (`taken`), so that it outlives the process that
+    /// wrote it; an error if it was not there.
+    pub(crate) fn adopted(&self, id: &ObjectId, body: Body, function: &str, taken: &Taken) -> Body {
         match body {
-            Body::Stored(n) => {
-                if self
-                    .store
-                    .adopt(self.store_client, std::slice::from_ref(id))[0]
-                {
-                    Body::Stored(n)
-                } else {
-                    Body::Error(error(
-                        pb::ErrorKind::ObjectLost,
-                        function,
-                        format!("object {id} was reported written to the store but is not there"),
-                    ))
-                }
-            }
+            Body::Stored(n) if taken.of(id) != TakeOver::Missing => Body::Stored(n),
+            Body::Stored(_) => Body::Error(error(
+                pb::ErrorKind::ObjectLost,
+                function,
+                format!("object {id} was reported written to the store but is not there"),
+            )),
             b => b,
         }
+    }
+
+    /// Deletes objects from the store once the lock is let go.
+    pub(crate) fn delete_later(&self, st: &mut State, ids: Vec<ObjectId>) {
+        if ids.is_empty() {
+            return;
+        }
+        let me = self.me.clone();
+        st.after.push(Box::new(move || {
+            if let Some(shared) = me.upgrade() {
+                shared.store().delete(&ids);
+            }
+        }));
     }
 
     /// An object has its value: waiters and dependent tasks learn of it.
@@ -119,7 +157,7 @@ impl Shared {
         let Some(o) = st.objects.get_mut(&id) else {
             // Nobody holds it any more: drop what was made.
             match body {
-                Body::Stored(_) => self.store.delete(&[id]),
+                Body::Stored(_) => self.delete_later(st, vec![id]),
                 Body::Remote { node, .. } => self.give_back(&id, vec![(node, 1)]),
                 _ => {}
             }
@@ -128,7 +166,7 @@ impl Shared {
         if o.is_ready() {
             // Made twice (a task run again): the second copy goes.
             match body {
-                Body::Stored(_) => self.store.delete(&[id]),
+                Body::Stored(_) => self.delete_later(st, vec![id]),
                 Body::Remote { node, .. } => self.give_back(&id, vec![(node, 1)]),
                 _ => {}
             }
@@ -253,9 +291,7 @@ impl Shared {
                 }
             }
         }
-        if !deletes.is_empty() {
-            self.store.delete(&deletes);
-        }
+        self.delete_later(st, deletes);
         for h in lineage_holds {
             self.release(st, &h, Hold::Task);
         }

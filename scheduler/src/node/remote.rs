@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arca_proto::cluster as cpb;
 use arca_proto::node as pb;
+use arca_proto::store::StoreTotals;
 use arca_store::ObjectId;
 use tokio::sync::oneshot;
 
@@ -89,9 +90,9 @@ impl Shared {
         }
     }
 
-    /// This node as the head's table shows it.
-    pub(crate) fn node_info(&self, st: &State, c: &Cluster) -> pb::NodeInfo {
-        let totals = self.store.totals();
+    /// This node as the head's table shows it. The store's `totals` are read
+    /// before the node's lock is taken, as every store call is.
+    pub(crate) fn node_info(&self, st: &State, c: &Cluster, totals: &StoreTotals) -> pb::NodeInfo {
         pb::NodeInfo {
             node_id: c.id.to_bytes(),
             address: c.address.clone(),
@@ -100,7 +101,7 @@ impl Shared {
             death_reason: String::new(),
             total: Some(st.total.to_proto()),
             available: Some(st.available.to_proto()),
-            store_capacity: self.store.capacity(),
+            store_capacity: totals.capacity,
             store_used: totals.allocated,
             tasks_queued: self.queued_tasks(st) as u32,
             is_head: c.is_head,
@@ -112,13 +113,13 @@ impl Shared {
 
     /// Every node for `arca status`: the head's view with this node's own
     /// entry fresh; this node alone when standalone.
-    pub(crate) fn cluster_nodes(&self, st: &State) -> Vec<pb::NodeInfo> {
+    pub(crate) fn cluster_nodes(&self, st: &State, totals: &StoreTotals) -> Vec<pb::NodeInfo> {
         let Some(c) = self.cluster() else {
-            let mut me = self.node_info_standalone(st);
+            let mut me = self.node_info_standalone(st, totals);
             me.is_head = true;
             return vec![me];
         };
-        let mine = self.node_info(st, c);
+        let mine = self.node_info(st, c, totals);
         let mut nodes = st.cluster.clone();
         match nodes.iter_mut().find(|n| n.node_id == mine.node_id) {
             Some(n) => *n = mine,
@@ -127,14 +128,13 @@ impl Shared {
         nodes
     }
 
-    fn node_info_standalone(&self, st: &State) -> pb::NodeInfo {
-        let totals = self.store.totals();
+    fn node_info_standalone(&self, st: &State, totals: &StoreTotals) -> pb::NodeInfo {
         pb::NodeInfo {
             name: self.config.name.clone(),
             alive: true,
             total: Some(st.total.to_proto()),
             available: Some(st.available.to_proto()),
-            store_capacity: self.store.capacity(),
+            store_capacity: totals.capacity,
             store_used: totals.allocated,
             tasks_queued: self.queued_tasks(st) as u32,
             temp_dir: self.config.session_dir.display().to_string(),
@@ -148,8 +148,12 @@ impl Shared {
         st.classes.iter().map(|c| c.queue.len()).sum()
     }
 
-    pub(crate) fn heartbeat(&self, st: &State, c: &Cluster) -> cpb::HeartbeatRequest {
-        let totals = self.store.totals();
+    pub(crate) fn heartbeat(
+        &self,
+        st: &State,
+        c: &Cluster,
+        totals: &StoreTotals,
+    ) -> cpb::HeartbeatRequest {
         cpb::HeartbeatRequest {
             node_id: c.id.to_bytes(),
             available: Some(st.available.to_proto()),
@@ -646,7 +650,7 @@ impl Shared {
         let Some(c) = self.cluster().cloned() else {
             return;
         };
-        let room = self.store.room();
+        let room = self.store_room();
         let State { pulls, objects, .. } = st;
         let admitted = pulls.admit(room, |id| match objects.get(id)?.state {
             ObjState::Ready(Body::Remote { node, .. }) => Some(node),
@@ -688,7 +692,7 @@ impl Shared {
         let Some(o) = st.objects.get_mut(&id) else {
             // Freed while it was pulled.
             if result.is_ok() {
-                self.store.delete(&[id]);
+                self.delete_later(st, vec![id]);
             }
             return;
         };
@@ -696,13 +700,9 @@ impl Shared {
         let ObjState::Ready(Body::Remote { size, .. }) = o.state else {
             return;
         };
-        let adopted = result.and_then(|()| {
-            if self.store.contains(&id) {
-                Ok(())
-            } else {
-                Err("the pulled copy vanished from the store".to_string())
-            }
-        });
+        // A pull that succeeded sealed its copy as a primary one of this
+        // node's, so nothing can have taken it since.
+        let adopted = result;
         if let Err(e) = &adopted {
             tracing::info!(object = %id, from = %from, "pull failed: {e}");
             // Another copy first, then the lender again.

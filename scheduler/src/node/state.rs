@@ -103,8 +103,24 @@ impl StateLock {
     }
 
     pub fn lock(&self) -> Locked<'_> {
-        Locked(Some(self.0.lock()))
+        let g = self.0.lock();
+        HELD.set(true);
+        Locked(Some(g))
     }
+}
+
+thread_local! {
+    /// Whether this thread holds the node's lock, for [`assert_unlocked`].
+    static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Checks (in debug builds, so in every test) that this thread does not
+/// hold the node's lock: the store is never called under it.
+pub(crate) fn assert_unlocked() {
+    debug_assert!(
+        !HELD.get(),
+        "a store call under the node's lock (do it before locking, or in `State::after`)"
+    );
 }
 
 /// A held [`StateLock`].
@@ -116,10 +132,12 @@ impl Locked<'_> {
     pub fn wait_until(&mut self, cv: &parking_lot::Condvar, until: Instant) {
         if let Some(g) = self.0.as_mut() {
             let (unsent, after) = (std::mem::take(&mut g.unsent), std::mem::take(&mut g.after));
+            HELD.set(false);
             if !unsent.is_empty() || !after.is_empty() {
                 parking_lot::MutexGuard::unlocked(g, || run_after(unsent, after));
             }
             cv.wait_until(g, until);
+            HELD.set(true);
         }
     }
 }
@@ -155,6 +173,7 @@ impl Drop for Locked<'_> {
         };
         let (unsent, after) = (std::mem::take(&mut g.unsent), std::mem::take(&mut g.after));
         drop(g);
+        HELD.set(false);
         run_after(unsent, after);
     }
 }
@@ -280,6 +299,8 @@ pub(crate) struct Obj {
     /// state fails: told by the lender's answer, and, on the lender, by
     /// the borrowers that pulled one (`copies`).
     pub copies: Vec<NodeId>,
+    /// `Shared::landings` when its last pull landed.
+    pub landed: u64,
     /// It is pulled from a copy found in `copies`, which its node does not
     /// keep for this one: the pulled copy stays primary here.
     pub keep_pulled: bool,

@@ -7,7 +7,7 @@ use arca_proto::node as pb;
 use arca_store::ObjectId;
 
 use super::Shared;
-use super::objects::{Hold, body_of};
+use super::objects::{Hold, Taken, body_of};
 use super::pulls::PullFor;
 use super::state::{
     Body, ConnId, Obj, ObjState, State, Task, TaskId, TaskState, WorkerState, error, parse_id,
@@ -401,6 +401,7 @@ impl Shared {
         st: &mut State,
         conn: ConnId,
         done: pb::TaskDone,
+        taken: &Taken,
     ) -> Result<(), String> {
         let wid = st
             .conns
@@ -420,6 +421,7 @@ impl Shared {
             ));
         }
         let Some(task) = st.tasks.remove(&tid) else {
+            self.delete_later(st, taken.newly_taken());
             return Ok(());
         };
         let kind = kind(&task.spec);
@@ -460,7 +462,7 @@ impl Shared {
                 .filter(|o| matches!(o.body, Some(pb::object::Body::Stored(_))))
                 .filter_map(|o| parse_id(&o.id))
                 .collect();
-            self.store.delete(&stored);
+            self.delete_later(st, stored);
         }
         let mut error_result = None;
         let mut forwarded = Vec::new();
@@ -474,7 +476,7 @@ impl Shared {
                         o.encoding = obj.encoding;
                     }
                     (
-                        self.adopt(r, body_of(obj), &task.function),
+                        self.adopted(r, body_of(obj), &task.function, taken),
                         contained,
                         obj.encoding,
                     )

@@ -525,22 +525,27 @@ impl Shared {
                 self.kill_worker(&mut st, w, e.clone());
             }
         }
-        {
-            // Apart from the kills, so that their replies are written first.
+        // Apart from the kills, so that their replies are written first;
+        // the sockets are shut with the lock let go.
+        let writers: Vec<_> = {
             let st = self.state.lock();
-            for c in st.conns.values() {
-                let _ = c.writer.lock().stream().shutdown(std::net::Shutdown::Both);
-            }
+            st.conns.values().map(|c| Arc::clone(&c.writer)).collect()
+        };
+        for w in writers {
+            let _ = w.lock().stream().shutdown(std::net::Shutdown::Both);
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !self.state.lock().workers.is_empty() {
             std::thread::sleep(Duration::from_millis(5));
         }
-        self.store.stop();
+        self.store().stop();
     }
 
-    pub(crate) fn status_reply(&self, st: &State) -> pb::StatusReply {
-        let totals = self.store.totals();
+    pub(crate) fn status_reply(
+        &self,
+        st: &State,
+        totals: &arca_proto::store::StoreTotals,
+    ) -> pb::StatusReply {
         let mut workers: Vec<pb::WorkerInfo> = st
             .workers
             .iter()
@@ -618,7 +623,7 @@ impl Shared {
             store_used: totals.allocated,
             store_capacity: totals.capacity,
             store_spilled: totals.spilled_bytes,
-            cluster: self.cluster_nodes(st),
+            cluster: self.cluster_nodes(st, totals),
             cluster_address: self
                 .cluster()
                 .map(|c| c.head_address.clone())

@@ -157,7 +157,9 @@ fn handshake(shared: &Shared, conn: &mut Conn, peer_pid: Option<u32>) -> Option<
     };
     let fds: Vec<BorrowedFd<'_>> = shared.segments.iter().map(|s| s.fd()).collect();
     if conn.send_with_fds(&reply, &fds).is_err() {
-        shared.table.lock().disconnect(client);
+        let mut t = shared.table.lock();
+        t.disconnect(client);
+        shared.done(t);
         return None;
     }
     tracing::debug!(client, pid, "client connected");

@@ -17,7 +17,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -135,6 +135,20 @@ pub(crate) struct Shared {
     spill_workers: Mutex<Vec<JoinHandle<()>>>,
     /// Where [`StoreEvent`]s go, once the embedding process asks for them.
     events: OnceLock<Box<dyn Fn(StoreEvent) + Send + Sync>>,
+    /// [`Table::room`] as of the last change, for readers that must not
+    /// wait for the table lock (the node's scheduler, under its own).
+    room: AtomicU64,
+}
+
+/// What [`StoreHandle::take_over`] found for an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeOver {
+    /// Its primary pin moved to the caller.
+    Taken,
+    /// The caller held it already.
+    Held,
+    /// It is not here (unknown, unsealed or deleted).
+    Missing,
 }
 
 /// What the store tells the process that embeds it (the node daemon) about
@@ -175,6 +189,7 @@ impl Shared {
         if !evicted.is_empty() {
             self.tell(StoreEvent::Evicted(evicted));
         }
+        self.room.store(t.room(), Ordering::Relaxed);
         let dead = t.take_dead_files();
         drop(t);
         for f in dead {
@@ -301,7 +316,9 @@ pub fn start(config: StoreConfig) -> Result<StoreHandle, StartError> {
         conns: Mutex::new(HashMap::new()),
         spill_workers: Mutex::new(Vec::new()),
         events: OnceLock::new(),
+        room: AtomicU64::new(0),
     });
+    shared.done(shared.table.lock());
     if shared.config.spill.is_some() {
         for i in 0..spill::WORKERS {
             let s = Arc::clone(&shared);
@@ -455,6 +472,22 @@ impl StoreHandle {
         adopted
     }
 
+    /// Moves the primary pins of sealed objects to `client`, saying for each
+    /// whether it was taken, held already, or is not here.
+    pub fn take_over(&self, client: ClientId, ids: &[ObjectId]) -> Vec<TakeOver> {
+        let mut t = self.shared.table.lock();
+        let out = ids
+            .iter()
+            .map(|id| match t.primary_of(id) {
+                Some(c) if c == client => TakeOver::Held,
+                _ if t.adopt(client, id) => TakeOver::Taken,
+                _ => TakeOver::Missing,
+            })
+            .collect();
+        self.shared.done(t);
+        out
+    }
+
     /// Turns primary copies `client` holds into cache copies, evictable
     /// while nobody reads them ([`Table::demote`]); false for those that
     /// stay primary.
@@ -480,9 +513,10 @@ impl StoreHandle {
         self.shared.table.lock().contains(id)
     }
 
-    /// Bytes a create could have now without spilling.
+    /// Bytes a create could have without spilling, as of the store's last
+    /// change: read without taking the table lock.
     pub fn room(&self) -> u64 {
-        self.shared.table.lock().room()
+        self.shared.room.load(Ordering::Relaxed)
     }
 
     /// The store's totals, as `arca memory` shows them.

@@ -476,6 +476,11 @@ impl Table {
         Ok(())
     }
 
+    /// Who holds the primary pin of a sealed, undeleted object.
+    pub fn primary_of(&self, id: &ObjectId) -> Option<ClientId> {
+        self.objects.get(id).filter(|e| e.visible())?.primary
+    }
+
     /// The cache copies evicted since the last call.
     pub fn take_evicted(&mut self) -> Vec<ObjectId> {
         std::mem::take(&mut self.evicted)
