@@ -735,18 +735,14 @@ fn a_spilled_object_is_pulled_from_disk_without_restoring_it() {
         },
     ]);
     let mut d = c.driver(0, "spilled_pull", &[]);
-    let dir = d.dir().to_path_buf();
-    let flag = |name: &str| dir.join(name);
-    let (put, pulled) = (flag("put"), flag("pulled"));
-    common::wait_until("the puts", WAIT, || put.exists() || d.exited());
+    d.await_flag("put", WAIT);
     common::wait_until("an object spilled", WAIT, || spill_counts(&c, 0).0 > 0);
-    fs::write(flag("go"), "").unwrap();
-    common::wait_until("the pulls", WAIT, || pulled.exists() || d.exited());
-    assert!(pulled.exists(), "{}", d.output());
+    d.raise("go");
+    d.await_flag("pulled", WAIT);
     let (on_disk, restored) = spill_counts(&c, 0);
     assert!(on_disk > 0, "nothing stayed on disk");
     assert_eq!(restored, 0, "node 0 restored objects to serve them");
-    fs::write(flag("checked"), "").unwrap();
+    d.raise("checked");
     d.finish();
 }
 
@@ -775,11 +771,7 @@ fn a_pulled_copy_is_evicted_not_spilled_and_pulled_again() {
         },
     ]);
     let mut d = c.driver(1, "evicted_copy", &[]);
-    let dir = d.dir().to_path_buf();
-    let flag = |name: &str| dir.join(name);
-    let (put, read) = (flag("put"), flag("read"));
-    common::wait_until("the puts", WAIT, || put.exists() || d.exited());
-    assert!(put.exists(), "{}", d.output());
+    d.await_flag("put", WAIT);
     let t = store_totals(&c, 1);
     assert_eq!(t["evicted_objects"], 1, "the copy was not evicted: {t}");
     assert_eq!(
@@ -787,10 +779,9 @@ fn a_pulled_copy_is_evicted_not_spilled_and_pulled_again() {
         Some(true),
         "{t}"
     );
-    fs::write(flag("go"), "").unwrap();
-    common::wait_until("the reads", WAIT, || read.exists() || d.exited());
-    assert!(read.exists(), "{}", d.output());
-    fs::write(flag("checked"), "").unwrap();
+    d.raise("go");
+    d.await_flag("read", WAIT);
+    d.raise("checked");
     d.finish();
 }
 
@@ -811,12 +802,10 @@ fn an_object_whose_node_died_is_read_from_a_copy_on_another_node() {
         &["--node-timeout", "1"],
     );
     let mut d = c.driver(0, "copy_elsewhere", &[]);
-    let kill = d.dir().join("kill");
-    common::wait_until("the copies", WAIT, || kill.exists() || d.exited());
-    assert!(kill.exists(), "{}", d.output());
+    d.await_flag("kill", WAIT);
     let victim = c.node_id(1);
     sigkill(c.pid(1));
-    fs::write(d.dir().join("killed"), "").unwrap();
+    d.raise("killed");
     common::wait_until("node 1 declared dead", WAIT, || {
         c.status(0)["nodes"]
             .as_array()
@@ -824,7 +813,7 @@ fn an_object_whose_node_died_is_read_from_a_copy_on_another_node() {
             .iter()
             .any(|n| n["node_id"] == victim.as_str() && n["alive"] == false)
     });
-    fs::write(d.dir().join("dead"), "").unwrap();
+    d.raise("dead");
     d.finish();
     let log = fs::read_to_string(c.head().join("node.log")).unwrap();
     assert!(

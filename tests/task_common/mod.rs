@@ -436,6 +436,19 @@ impl Driver {
         &self.dir
     }
 
+    /// Waits (up to `limit`) for the child to touch `name` in its
+    /// directory; fails with its output if it exits first.
+    pub fn await_flag(&mut self, name: &str, limit: Duration) {
+        let flag = self.dir.join(name);
+        wait_until(name, limit, || flag.exists() || self.exited());
+        assert!(flag.exists(), "{}", self.output());
+    }
+
+    /// Touches `name` in the child's directory.
+    pub fn raise(&self, name: &str) {
+        fs::write(self.dir.join(name), "").unwrap();
+    }
+
     /// The child's stdout so far.
     pub fn stdout(&self) -> String {
         fs::read_to_string(&self.out).unwrap_or_default()
