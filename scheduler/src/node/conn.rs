@@ -13,7 +13,9 @@ use arca_store::wire::{Conn, MAX_REQUEST_FRAME, RecvError, Side};
 use parking_lot::Mutex;
 
 use super::objects::{Hold, Taken};
-use super::state::{ConnId, ConnState, Job, State, WaitKind, WorkerCommand, parse_id};
+use super::state::{
+    ConnId, ConnState, Job, SocketTransport, State, Transport, WaitKind, WorkerCommand, parse_id,
+};
 use super::{NODE_PROTOCOL_VERSION, Shared};
 
 use pb::reply::Kind as R;
@@ -34,11 +36,11 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
     if write_half.set_write_timeout(Some(WRITE_STALL)).is_err() {
         return;
     }
-    let writer = Arc::new(Mutex::new(Conn::new(
+    let writer = Arc::new(SocketTransport(Mutex::new(Conn::new(
         write_half,
         Side::Daemon,
         Duration::ZERO,
-    )));
+    ))));
     let mut reader = Conn::new(stream, Side::Daemon, SPIN);
     let (hello, hello_seq) = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
         Ok(pb::Request {
@@ -50,26 +52,9 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
         Err(RecvError::Closed) => return,
         Err(e) => return refuse(&writer, 0, format!("bad handshake: {e}")),
     };
-    if hello.version != NODE_PROTOCOL_VERSION {
-        return refuse(
-            &writer,
-            hello_seq,
-            format!(
-                "node protocol version {} is not supported (this node speaks {NODE_PROTOCOL_VERSION}); \
-                 use the same Arca version for the node and its clients",
-                hello.version
-            ),
-        );
+    if let Err(msg) = connect(shared, id, hello_seq, &hello, writer.clone()) {
+        return refuse(&writer, hello_seq, msg);
     }
-    let role = pb::Role::try_from(hello.role).unwrap_or(pb::Role::Tool);
-    {
-        let mut st = shared.state.lock();
-        if let Err(msg) = register(shared, &mut st, id, hello_seq, &hello, role, &writer) {
-            drop(st);
-            return refuse(&writer, hello_seq, msg);
-        }
-    }
-    tracing::debug!(conn = id, pid = hello.pid, ?role, "client connected");
     loop {
         let req = match reader.recv::<pb::Request>(MAX_REQUEST_FRAME) {
             Ok(r) => r,
@@ -92,39 +77,85 @@ pub(crate) fn serve(shared: &Arc<Shared>, id: ConnId, stream: UnixStream) {
         let Some(kind) = req.kind else {
             continue;
         };
-        let seq = req.seq;
-        if let Q::Shutdown(_) = kind {
-            shared.state.lock().send(id, seq, R::Ok(pb::Ok {}));
-            shared.request_stop();
-            continue;
-        }
-        let before = Before::of(shared, &kind);
-        let mut st = shared.state.lock();
-        if let Err(msg) = handle(shared, &mut st, id, seq, kind, &before) {
-            tracing::warn!(conn = id, pid = hello.pid, "dropping client: {msg}");
-            if before.refused_gives_back {
-                shared.delete_later(&mut st, before.taken.newly_taken());
-            }
-            st.send(
-                id,
-                seq,
-                R::Error(pb::Error {
-                    message: msg,
-                    timeout: false,
-                    missing: Vec::new(),
-                }),
-            );
+        if !dispatch(shared, id, req.seq, kind) {
             break;
         }
     }
-    let mut st = shared.state.lock();
-    shared.disconnect(&mut st, id);
-    tracing::debug!(conn = id, pid = hello.pid, "client disconnected");
+    disconnect(shared, id);
 }
 
-fn refuse(writer: &Mutex<Conn>, seq: u64, message: String) {
+/// Checks a client's `Hello` and registers it, its replies going to
+/// `transport` (the Hello's own reply among them).
+pub(crate) fn connect(
+    shared: &Shared,
+    id: ConnId,
+    seq: u64,
+    hello: &pb::Hello,
+    transport: Arc<dyn Transport>,
+) -> Result<(), String> {
+    if hello.version != NODE_PROTOCOL_VERSION {
+        return Err(format!(
+            "node protocol version {} is not supported (this node speaks {NODE_PROTOCOL_VERSION}); \
+             use the same Arca version for the node and its clients",
+            hello.version
+        ));
+    }
+    let role = pb::Role::try_from(hello.role).unwrap_or(pb::Role::Tool);
+    register(
+        shared,
+        &mut shared.state.lock(),
+        id,
+        seq,
+        hello,
+        role,
+        &transport,
+    )?;
+    tracing::debug!(conn = id, pid = hello.pid, ?role, "client connected");
+    Ok(())
+}
+
+/// One request from client `id`: the store's part first, then the
+/// scheduler's under its lock. False if the client is to be dropped (it
+/// was told why).
+pub(crate) fn dispatch(shared: &Shared, id: ConnId, seq: u64, kind: Q) -> bool {
+    if let Q::Shutdown(_) = kind {
+        shared.state.lock().send(id, seq, R::Ok(pb::Ok {}));
+        shared.request_stop();
+        return true;
+    }
+    let before = Before::of(shared, &kind);
+    let mut st = shared.state.lock();
+    let Err(msg) = handle(shared, &mut st, id, seq, kind, &before) else {
+        return true;
+    };
+    let pid = st.conns.get(&id).map_or(0, |c| c.pid);
+    tracing::warn!(conn = id, pid, "dropping client: {msg}");
+    if before.refused_gives_back {
+        shared.delete_later(&mut st, before.taken.newly_taken());
+    }
+    st.send(
+        id,
+        seq,
+        R::Error(pb::Error {
+            message: msg,
+            timeout: false,
+            missing: Vec::new(),
+        }),
+    );
+    false
+}
+
+/// Client `id` is gone: what it held is let go.
+pub(crate) fn disconnect(shared: &Shared, id: ConnId) {
+    let mut st = shared.state.lock();
+    let pid = st.conns.get(&id).map_or(0, |c| c.pid);
+    shared.disconnect(&mut st, id);
+    tracing::debug!(conn = id, pid, "client disconnected");
+}
+
+fn refuse(writer: &SocketTransport, seq: u64, message: String) {
     tracing::warn!("refusing client: {message}");
-    let _ = writer.lock().send(&pb::Reply {
+    let _ = writer.0.lock().send(&pb::Reply {
         kind: Some(R::Error(pb::Error {
             message,
             timeout: false,
@@ -141,7 +172,7 @@ fn register(
     seq: u64,
     hello: &pb::Hello,
     role: pb::Role,
-    writer: &Arc<Mutex<Conn>>,
+    transport: &Arc<dyn Transport>,
 ) -> Result<(), String> {
     let mut job = None;
     let mut worker = None;
@@ -184,8 +215,12 @@ fn register(
     st.conns.insert(
         id,
         ConnState {
-            writer: Arc::clone(writer),
-            outbox: Arc::new(super::state::Outbox::new(Arc::clone(writer), id, hello.pid)),
+            transport: Arc::clone(transport),
+            outbox: Arc::new(super::state::Outbox::new(
+                Arc::clone(transport),
+                id,
+                hello.pid,
+            )),
             pid: hello.pid,
             role,
             job,

@@ -12,6 +12,8 @@
 mod actors;
 mod conn;
 mod copies;
+#[cfg(test)]
+mod memory;
 mod objects;
 mod pulls;
 mod remote;

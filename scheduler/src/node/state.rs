@@ -21,7 +21,7 @@ pub(crate) type WaiterId = u64;
 pub(crate) type TaskId = ObjectId;
 
 pub(crate) struct ConnState {
-    pub writer: Arc<Mutex<Conn>>,
+    pub transport: Arc<dyn Transport>,
     /// Replies queued for it under the lock, written after (`StateLock`).
     pub outbox: Arc<Outbox>,
     pub pid: u32,
@@ -34,21 +34,50 @@ pub(crate) struct ConnState {
     pub waiters: Vec<WaiterId>,
 }
 
+/// Where a connection's replies go: a Unix-socket client
+/// ([`SocketTransport`]) or an in-memory one (`node::memory`, for tests).
+/// The scheduler only queues replies ([`State::send`]); the transport
+/// delivers them once the lock is let go, so every kind of client reaches
+/// the same handlers.
+pub(crate) trait Transport: Send + Sync {
+    /// Delivers replies in order; an error ends the connection.
+    fn deliver(&self, batch: &[pb::Reply]) -> std::io::Result<()>;
+    /// Ends the connection: its reader then sees it closed and cleans up.
+    fn close(&self);
+}
+
+/// A Unix-socket client: a batch of replies is one write.
+pub(crate) struct SocketTransport(pub Mutex<Conn>);
+
+impl Transport for SocketTransport {
+    fn deliver(&self, batch: &[pb::Reply]) -> std::io::Result<()> {
+        let mut w = self.0.lock();
+        batch.iter().try_for_each(|m| w.queue(m))?;
+        w.flush()
+    }
+
+    fn close(&self) {
+        let _ = self.0.lock().stream().shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// Replies to one connection, queued while the state lock is held and
-/// written once it is released ([`StateLock`]), in order: the queue is
-/// drained only under the writer's lock.
+/// delivered once it is released ([`StateLock`]), in order: the queue is
+/// drained only by the thread holding `delivering`.
 pub(crate) struct Outbox {
     queue: Mutex<Vec<pb::Reply>>,
-    writer: Arc<Mutex<Conn>>,
+    transport: Arc<dyn Transport>,
+    delivering: Mutex<()>,
     conn: ConnId,
     pid: u32,
 }
 
 impl Outbox {
-    pub fn new(writer: Arc<Mutex<Conn>>, conn: ConnId, pid: u32) -> Self {
+    pub fn new(transport: Arc<dyn Transport>, conn: ConnId, pid: u32) -> Self {
         Self {
             queue: Mutex::new(Vec::new()),
-            writer,
+            transport,
+            delivering: Mutex::new(()),
             conn,
             pid,
         }
@@ -62,29 +91,25 @@ impl Outbox {
         q.len() == 1
     }
 
-    /// Writes what is queued, in one write per batch. A write that fails,
-    /// or stalls for [`super::conn::WRITE_STALL`] because the client
-    /// stopped reading, ends the connection: its reader thread then sees it
-    /// closed and cleans up. Only this thread waits meanwhile, never the
+    /// Delivers what is queued, a batch at a time. A delivery that fails
+    /// (for a socket: a write that fails, or stalls for
+    /// [`super::conn::WRITE_STALL`] because the client stopped reading)
+    /// ends the connection. Only this thread waits meanwhile, never the
     /// node's lock.
     pub fn flush(&self) {
-        let mut w = self.writer.lock();
+        let _turn = self.delivering.lock();
         loop {
             let batch = std::mem::take(&mut *self.queue.lock());
             if batch.is_empty() {
                 return;
             }
-            let sent = batch
-                .iter()
-                .try_for_each(|m| w.queue(m))
-                .and_then(|()| w.flush());
-            if let Err(e) = sent {
+            if let Err(e) = self.transport.deliver(&batch) {
                 tracing::warn!(
                     conn = self.conn,
                     pid = self.pid,
                     "dropping a client that does not take its replies: {e}"
                 );
-                let _ = w.stream().shutdown(std::net::Shutdown::Both);
+                self.transport.close();
                 self.queue.lock().clear();
                 return;
             }

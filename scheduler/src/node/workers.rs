@@ -527,12 +527,15 @@ impl Shared {
         }
         // Apart from the kills, so that their replies are written first;
         // the sockets are shut with the lock let go.
-        let writers: Vec<_> = {
+        let transports: Vec<_> = {
             let st = self.state.lock();
-            st.conns.values().map(|c| Arc::clone(&c.writer)).collect()
+            st.conns
+                .values()
+                .map(|c| Arc::clone(&c.transport))
+                .collect()
         };
-        for w in writers {
-            let _ = w.lock().stream().shutdown(std::net::Shutdown::Both);
+        for t in transports {
+            t.close();
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline && !self.state.lock().workers.is_empty() {
