@@ -1200,6 +1200,22 @@ fn malformed_peer_messages_get_errors() {
             };
             assert_eq!(code(peer.deliver(b).await), Code::InvalidArgument);
         }
+        // A node of another Arca version is refused, saying which.
+        let other = cpb::RegisterRequest {
+            node: Some(arca_proto::node::NodeInfo {
+                node_id: me.clone(),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            }),
+            version: "0.0.1".into(),
+        };
+        let s = control.register(other).await.unwrap_err();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().contains("joining node runs Arca 0.0.1"),
+            "{}",
+            s.message()
+        );
         // Results for a task this node never forwarded: ignored, not a crash.
         let stale = cpb::Finished {
             task_id: vec![9u8; 20].into(),
@@ -1271,6 +1287,8 @@ fn malformed_peer_messages_get_errors() {
                 address: "nowhere".into(),
                 ..Default::default()
             }),
+            // The workspace's version, the head's own.
+            version: env!("CARGO_PKG_VERSION").into(),
         };
         assert_eq!(
             control.register(bad).await.map(|_| ()).unwrap_err().code(),

@@ -128,8 +128,20 @@ impl cpb::control_server::Control for ControlService {
         &self,
         req: Request<cpb::RegisterRequest>,
     ) -> Result<Response<cpb::ClusterView>, Status> {
+        let req = req.into_inner();
+        if req.version != super::VERSION {
+            let theirs = if req.version.is_empty() {
+                "an older Arca".to_string()
+            } else {
+                format!("Arca {}", req.version)
+            };
+            return Err(Status::failed_precondition(format!(
+                "this head runs Arca {} and the joining node runs {theirs}; \
+                 run the same Arca version on every node",
+                super::VERSION
+            )));
+        }
         let info = req
-            .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("Register without a node"))?;
         let id = node_id(&info.node_id)?;
@@ -298,9 +310,7 @@ pub(crate) async fn heartbeat_loop(
                 sh.node_info(&st, &cluster, &totals)
             };
             tracing::warn!("the head no longer knows this node; joining again");
-            let _ = control
-                .register(cpb::RegisterRequest { node: Some(info) })
-                .await;
+            let _ = control.register(super::register_request(info)).await;
             continue;
         }
         let (s, c) = (shared.clone(), Arc::clone(&cluster));

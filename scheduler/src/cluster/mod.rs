@@ -46,6 +46,17 @@ const BATCH_BYTES: usize = 8 << 20;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeId([u8; 16]);
 
+/// This build's version: nodes of a cluster run the same one.
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How this node asks the head to take it.
+pub(crate) fn register_request(info: arca_proto::node::NodeInfo) -> cpb::RegisterRequest {
+    cpb::RegisterRequest {
+        node: Some(info),
+        version: VERSION.to_string(),
+    }
+}
+
 impl NodeId {
     /// A fresh random id.
     pub fn random() -> Self {
@@ -363,12 +374,13 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Registers with the head, retrying for a few seconds while it starts.
+    /// Registers with the head, retrying for a few seconds while it starts;
+    /// a head that refuses (wrong token, other version) is not retried.
     fn join(&self, shared: &Arc<Shared>) -> Result<(), ClusterError> {
         let totals = shared.store().totals();
         let info = shared.node_info(&shared.state.lock(), self, &totals);
         let mut control = self.control();
-        let request = cpb::RegisterRequest { node: Some(info) };
+        let request = register_request(info);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let r = self.rt.block_on(control.register(request.clone()));
@@ -379,7 +391,12 @@ impl Cluster {
                     shared.cluster_view(&mut st, self, view.nodes);
                     return Ok(());
                 }
-                Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        tonic::Code::Unauthenticated | tonic::Code::FailedPrecondition
+                    ) =>
+                {
                     return Err(ClusterError::Join(format!(
                         "the head at {} refused this node: {}",
                         self.head_address,
