@@ -136,11 +136,13 @@ impl NodeConn {
 
     /// Queues the release of this process's reference to `id` (the caller
     /// does it while holding its reference-count lock, so that the release
-    /// is queued before any later hold of the same id is announced), and
-    /// sends it if the writer is free. Never waits for the writer: safe in
-    /// a destructor (Python's `__del__` runs one with the GIL held).
-    pub(crate) fn queue_release(&self, id: bytes::Bytes) {
-        self.releases.lock().push(id);
+    /// is queued before any later hold of the same id is announced); returns
+    /// how many are queued. Never waits for the writer: safe in a
+    /// destructor (Python's `__del__` runs one with the GIL held).
+    pub(crate) fn queue_release(&self, id: bytes::Bytes) -> usize {
+        let mut q = self.releases.lock();
+        q.push(id);
+        q.len()
     }
 
     /// Sends the queued releases if the writer is free. A release queued

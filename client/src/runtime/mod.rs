@@ -192,21 +192,92 @@ pub(crate) fn local_release(id: ObjectId) {
         match refs.get_mut(&id) {
             Some(n) if *n > 1 => {
                 *n -= 1;
-                false
+                None
             }
             Some(_) => {
                 refs.remove(&id);
                 // Queued under the count's lock: see `NodeConn::queue_release`.
-                rt.node.queue_release(id.as_bytes().to_vec().into());
-                true
+                Some(rt.node.queue_release(id.as_bytes().to_vec().into()))
             }
-            None => false,
+            None => None,
         }
     };
-    if last {
+    if let Some(queued) = last {
         rt.inline.lock().remove(&id);
-        rt.node.flush_releases();
+        let in_burst = release_follows_another();
+        if queued >= RELEASE_BATCH || (queued == 1 && !in_burst) {
+            rt.node.flush_releases();
+        } else if queued == 1 {
+            release_flusher().wake();
+        }
     }
+}
+
+/// A release is sent at once, unless it follows another by less than
+/// [`BURST_GAP`]: then it waits up to [`RELEASE_DELAY`] for the rest of the
+/// burst (up to [`RELEASE_BATCH`]), so dropping a list of 10,000 refs is a
+/// few messages, not 10,000, while a loop that drops one ref per call
+/// still sends it with no delay and no thread wakeup.
+const RELEASE_BATCH: usize = 4096;
+const RELEASE_DELAY: std::time::Duration = std::time::Duration::from_micros(200);
+const BURST_GAP: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// Whether the last release was less than [`BURST_GAP`] ago; notes this one.
+fn release_follows_another() -> bool {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1;
+    let prev = LAST.swap(now, std::sync::atomic::Ordering::Relaxed);
+    prev != 0 && now - prev < BURST_GAP.as_nanos() as u64
+}
+
+/// A thread that sends queued releases a moment after the first of a burst
+/// (any other message this process sends carries them first anyway).
+struct ReleaseFlusher {
+    pending: Mutex<bool>,
+    cv: parking_lot::Condvar,
+}
+
+impl ReleaseFlusher {
+    fn wake(&self) {
+        *self.pending.lock() = true;
+        self.cv.notify_one();
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let mut p = self.pending.lock();
+                while !*p {
+                    self.cv.wait(&mut p);
+                }
+                *p = false;
+            }
+            std::thread::sleep(RELEASE_DELAY);
+            if let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) {
+                rt.node.flush_releases();
+            }
+        }
+    }
+}
+
+fn release_flusher() -> &'static ReleaseFlusher {
+    static FLUSHER: std::sync::OnceLock<&'static ReleaseFlusher> = std::sync::OnceLock::new();
+    FLUSHER.get_or_init(|| {
+        let f: &'static ReleaseFlusher = Box::leak(Box::new(ReleaseFlusher {
+            pending: Mutex::new(false),
+            cv: parking_lot::Condvar::new(),
+        }));
+        // Without the thread, releases still go with the next message sent.
+        let _ = std::thread::Builder::new()
+            .name("arca-releases".into())
+            .spawn(move || f.run());
+        f
+    })
 }
 
 /// Tells the node about references that arrived inside a value.

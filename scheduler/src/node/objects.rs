@@ -350,7 +350,9 @@ impl Shared {
         }
         if let Some(d) = deadline {
             st.deadlines.insert((d, wid));
-            self.timer.notify_one();
+            if st.timer_wake.is_none_or(|w| d < w) {
+                self.timer.notify_one();
+            }
         }
         self.lend_resources(st, conn);
     }
@@ -568,7 +570,9 @@ impl Shared {
             }
             let tick = now + Duration::from_millis(100);
             let until = st.deadlines.first().map_or(tick, |(d, _)| (*d).min(tick));
+            st.timer_wake = Some(until);
             st.wait_until(&self.timer, until);
+            st.timer_wake = None;
         }
     }
 

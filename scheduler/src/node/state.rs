@@ -153,15 +153,18 @@ pub(crate) struct Locked<'a>(Option<parking_lot::MutexGuard<'a, State>>);
 
 impl Locked<'_> {
     /// Waits on `cv` until `until`, releasing the lock meanwhile. What was
-    /// queued so far is done first.
+    /// queued so far is done first, with the lock let go; then it returns
+    /// at once, since the state may have changed meanwhile (a notification
+    /// then had nobody to wake), and the caller looks again.
     pub fn wait_until(&mut self, cv: &parking_lot::Condvar, until: Instant) {
         if let Some(g) = self.0.as_mut() {
             let (unsent, after) = (std::mem::take(&mut g.unsent), std::mem::take(&mut g.after));
             HELD.set(false);
             if !unsent.is_empty() || !after.is_empty() {
                 parking_lot::MutexGuard::unlocked(g, || run_after(unsent, after));
+            } else {
+                cv.wait_until(g, until);
             }
-            cv.wait_until(g, until);
             HELD.set(true);
         }
     }
@@ -559,6 +562,9 @@ pub(crate) struct State {
     pub actors: HashMap<ObjectId, Actor>,
     pub waiters: HashMap<WaiterId, Waiter>,
     pub deadlines: BTreeSet<(Instant, WaiterId)>,
+    /// When the timer thread wakes next by itself: a deadline after it
+    /// needs no wakeup (most `get`s have one, Python's a 100 ms slice).
+    pub timer_wake: Option<Instant>,
     pub next_waiter: WaiterId,
     pub next_worker: WorkerId,
     pub finished: u64,
@@ -598,6 +604,7 @@ impl State {
             actors: HashMap::new(),
             waiters: HashMap::new(),
             deadlines: BTreeSet::new(),
+            timer_wake: None,
             next_waiter: 1,
             next_worker: 1,
             finished: 0,
