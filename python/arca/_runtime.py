@@ -440,23 +440,26 @@ def wait(
         raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
     if not object_refs:
         return [], []
-    if len(set(object_refs)) != len(object_refs):
-        raise ValueError("Wait requires a list of unique object refs.")
     if num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
     if num_returns > len(object_refs):
         raise ValueError(
             "num_returns cannot be greater than the number of objects provided to ray.wait."
         )
-    # The native call checks every element is an ObjectRef (TypeError).
+    # The native call checks every element is an ObjectRef (TypeError) and
+    # that none is there twice (ValueError).
     ready_idx = _native.wait(object_refs, num_returns, timeout, fetch_local)
     if len(ready_idx) == len(object_refs):
         return list(object_refs), []
-    mask = [False] * len(object_refs)
+    # The indices come in input order: the refs between them are not ready,
+    # copied a slice at a time.
+    ready = [object_refs[i] for i in ready_idx]
+    not_ready: list = []
+    start = 0
     for i in ready_idx:
-        mask[i] = True
-    ready = [r for r, m in zip(object_refs, mask, strict=True) if m]
-    not_ready = [r for r, m in zip(object_refs, mask, strict=True) if not m]
+        not_ready += object_refs[start:i]
+        start = i + 1
+    not_ready += object_refs[start:]
     return ready, not_ready
 
 

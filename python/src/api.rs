@@ -332,6 +332,12 @@ pub fn wait(
     fetch_local: bool,
 ) -> PyResult<Vec<usize>> {
     let ids = ids(refs)?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    if !ids.iter().all(|id| seen.insert(*id)) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "Wait requires a list of unique object refs.",
+        ));
+    }
     let timeout = duration(timeout)?;
     let first_slice = timeout.map_or(SLICE, |t| t.min(SLICE));
     let ready = py

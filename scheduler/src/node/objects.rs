@@ -87,6 +87,22 @@ pub(crate) fn body_of(obj: &pb::Object) -> Body {
     }
 }
 
+/// The indices of the first `n` of `ids` that count as there for `kind`,
+/// if `n` of them do (unknown ids count, as in `finish_waiter`): a `wait`
+/// whose first refs are ready is answered after looking at those alone.
+fn ready_prefix(st: &State, ids: &[ObjectId], kind: &WaitKind, n: usize) -> Option<Vec<u32>> {
+    let mut ready = Vec::with_capacity(n.min(ids.len()));
+    for (i, id) in ids.iter().enumerate() {
+        if ready.len() >= n {
+            break;
+        }
+        if st.objects.get(id).is_none_or(|o| kind.has(o)) {
+            ready.push(i as u32);
+        }
+    }
+    (ready.len() >= n).then_some(ready)
+}
+
 impl Shared {
     /// A process stores an object it owns (`arca::put`).
     pub(crate) fn put(
@@ -308,6 +324,13 @@ impl Shared {
         kind: WaitKind,
         timeout_ms: i64,
     ) {
+        if let WaitKind::Wait { num_returns, .. } = kind
+            && let Some(ready) = ready_prefix(st, &ids, &kind, num_returns)
+        {
+            // Enough are ready already: answered without registering.
+            st.send(conn, seq, pb::reply::Kind::Wait(pb::WaitReply { ready }));
+            return;
+        }
         let wid = st.next_waiter;
         st.next_waiter += 1;
         let mut missing = 0;
