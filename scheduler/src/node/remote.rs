@@ -522,7 +522,11 @@ impl Shared {
         if let Some(o) = st.objects.get_mut(&id) {
             o.encoding = encoding;
             o.actor_node = actor_node;
-            o.copies = copies;
+            for n in copies {
+                if !o.copies.contains(&n) {
+                    o.copies.push(n);
+                }
+            }
             o.keep_pulled = false;
             calls = std::mem::take(&mut o.waiting_calls);
         }
@@ -601,10 +605,10 @@ impl Shared {
                         )),
                     });
                     let main = NodeId::from_slice(&loc.node_id);
+                    // A copy here lists its source among them.
                     loc.copies = o
                         .copies
                         .iter()
-                        .chain(o.copy_of.iter())
                         .filter(|n| Some(**n) != main && **n != asker)
                         .map(|n| n.to_bytes())
                         .collect();
