@@ -525,7 +525,7 @@ def nodes() -> list[dict[str, Any]]:
                 "NodeName": ip,
                 "RuntimeEnvAgentPort": 0,
                 "alive": alive,
-                "Resources": _resources(n, ip, available=False),
+                "Resources": _resources(n, available=False),
                 "Labels": {"ray.io/node_id": nid},
                 "DeathReason": 0 if alive else 1,
                 "DeathReasonMessage": n["death_reason"],
@@ -558,7 +558,7 @@ def _cluster(s: dict) -> list[dict]:
     ]
 
 
-def _resources(n: dict, ip: str, available: bool) -> dict[str, float]:
+def _resources(n: dict, available: bool) -> dict[str, float]:
     """One node's resources with Ray's keys (``n`` is a ``status()["cluster"]``
     entry): zero amounts left out, as Ray does."""
     src = n["available"] if available else n["total"]
@@ -567,9 +567,6 @@ def _resources(n: dict, ip: str, available: bool) -> dict[str, float]:
         out["object_store_memory"] = float(max(0, n["store_capacity"] - n["store_used"]))
     else:
         out["object_store_memory"] = float(n["store_capacity"])
-    out[f"node:{ip}"] = 1.0
-    if n["is_head"]:
-        out["node:__internal_head__"] = 1.0
     return {k: v for k, v in out.items() if v != 0}
 
 
@@ -579,8 +576,7 @@ def _total(available: bool) -> dict[str, float]:
     for n in _cluster(s):
         if not n["alive"]:
             continue
-        ip = _split_address(n["address"])[0] or "127.0.0.1"
-        for k, v in _resources(n, ip, available).items():
+        for k, v in _resources(n, available).items():
             out[k] = out.get(k, 0.0) + v
     return out
 

@@ -164,6 +164,31 @@ def test_task_needing_special_runs_on_the_other_node(cluster, tmp_path):
     assert out["plain"] in (cluster["head_id"], cluster["node_id"])
 
 
+def test_node_ip_resources_pin_tasks_to_a_node(cluster, tmp_path):
+    out = run_driver(
+        cluster,
+        f"""
+        import json
+        import arca as ray
+        ray.init()
+
+        @ray.remote
+        def where():
+            return ray.get_runtime_context().get_node_id()
+
+        there = where.options(resources={{"node:{NODE_IP}": 0.01}})
+        head = where.options(resources={{"node:__internal_head__": 0.01}})
+        print("RESULT", json.dumps({{
+            "there": ray.get([there.remote() for _ in range(4)], timeout=60),
+            "head": ray.get([head.remote() for _ in range(4)], timeout=60),
+        }}))
+        ray.shutdown()
+        """,
+        tmp_path,
+    )
+    assert out == {"there": [cluster["node_id"]] * 4, "head": [cluster["head_id"]] * 4}
+
+
 def test_actor_needing_special_lives_on_the_other_node(cluster, tmp_path):
     out = run_driver(
         cluster,

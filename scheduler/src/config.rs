@@ -70,6 +70,17 @@ impl NodeConfig {
             ("memory", memory),
         ];
         amounts.extend(self.custom.iter().map(|(k, v)| (k.as_str(), *v)));
+        // Ray's per-node resources, which pin a task to a node
+        // (`resources={"node:10.0.0.2": 0.01}`) or to the head.
+        let ip = self
+            .cluster
+            .as_ref()
+            .map_or("127.0.0.1", |c| c.node_ip.as_str());
+        let node = format!("node:{ip}");
+        amounts.push((&node, 1.0));
+        if self.cluster.as_ref().is_none_or(|c| c.head) {
+            amounts.push(("node:__internal_head__", 1.0));
+        }
         ResourceSet::from_amounts(amounts)
     }
 
