@@ -736,11 +736,18 @@ pub fn status(a: StatusArgs) -> anyhow::Result<()> {
 }
 
 /// CPU, GPU and memory first (always), then the custom resources by name.
+/// Whether the text tables show a resource: not Ray's per-node ones
+/// (`node:<IP>`, `node:__internal_head__`), which every node has one of and
+/// the JSON lists.
+fn shown(name: &str) -> bool {
+    !name.starts_with("node:")
+}
+
 fn resource_names(amounts: &std::collections::HashMap<String, f64>) -> Vec<String> {
     let mut names: Vec<String> = ["CPU", "GPU", "memory"].map(String::from).to_vec();
     let mut custom: Vec<String> = amounts
         .keys()
-        .filter(|k| !names.contains(k))
+        .filter(|k| !names.contains(k) && shown(k))
         .cloned()
         .collect();
     custom.sort();
@@ -882,14 +889,14 @@ fn render_cluster(s: &pb::StatusReply) -> String {
             out += &format!("             died: {}\n", n.death_reason);
             continue;
         }
-        for (k, v) in &t {
+        for (k, v) in t.iter().filter(|(k, _)| shown(k)) {
             let e = total.entry(k.clone()).or_default();
             e.0 += v;
             e.1 += a.get(k).copied().unwrap_or(0.0);
         }
         let custom: Vec<String> = t
             .iter()
-            .filter(|(k, _)| !["CPU", "GPU", "memory"].contains(&k.as_str()))
+            .filter(|(k, _)| !["CPU", "GPU", "memory"].contains(&k.as_str()) && shown(k))
             .map(|(k, v)| {
                 format!(
                     "{k} {}/{}",
