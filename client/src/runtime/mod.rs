@@ -266,18 +266,22 @@ impl ReleaseFlusher {
 }
 
 fn release_flusher() -> &'static ReleaseFlusher {
-    static FLUSHER: std::sync::OnceLock<&'static ReleaseFlusher> = std::sync::OnceLock::new();
-    FLUSHER.get_or_init(|| {
-        let f: &'static ReleaseFlusher = Box::leak(Box::new(ReleaseFlusher {
+    static FLUSHER: std::sync::OnceLock<ReleaseFlusher> = std::sync::OnceLock::new();
+    let mut started = false;
+    let f = FLUSHER.get_or_init(|| {
+        started = true;
+        ReleaseFlusher {
             pending: Mutex::new(false),
             cv: parking_lot::Condvar::new(),
-        }));
+        }
+    });
+    if started {
         // Without the thread, releases still go with the next message sent.
         let _ = std::thread::Builder::new()
             .name("arca-releases".into())
             .spawn(move || f.run());
-        f
-    })
+    }
+    f
 }
 
 /// Tells the node about references that arrived inside a value.

@@ -28,6 +28,21 @@ impl Taken {
             .map_or(TakeOver::Missing, |&(_, t)| t)
     }
 
+    /// The body of a value reported written to the store, whose primary pin
+    /// the node took over (so that it outlives the process that wrote it);
+    /// an error if it was not there.
+    pub(crate) fn body(&self, id: &ObjectId, body: Body, function: &str) -> Body {
+        match body {
+            Body::Stored(n) if self.of(id) != TakeOver::Missing => Body::Stored(n),
+            Body::Stored(_) => Body::Error(error(
+                pb::ErrorKind::ObjectLost,
+                function,
+                format!("object {id} was reported written to the store but is not there"),
+            )),
+            b => b,
+        }
+    }
+
     /// The pins the node took, to give back if the request is refused.
     pub(crate) fn newly_taken(&self) -> Vec<ObjectId> {
         self.0
@@ -129,24 +144,9 @@ impl Shared {
             .iter()
             .filter_map(|b| super::state::parse_id(b))
             .collect();
-        let body = self.adopted(&id, body_of(&obj), "put", taken);
+        let body = taken.body(&id, body_of(&obj), "put");
         self.complete(st, id, body, contained);
         Ok(())
-    }
-
-    /// A value written to the store, whose primary pin the node took over
-    /// before its lock (`taken`), so that it outlives the process that
-    /// wrote it; an error if it was not there.
-    pub(crate) fn adopted(&self, id: &ObjectId, body: Body, function: &str, taken: &Taken) -> Body {
-        match body {
-            Body::Stored(n) if taken.of(id) != TakeOver::Missing => Body::Stored(n),
-            Body::Stored(_) => Body::Error(error(
-                pb::ErrorKind::ObjectLost,
-                function,
-                format!("object {id} was reported written to the store but is not there"),
-            )),
-            b => b,
-        }
     }
 
     /// Deletes objects from the store once the lock is let go.

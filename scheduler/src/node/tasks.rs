@@ -476,7 +476,7 @@ impl Shared {
                         o.encoding = obj.encoding;
                     }
                     (
-                        self.adopted(r, body_of(obj), &task.function, taken),
+                        taken.body(r, body_of(obj), &task.function),
                         contained,
                         obj.encoding,
                     )

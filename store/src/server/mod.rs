@@ -447,7 +447,7 @@ impl StoreHandle {
     }
 
     /// Registers an in-process client (the node daemon that embeds this
-    /// store) for [`StoreHandle::adopt`].
+    /// store) for [`StoreHandle::take_over`].
     pub fn local_client(&self, name: &str) -> ClientId {
         self.shared
             .table
@@ -461,15 +461,6 @@ impl StoreHandle {
     /// the store or wait.
     pub fn on_event(&self, f: impl Fn(StoreEvent) + Send + Sync + 'static) {
         let _ = self.shared.events.set(Box::new(f));
-    }
-
-    /// Moves the primary pins of sealed objects to `client`; false for ids
-    /// that are unknown, unsealed or deleted.
-    pub fn adopt(&self, client: ClientId, ids: &[ObjectId]) -> Vec<bool> {
-        let mut t = self.shared.table.lock();
-        let adopted = ids.iter().map(|id| t.adopt(client, id)).collect();
-        self.shared.done(t);
-        adopted
     }
 
     /// Moves the primary pins of sealed objects to `client`, saying for each
