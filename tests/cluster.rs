@@ -840,14 +840,10 @@ fn refs_passed_across_nodes_are_freed_at_the_end() {
         },
     ]);
     let mut d = c.driver(0, "chain", &[("n1", c.node_id(1)), ("n2", c.node_id(2))]);
-    let dropped = d.dir().join("dropped");
-    common::wait_until("the chain to finish", WAIT * 2, || {
-        dropped.exists() || d.exited()
-    });
-    assert!(dropped.exists(), "{}", d.output());
+    d.await_flag("dropped", WAIT * 2);
     // While the driver still runs, nothing is left on any node.
     wait_until_clean(&c);
-    fs::write(d.dir().join("checked"), "").unwrap();
+    d.raise("checked");
     d.finish();
 }
 
@@ -898,11 +894,7 @@ fn a_killed_node_is_declared_dead_its_work_retried_restarted_and_remade() {
     );
     let victim = c.node_id(1);
     let mut d = c.driver(0, "lost_node", &[("victim", victim.clone())]);
-    let kill = d.dir().join("kill");
-    common::wait_until("the driver to be ready", WAIT, || {
-        kill.exists() || d.exited()
-    });
-    assert!(kill.exists(), "{}", d.output());
+    d.await_flag("kill", WAIT);
     // The victim's workers run the driver's job, shown by the head's id
     // and the job's number there.
     let head_id = c.node_id(0);
