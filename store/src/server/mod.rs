@@ -716,19 +716,33 @@ mod tests {
         ObjectId::from_bytes([n; 20])
     }
 
-    /// A 4 MiB store whose events go to the returned channel.
-    fn store(name: &str) -> (StoreHandle, mpsc::Receiver<StoreEvent>) {
+    /// A 4 MiB store whose events go to its channel; its directory goes
+    /// when it is dropped.
+    struct Events {
+        store: StoreHandle,
+        rx: mpsc::Receiver<StoreEvent>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Events {
+        fn drop(&mut self) {
+            self.store.stop();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn store(name: &str) -> Events {
         let dir = std::env::temp_dir().join(format!("arca-ev-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut config = StoreConfig::new(dir.join("s.sock"), 4 << 20);
         config.eviction_batch = 0.0;
-        let s = start(config).unwrap();
+        let store = start(config).unwrap();
         let (tx, rx) = mpsc::channel();
-        s.on_event(move |e| {
+        store.on_event(move |e| {
             let _ = tx.send(e);
         });
-        (s, rx)
+        Events { store, rx, dir }
     }
 
     fn write(s: &StoreHandle, client: ClientId, id: ObjectId, size: u64, primary: bool) {
@@ -739,16 +753,17 @@ mod tests {
 
     #[test]
     fn evicted_cache_copies_are_reported_and_primaries_are_not() {
-        let (s, rx) = store("evicted");
+        let ev = store("evicted");
+        let (s, rx) = (&ev.store, &ev.rx);
         let c = s.local_client("node");
-        write(&s, c, id(1), 1 << 20, false);
-        write(&s, c, id(2), 1 << 20, true);
-        write(&s, c, id(3), 1 << 20, false);
+        write(s, c, id(1), 1 << 20, false);
+        write(s, c, id(2), 1 << 20, true);
+        write(s, c, id(3), 1 << 20, false);
         assert!(rx.try_recv().is_err(), "nothing evicted yet");
         // Three more MiB: one fits, then only the cache copies can make
         // room, oldest first.
         for n in 4..=6 {
-            write(&s, c, id(n), 1 << 20, true);
+            write(s, c, id(n), 1 << 20, true);
         }
         let mut evicted = Vec::new();
         while let Ok(e) = rx.try_recv() {
@@ -758,14 +773,14 @@ mod tests {
             }
         }
         assert_eq!(evicted, vec![id(1), id(3)]);
-        s.shutdown();
     }
 
     #[test]
     fn a_get_waiting_for_an_unknown_id_is_reported_once() {
-        let (s, rx) = store("missing");
+        let ev = store("missing");
+        let (s, rx) = (&ev.store, &ev.rx);
         let c = s.local_client("reader");
-        write(&s, c, id(7), 4096, true);
+        write(s, c, id(7), 4096, true);
         let shared = Arc::clone(&s.shared);
         let got = conn::get(
             &shared,
@@ -782,6 +797,5 @@ mod tests {
         // A get that does not wait reports nothing.
         conn::get(&shared, &|| false, c, &[id(9)], Some(Duration::ZERO)).unwrap();
         assert!(rx.try_recv().is_err());
-        s.shutdown();
     }
 }
