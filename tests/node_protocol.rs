@@ -281,20 +281,22 @@ fn unknown_ids_are_errors_not_hangs() {
     );
     assert!(error_text(recv(&mut c)).contains("num_returns"));
     // Removing a reference never held, cancelling an unknown task, killing
-    // an unknown actor: ignored.
+    // an unknown actor: ignored (a cancel is answered Ok all the same).
     send(
         &mut c,
         Q::RemoveRefs(pb::Refs {
             ids: vec![id_bytes(unknown)],
         }),
     );
-    send(
+    send_seq(
         &mut c,
+        7,
         Q::Cancel(pb::Cancel {
             id: id_bytes(unknown),
             force: true,
         }),
     );
+    assert!(matches!(recv_seq(&mut c), Ok((7, R::Ok(_)))));
     send(
         &mut c,
         Q::KillActor(pb::KillActor {
@@ -422,9 +424,10 @@ fn replies_echo_their_request_seq_in_any_order() {
         other => panic!("expected replies to 9, 10 and 11: {other:?}"),
     }
     // Its object completes (cancelled) only now: the deferred reply comes
-    // last and still answers request 8.
-    send(
+    // after all the others and still answers request 8.
+    send_seq(
         &mut c,
+        12,
         Q::Cancel(pb::Cancel {
             id: id_bytes(ret),
             force: false,
@@ -439,6 +442,8 @@ fn replies_echo_their_request_seq_in_any_order() {
         },
         other => panic!("expected the reply to Get 8: {other:?}"),
     }
+    // Then the cancel's own answer.
+    assert!(matches!(recv_seq(&mut c), Ok((12, R::Ok(_)))));
     assert_serving(&node);
 }
 

@@ -53,7 +53,7 @@ pub mod hex {
 /// client) must agree on; here so that a client need not link the daemon.
 pub mod consts {
     /// The node protocol's version, checked at `Hello`.
-    pub const NODE_PROTOCOL_VERSION: u32 = 4;
+    pub const NODE_PROTOCOL_VERSION: u32 = 5;
     /// Values up to this size travel inline in node messages (puts, results,
     /// arguments); larger ones are written to the store.
     pub const INLINE_RESULT_MAX: usize = 100 << 10;

@@ -104,12 +104,18 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i64 {
     timeout.map_or(-1, |t| t.as_millis().min(i64::MAX as u128) as i64)
 }
 
-/// Cancels the task that makes `id` (see [`crate::cancel`]).
+/// Cancels the task that makes `id` (see [`crate::cancel`]). Waits for the
+/// node's answer, so a task that ends after this returns has its result
+/// discarded rather than racing the cancel.
 pub fn cancel(id: ObjectId, force: bool) -> Result<()> {
-    runtime()?.send(pb::request::Kind::Cancel(pb::Cancel {
+    let req = pb::request::Kind::Cancel(pb::Cancel {
         id: id.as_bytes().to_vec().into(),
         force,
-    }))
+    });
+    match runtime()?.call(req)? {
+        pb::reply::Kind::Ok(_) => Ok(()),
+        other => Err(super::conn::unexpected(&other)),
+    }
 }
 
 /// Ends actor `id`; with `no_restart` false it may be restarted.

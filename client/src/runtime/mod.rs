@@ -706,12 +706,12 @@ pub fn wait<T>(
 /// it is running, `force` kills its worker process (the task is not
 /// retried), and without `force` its result is discarded when it ends. Either
 /// way `get` then fails with `Error::TaskCancelled`. Actor calls that have
-/// not started are cancelled; running ones are not interrupted.
+/// not started are cancelled; running ones are not interrupted. It returns
+/// once the node has recorded the cancel: a running task that ends after
+/// that has its result discarded. (A task running on another node is told
+/// by message, so there it may still finish first.)
 pub fn cancel<T>(r: &ObjectRef<T>, force: bool) -> Result<()> {
-    runtime()?.send(pb::request::Kind::Cancel(pb::Cancel {
-        id: r.id().as_bytes().to_vec().into(),
-        force,
-    }))
+    core::cancel(r.id(), force)
 }
 
 /// Ends an actor now: its process is killed, its pending calls fail with

@@ -374,6 +374,7 @@ fn handle(
         Q::Cancel(c) => {
             let id = parse_id(&c.id).ok_or("Cancel: malformed object id")?;
             shared.cancel(st, &id, c.force);
+            st.send(conn, seq, R::Ok(pb::Ok {}));
         }
         Q::KillActor(k) => {
             let id = parse_id(&k.actor_id).ok_or("KillActor: malformed actor id")?;
