@@ -13,6 +13,13 @@
 //! Objects start 64-byte aligned in the store, so every buffer is too
 //! (what numpy, Arrow and SIMD code want). A reader checks every range
 //! against the object's length before slicing.
+//!
+//! A large buffer is placed so that its copy's destination sits at the
+//! source's offset within a page, rounded down to 64 (large objects start on
+//! a page). glibc's large `memmove` runs at a third of its speed when the
+//! destination is a little ahead of the source modulo 4 KiB (measured here:
+//! 3 GB/s at 64 to 256 bytes ahead, 9 GB/s level or behind), and the
+//! pickle's header would otherwise put it exactly there.
 
 use arca_client::Encoding;
 use arca_client::core::Value;
@@ -24,6 +31,10 @@ use pyo3::types::{PyList, PyTuple};
 use crate::buffer::StoreBuffer;
 
 const ALIGN: usize = 64;
+const PAGE: usize = 4096;
+/// Buffers this large are placed by their source's page offset: the store
+/// starts objects this large (and larger) on a page.
+const PLACED: usize = 64 << 10;
 
 fn align(n: usize) -> usize {
     n.div_ceil(ALIGN) * ALIGN
@@ -40,6 +51,10 @@ pub fn layout(inband: Bytes, buffers: Vec<Bytes>) -> (usize, Vec<(usize, Bytes)>
     let mut placed = Vec::with_capacity(buffers.len());
     for b in buffers {
         at = align(at);
+        if b.len() >= PLACED {
+            let want = (b.as_ptr() as usize % PAGE) & !(ALIGN - 1);
+            at += (want + PAGE - at % PAGE) % PAGE;
+        }
         header.extend_from_slice(&(at as u64).to_le_bytes());
         header.extend_from_slice(&(b.len() as u64).to_le_bytes());
         let len = b.len();
