@@ -332,7 +332,7 @@ pub fn wait(
     fetch_local: bool,
 ) -> PyResult<Vec<usize>> {
     let ids = ids(refs)?;
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    let mut seen = foldhash::HashSet::with_capacity_and_hasher(ids.len(), Default::default());
     if !ids.iter().all(|id| seen.insert(*id)) {
         return Err(pyo3::exceptions::PyValueError::new_err(
             "Wait requires a list of unique object refs.",

@@ -7,7 +7,9 @@
 //! and reads until its own reply comes, filing the others' for their threads.
 //! A lone thread so reads its own reply itself, with no handoff.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

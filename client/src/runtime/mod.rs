@@ -11,7 +11,7 @@ mod object_ref;
 mod task;
 mod worker;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! Worker mode: the program, started by the node with `ARCA_WORKER_ID`
 //! set, runs tasks by their registered names until the node goes away.
 
+use foldhash::HashMap;
 use std::any::Any;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 

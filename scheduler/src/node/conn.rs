@@ -1,7 +1,7 @@
 //! One connection's thread: the handshake, then requests until the peer
 //! goes away.
 
-use std::collections::HashSet;
+use foldhash::{HashSet, HashSetExt};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,9 @@
 //! less what running pulls will write). One always runs, however large, so
 //! an object bigger than the room still arrives, the store spilling for it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use foldhash::HashMap;
 
 use arca_store::ObjectId;
 

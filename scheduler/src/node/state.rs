@@ -1,7 +1,9 @@
 //! The scheduler's state: connections, jobs, objects, tasks, workers, actors
 //! and the clients waiting in `get` or `wait`.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
+
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
