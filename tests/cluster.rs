@@ -75,6 +75,12 @@ impl Counter {
     fn node(&self) -> String {
         arca::node_id().unwrap_or_default()
     }
+
+    /// Adds the buffer's length: a call whose argument may live elsewhere.
+    fn add_len(&mut self, b: arca::Buffer) -> i64 {
+        self.n += b.len() as i64;
+        self.n
+    }
 }
 
 /// Calls an actor through a handle passed to a task on another node.
@@ -451,6 +457,24 @@ fn remote_actor() {
         .remote(c.clone(), 10);
     assert_eq!(get(&third), (151..=160).collect::<Vec<i64>>());
     assert_eq!(get(&c.incr(0)), 160);
+    // A call whose argument lives on this node (the actor's node pulls it)
+    // between calls that need nothing: still in order, though the node sends
+    // the calls after it ahead to the actor's worker.
+    let mut refs = Vec::new();
+    let mut want = Vec::new();
+    let mut n = 160;
+    for i in 0..6 {
+        let big = arca::put(&make_buffer(i, 1 << 20)).unwrap();
+        refs.push(c.add_len(&big));
+        n += 1 << 20;
+        want.push(n);
+        for _ in 0..5 {
+            refs.push(c.incr(1));
+            n += 1;
+            want.push(n);
+        }
+    }
+    assert_eq!(arca::get_many_timeout(&refs, GET).unwrap(), want);
 }
 
 fn lost_node() {

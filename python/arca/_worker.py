@@ -163,8 +163,10 @@ class Worker:
             try:
                 if interruptible and task[1] == NORMAL:
                     _interruptible = task[0]
-                    if _native.task_cancelled(task[0]):
-                        raise _Cancelled()
+                if task[1] != ACTOR_CREATION and _native.task_cancelled(task[0]):
+                    # Cancelled before it started (an actor call waits here
+                    # behind the one running).
+                    raise _Cancelled()
                 result = self.call(task)
             finally:
                 _interruptible = None
@@ -177,6 +179,8 @@ class Worker:
         assert self.slots is not None
         async with self.slots:
             try:
+                if _native.task_cancelled(task[0]):
+                    raise _Cancelled()
                 result = self.call(task)
                 if asyncio.iscoroutine(result):
                     result = await result

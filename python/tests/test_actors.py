@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 
 import arca
 from arca import exceptions as ex
@@ -158,6 +159,62 @@ def test_max_restarts_restarts_after_exit(ray):
         ray.get(c.exit.remote(), timeout=30)
     with pytest.raises(ex.RayActorError):
         ray.get(c.inc.remote(), timeout=30)
+
+
+@arca.remote
+class Gate:
+    """A sequential actor whose `hold` runs until a file appears."""
+
+    def __init__(self):
+        self.log = []
+
+    def hold(self, started, go):
+        open(started, "w").close()
+        deadline = time.monotonic() + 60
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.log.append("hold")
+
+    def note(self, x):
+        self.log.append(x)
+        return x
+
+    def get_log(self):
+        return self.log
+
+
+def test_calls_waiting_behind_a_running_call(ray, tmp_path):
+    # The node sends calls ahead to the actor's worker; they still run in
+    # order, and a cancelled one that has not started never runs, even
+    # with force.
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    g = Gate.remote()
+    held = g.hold.remote(started, go)
+    calls = [g.note.remote(i) for i in range(6)]
+    wait_for(lambda: os.path.exists(started), what="the first call to start")
+    ray.cancel(calls[1])
+    ray.cancel(calls[4], force=True)
+    open(go, "w").close()
+    ray.get(held, timeout=30)
+    for i, r in enumerate(calls):
+        if i in (1, 4):
+            with pytest.raises(ex.TaskCancelledError):
+                ray.get(r, timeout=30)
+        else:
+            assert ray.get(r, timeout=30) == i
+    assert ray.get(g.get_log.remote(), timeout=30) == ["hold", 0, 2, 3, 5]
+
+
+def test_calls_sent_ahead_reach_a_restarted_actor(ray):
+    # Calls queued behind the one that kills the actor were never started:
+    # they run on the restarted actor, in order.
+    c = Counter.options(max_restarts=1).remote()
+    assert ray.get(c.inc.remote(), timeout=30) == 1
+    died = c.exit.remote()
+    after = [c.inc.remote() for _ in range(5)]
+    with pytest.raises(ex.RayActorError):
+        ray.get(died, timeout=30)
+    assert ray.get(after, timeout=30) == [1, 2, 3, 4, 5]
 
 
 def test_no_restart_by_default(ray):

@@ -205,6 +205,40 @@ impl Conn {
         Ok(M::decode(frame)?)
     }
 
+    /// Receives one frame if a whole one has arrived, without blocking:
+    /// `Ok(None)` when none has yet. A worker uses it to see a cancel that
+    /// waits behind the task it is about to start.
+    pub fn try_recv<M: Message + Default>(&mut self, max: usize) -> Result<Option<M>, RecvError> {
+        if !self.frame_buffered() {
+            if self.end == self.rbuf.len() {
+                self.compact();
+            }
+            if self.end < self.rbuf.len() {
+                match self.read_once(MsgFlags::MSG_DONTWAIT) {
+                    Ok(0) if self.start == self.end => return Err(RecvError::Closed),
+                    Ok(0) => return Err(RecvError::Truncated),
+                    Ok(n) => self.end += n,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                        ) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !self.frame_buffered() {
+                return Ok(None);
+            }
+        }
+        self.recv(max).map(Some)
+    }
+
+    /// A whole frame is buffered.
+    fn frame_buffered(&self) -> bool {
+        let b = &self.rbuf[self.start..self.end];
+        frame_len(b).is_some_and(|len| b.len() - 4 >= len)
+    }
+
     /// Receives the bytes of one frame (without its length prefix).
     pub fn recv_frame(&mut self, max: usize) -> Result<&[u8], RecvError> {
         // Give back a buffer that grew for one large frame, once what is still
@@ -698,5 +732,38 @@ mod tests {
                 assert_eq!(conn.rbuf.len(), READ_CHUNK, "the read buffer shrank back");
             }
         }
+    }
+
+    #[test]
+    fn try_recv_returns_whole_frames_and_never_blocks() {
+        use std::io::Write;
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let mut conn = Conn::new(ours, Side::Daemon, Duration::ZERO);
+        assert!(
+            conn.try_recv::<pb::Request>(MAX_REQUEST_FRAME)
+                .unwrap()
+                .is_none()
+        );
+        let mut rng = Rng(5);
+        let (a, b) = (random_request(&mut rng), random_request(&mut rng));
+        let mut bytes = Vec::new();
+        encode_frame(&a, &mut bytes).unwrap();
+        let first = bytes.len();
+        encode_frame(&b, &mut bytes).unwrap();
+        // One whole frame and part of the next: the first comes, then nothing.
+        theirs.write_all(&bytes[..first + 3]).unwrap();
+        let got = conn.try_recv::<pb::Request>(MAX_REQUEST_FRAME).unwrap();
+        assert_eq!(got.as_ref(), Some(&a));
+        assert!(
+            conn.try_recv::<pb::Request>(MAX_REQUEST_FRAME)
+                .unwrap()
+                .is_none()
+        );
+        theirs.write_all(&bytes[first + 3..]).unwrap();
+        let got = conn.try_recv::<pb::Request>(MAX_REQUEST_FRAME).unwrap();
+        assert_eq!(got.as_ref(), Some(&b));
+        drop(theirs);
+        let end = conn.try_recv::<pb::Request>(MAX_REQUEST_FRAME);
+        assert!(matches!(end, Err(RecvError::Closed)), "{end:?}");
     }
 }

@@ -8,14 +8,13 @@
 //! A lone thread so reads its own reply itself, with no handoff.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arca_proto::node as pb;
 use arca_store::wire::{Conn, MAX_REPLY_FRAME, RecvError, Side};
+use foldhash::{HashMap, HashMapExt};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -224,53 +223,101 @@ impl NodeConn {
         want: Want,
     ) -> std::result::Result<pb::reply::Kind, Broken> {
         loop {
-            let reply: pb::Reply = reader.recv(MAX_REPLY_FRAME).map_err(|e| match e {
-                RecvError::Closed | RecvError::Truncated => Broken {
-                    make: Error::Disconnected,
-                    message: "the node closed the connection (it stopped or crashed)".into(),
-                },
-                RecvError::Io(e) => Broken {
-                    make: Error::Disconnected,
-                    message: e.to_string(),
-                },
-                other => Broken {
-                    make: Error::Protocol,
-                    message: other.to_string(),
-                },
-            })?;
-            let Some(kind) = reply.kind else {
-                // The node never sends one; its waiter would hang, so give up.
-                return Err(Broken {
-                    make: Error::Protocol,
-                    message: "empty reply from the node".into(),
-                });
-            };
-            match (reply.seq, kind, want) {
-                (0, k @ (pb::reply::Kind::Execute(_) | pb::reply::Kind::CancelTask(_)), w) => {
-                    if let Want::Execute = w {
-                        return Ok(k);
-                    }
-                    self.inbox.lock().executes.push_back(k);
-                    self.changed.notify_all();
-                }
-                (seq, kind, Want::Reply(w)) if seq == w => return Ok(kind),
-                // The node could not read a request, or refused a one-way
-                // one, and closes the connection.
-                (0, pb::reply::Kind::Error(e), _) => {
-                    return Err(Broken {
-                        make: Error::Node,
-                        message: e.message,
-                    });
-                }
-                (0, other, _) => {
-                    tracing::debug!("ignoring {} from the node", unexpected(&other));
-                }
-                (seq, kind, _) => {
-                    self.inbox.lock().replies.insert(seq, kind);
-                    self.changed.notify_all();
-                }
+            let reply: pb::Reply = reader.recv(MAX_REPLY_FRAME).map_err(broken)?;
+            if let Some(kind) = self.file(reply, want)? {
+                return Ok(kind);
             }
         }
+    }
+
+    /// The node's next `Execute` or `CancelTask` if one has arrived, without
+    /// waiting (`None` also while another thread reads the connection).
+    pub(crate) fn try_next_execute(&self) -> Result<Option<pb::reply::Kind>> {
+        let mut inbox = self.inbox.lock();
+        if let Some(k) = inbox.take(Want::Execute) {
+            return Ok(Some(k));
+        }
+        if let Some(b) = &inbox.broken {
+            return Err(b.error());
+        }
+        let Some(mut reader) = inbox.reader.take() else {
+            return Ok(None);
+        };
+        let got = MutexGuard::unlocked(&mut inbox, || -> std::result::Result<_, Broken> {
+            while let Some(reply) = reader.try_recv(MAX_REPLY_FRAME).map_err(broken)? {
+                if let Some(kind) = self.file(reply, Want::Execute)? {
+                    return Ok(Some(kind));
+                }
+            }
+            Ok(None)
+        });
+        inbox.reader = Some(reader);
+        self.changed.notify_all();
+        got.map_err(|b| {
+            let e = b.error();
+            inbox.broken = Some(b);
+            e
+        })
+    }
+
+    /// Hands `reply` to the reading thread if it is what that thread wants,
+    /// or files it for the thread that waits for it.
+    fn file(
+        &self,
+        reply: pb::Reply,
+        want: Want,
+    ) -> std::result::Result<Option<pb::reply::Kind>, Broken> {
+        let Some(kind) = reply.kind else {
+            // The node never sends one; its waiter would hang, so give up.
+            return Err(Broken {
+                make: Error::Protocol,
+                message: "empty reply from the node".into(),
+            });
+        };
+        match (reply.seq, kind, want) {
+            (0, k @ (pb::reply::Kind::Execute(_) | pb::reply::Kind::CancelTask(_)), w) => {
+                if let Want::Execute = w {
+                    return Ok(Some(k));
+                }
+                self.inbox.lock().executes.push_back(k);
+                self.changed.notify_all();
+            }
+            (seq, kind, Want::Reply(w)) if seq == w => return Ok(Some(kind)),
+            // The node could not read a request, or refused a one-way
+            // one, and closes the connection.
+            (0, pb::reply::Kind::Error(e), _) => {
+                return Err(Broken {
+                    make: Error::Node,
+                    message: e.message,
+                });
+            }
+            (0, other, _) => {
+                tracing::debug!("ignoring {} from the node", unexpected(&other));
+            }
+            (seq, kind, _) => {
+                self.inbox.lock().replies.insert(seq, kind);
+                self.changed.notify_all();
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Why a read ended the connection.
+fn broken(e: RecvError) -> Broken {
+    match e {
+        RecvError::Closed | RecvError::Truncated => Broken {
+            make: Error::Disconnected,
+            message: "the node closed the connection (it stopped or crashed)".into(),
+        },
+        RecvError::Io(e) => Broken {
+            make: Error::Disconnected,
+            message: e.to_string(),
+        },
+        other => Broken {
+            make: Error::Protocol,
+            message: other.to_string(),
+        },
     }
 }
 

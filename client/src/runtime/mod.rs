@@ -11,7 +11,6 @@ mod object_ref;
 mod task;
 mod worker;
 
-use foldhash::{HashMap, HashMapExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +19,7 @@ use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
 use arca_store::wire::DEFAULT_SPIN;
+use foldhash::{HashMap, HashMapExt};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
@@ -134,6 +134,10 @@ impl Runtime {
 
     pub(crate) fn next_execute(&self) -> Result<pb::reply::Kind> {
         self.node.next_execute()
+    }
+
+    pub(crate) fn try_next_execute(&self) -> Result<Option<pb::reply::Kind>> {
+        self.node.try_next_execute()
     }
 
     pub(crate) fn store(&self) -> &StoreClient {

@@ -1,14 +1,15 @@
 //! Worker mode: the program, started by the node with `ARCA_WORKER_ID`
 //! set, runs tasks by their registered names until the node goes away.
 
-use foldhash::HashMap;
 use std::any::Any;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::OnceLock;
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
+use foldhash::HashMap;
 
 use super::codec::{Encoded, FromObject, ToObject};
 use super::runtime;
@@ -186,14 +187,16 @@ pub(crate) fn serve() -> ! {
     install_panic_hook();
     exit_with_parent();
     let mut actor: Option<Box<dyn Any + Send>> = None;
+    let mut inbox = Inbox::default();
     loop {
-        let exec = match runtime().and_then(|rt| rt.next_execute()) {
-            Ok(pb::reply::Kind::Execute(e)) => e,
-            // A Rust task cannot be interrupted: the node discards its result.
-            Ok(_) => continue,
-            Err(_) => std::process::exit(0),
+        let Ok(exec) = inbox.next() else {
+            std::process::exit(0);
         };
-        let (done, keep) = execute(exec, &mut actor);
+        let (done, keep) = if inbox.cancelled(&exec) {
+            (skipped(exec), Vec::new())
+        } else {
+            execute(exec, &mut actor)
+        };
         let sent = runtime().and_then(|rt| rt.send(pb::request::Kind::TaskDone(done)));
         // The results' nested refs are released only now that the node has
         // them (it holds them for the results from TaskDone on).
@@ -201,6 +204,78 @@ pub(crate) fn serve() -> ! {
         if sent.is_err() {
             std::process::exit(0);
         }
+    }
+}
+
+/// The tasks the node sent this worker, and the cancels of those that have
+/// not started. A Rust task cannot be interrupted (the node discards the
+/// result of a running one), but actor calls wait here behind the running
+/// one (the node's pipeline), and a cancelled one is skipped.
+#[derive(Default)]
+struct Inbox {
+    queued: VecDeque<pb::Execute>,
+    /// Bounded: a cancel that comes after its task ended stays until pushed out.
+    cancels: VecDeque<Vec<u8>>,
+}
+
+const REMEMBERED_CANCELS: usize = 256;
+
+impl Inbox {
+    /// The next task to run, after taking in all the node has sent so far.
+    fn next(&mut self) -> Result<pb::Execute> {
+        let rt = runtime()?;
+        while let Some(k) = rt.try_next_execute()? {
+            self.file(k);
+        }
+        loop {
+            if let Some(e) = self.queued.pop_front() {
+                return Ok(e);
+            }
+            let k = rt.next_execute()?;
+            self.file(k);
+        }
+    }
+
+    fn file(&mut self, k: pb::reply::Kind) {
+        match k {
+            pb::reply::Kind::Execute(e) => self.queued.push_back(e),
+            pb::reply::Kind::CancelTask(c) => {
+                if self.cancels.len() >= REMEMBERED_CANCELS {
+                    self.cancels.pop_front();
+                }
+                self.cancels.push_back(c.task_id.to_vec());
+            }
+            _ => {}
+        }
+    }
+
+    fn cancelled(&mut self, exec: &pb::Execute) -> bool {
+        let id = exec.spec.as_ref().map_or(&[][..], |s| &s.task_id[..]);
+        let found = self.cancels.iter().position(|c| c[..] == *id);
+        found.inspect(|&i| drop(self.cancels.remove(i))).is_some()
+    }
+}
+
+/// The report for a task cancelled before it started.
+fn skipped(exec: pb::Execute) -> pb::TaskDone {
+    let spec = exec.spec.unwrap_or_default();
+    let e = pb::ErrorInfo {
+        kind: pb::ErrorKind::TaskCancelled as i32,
+        message: format!("{} was cancelled before it ran", spec.function),
+        function: spec.function,
+        ..Default::default()
+    };
+    pb::TaskDone {
+        results: spec
+            .returns
+            .iter()
+            .map(|id| pb::Object {
+                id: id.clone(),
+                body: Some(pb::object::Body::Error(e.clone())),
+                ..Default::default()
+            })
+            .collect(),
+        task_id: spec.task_id,
     }
 }
 

@@ -14,6 +14,13 @@ use super::state::{
 
 use pb::ErrorKind as K;
 
+/// Calls sent to an actor's worker beyond those it may run at once: they
+/// wait there, in order, so the worker starts the next call as soon as one
+/// ends instead of after a round trip through the node (1.7 times the 1:1
+/// call rate of a sequential Python actor). A cancel of one that has not
+/// started reaches the worker, which skips it.
+pub(crate) const ACTOR_PIPELINE: usize = 16;
+
 impl Shared {
     /// An actor's constructor was submitted.
     pub(crate) fn actor_created(&self, st: &mut State, task: &Task, returns: &[ObjectId]) {
@@ -181,8 +188,9 @@ impl Shared {
         }
     }
 
-    /// Runs the actor's next calls, in order, while it has free slots
-    /// (`max_concurrency`) and the next call's arguments exist.
+    /// Sends the actor's next calls, in order, while it has free slots
+    /// (`max_concurrency`, plus [`ACTOR_PIPELINE`] queued in its worker) and
+    /// the next call's arguments exist.
     pub(crate) fn actor_dispatch(&self, st: &mut State, a: &ObjectId) {
         if let Some(node) = st.actors.get(a).and_then(|x| x.location) {
             // It lives on another node: its calls go there, in order.
@@ -192,7 +200,9 @@ impl Shared {
             let Some(actor) = st.actors.get(a) else {
                 return;
             };
-            if actor.state != ActorState::Alive || actor.running.len() >= actor.max_concurrency {
+            if actor.state != ActorState::Alive
+                || actor.running.len() >= actor.max_concurrency + ACTOR_PIPELINE
+            {
                 return;
             }
             let Some(wid) = actor.worker.filter(|w| {
@@ -203,6 +213,18 @@ impl Shared {
                 return;
             };
             let next = actor.queue.front().copied();
+            // A call sent ahead must start after those before it: none of
+            // them may still wait for an argument from another node, nor
+            // may it. Only calls sent while a slot was free can wait so (the
+            // first `max_concurrency`: none is sent ahead while one waits).
+            if actor.running.len() >= actor.max_concurrency {
+                let waits = |t: &TaskId| st.tasks.get(t).is_some_and(|t| t.fetching > 0);
+                if actor.running.iter().take(actor.max_concurrency).any(waits)
+                    || next.is_some_and(|t| needs_fetch(st, t))
+                {
+                    return;
+                }
+            }
             match next {
                 Some(tid)
                     if st
@@ -356,12 +378,43 @@ impl Shared {
         let why = actor.killed.take().unwrap_or(why);
         let resources = actor.resources.clone();
         let class = Arc::clone(&actor.class);
-        let running = std::mem::take(&mut actor.running);
+        let mut running = std::mem::take(&mut actor.running);
         let job_alive = st.jobs.get(&actor.job).is_some_and(|j| j.alive);
         let restart = actor.restarts_left > 0
             && !actor.orphaned
             && job_alive
             && !matches!(actor.state, ActorState::Dead(_));
+        // Only the first `max_concurrency` calls sent can have started; the
+        // rest waited in the worker (ACTOR_PIPELINE) and go to the restarted
+        // actor, in order, as if they had never been sent.
+        let waited = if restart {
+            running.split_off(running.len().min(actor.max_concurrency))
+        } else {
+            Vec::new()
+        };
+        let mut cancelled = Vec::new();
+        for &tid in waited.iter().rev() {
+            let Some(t) = st.tasks.get_mut(&tid) else {
+                continue;
+            };
+            if t.cancelled {
+                cancelled.push((tid, Arc::clone(&t.function)));
+                continue;
+            }
+            t.state = TaskState::Ready;
+            t.attempt = t.attempt.saturating_sub(1);
+            if let Some(actor) = st.actors.get_mut(a) {
+                actor.queue.push_front(tid);
+            }
+        }
+        for (tid, f) in cancelled {
+            let e = error(
+                K::TaskCancelled,
+                &f,
+                format!("{f} was cancelled before it ran"),
+            );
+            self.fail_task(st, tid, e);
+        }
         st.available.add(&resources);
         let died = |f: &str| {
             let msg = if why.message.starts_with("actor ") {
@@ -432,4 +485,15 @@ impl Shared {
             st.actors.remove(a);
         }
     }
+}
+
+/// Once dispatched, the task would wait for an argument from another node.
+fn needs_fetch(st: &State, tid: TaskId) -> bool {
+    st.tasks.get(&tid).is_some_and(|t| {
+        t.deps.iter().any(|d| {
+            st.objects
+                .get(d)
+                .is_some_and(|o| !o.is_local() && o.is_ready())
+        })
+    })
 }

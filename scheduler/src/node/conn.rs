@@ -1,7 +1,6 @@
 //! One connection's thread: the handshake, then requests until the peer
 //! goes away.
 
-use foldhash::{HashSet, HashSetExt};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +9,7 @@ use arca_proto::node as pb;
 use arca_proto::store::StoreTotals;
 use arca_store::ObjectId;
 use arca_store::wire::{Conn, MAX_REQUEST_FRAME, RecvError, Side};
+use foldhash::{HashSet, HashSetExt};
 use parking_lot::Mutex;
 
 use super::objects::{Hold, Taken};

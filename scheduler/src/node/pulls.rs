@@ -7,9 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use foldhash::HashMap;
-
 use arca_store::ObjectId;
+use foldhash::HashMap;
 
 use crate::cluster::NodeId;
 

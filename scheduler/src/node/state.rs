@@ -2,8 +2,6 @@
 //! and the clients waiting in `get` or `wait`.
 
 use std::collections::{BTreeSet, VecDeque};
-
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +9,7 @@ use arca_proto::node as pb;
 use arca_store::ObjectId;
 use arca_store::wire::Conn;
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use parking_lot::Mutex;
 
 use crate::cluster::NodeId;

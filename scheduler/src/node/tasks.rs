@@ -618,8 +618,11 @@ impl Shared {
             TaskState::Running(wid) => {
                 t.cancelled = true;
                 // A Python worker can interrupt its task (KeyboardInterrupt);
-                // a Rust one cannot, and its result is discarded instead.
-                if !force && t.spec.language == pb::Language::Python as i32 {
+                // a Rust one cannot, and its result is discarded instead. An
+                // actor call is never interrupted, but one that waits in its
+                // worker (ACTOR_PIPELINE) is skipped there.
+                let call = kind(&t.spec) == pb::TaskKind::ActorMethod;
+                if call || (!force && t.spec.language == pb::Language::Python as i32) {
                     let interrupt = pb::reply::Kind::CancelTask(pb::CancelTask {
                         task_id: t.spec.task_id.clone(),
                     });
