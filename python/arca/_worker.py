@@ -69,6 +69,7 @@ class Worker:
         self.pool: ThreadPoolExecutor | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slots: asyncio.Semaphore | None = None
+        self.pending: set[asyncio.Future] = set()
 
     def load(self, ref: Any) -> Any:
         f = self.functions.get(ref)
@@ -79,16 +80,26 @@ class Worker:
 
     def serve(self) -> None:
         while True:
-            sequential = self.pool is None and self.loop is None
+            if self.loop is not None:
+                # All the calls that have arrived, started with one wake-up
+                # of the event loop.
+                self.loop.call_soon_threadsafe(self.start_async, _native.next_tasks(256))
+                continue
+            sequential = self.pool is None
             task = _native.next_task(sequential)
             if sequential:
                 self.run(task, interruptible=True)
-            elif self.loop is not None:
-                asyncio.run_coroutine_threadsafe(self.run_async(task), self.loop)
             else:
                 self.pool.submit(self.run, task)
             # Its arguments pin their objects until dropped.
             del task
+
+    def start_async(self, tasks: list[tuple]) -> None:
+        # In the event loop. The loop keeps only weak references to tasks.
+        for task in tasks:
+            t = asyncio.ensure_future(self.run_async(task))
+            self.pending.add(t)
+            t.add_done_callback(self.pending.discard)
 
     def call(self, task: tuple) -> tuple[Any, int, list]:
         """Runs the task's function; returns (result, num returns, returns)."""

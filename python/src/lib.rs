@@ -44,6 +44,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(api::store_mappings, m)?)?;
     m.add_function(wrap_pyfunction!(worker::worker_connect, m)?)?;
     m.add_function(wrap_pyfunction!(worker::next_task, m)?)?;
+    m.add_function(wrap_pyfunction!(worker::next_tasks, m)?)?;
     m.add_function(wrap_pyfunction!(worker::task_done, m)?)?;
     m.add_function(wrap_pyfunction!(worker::task_cancelled, m)?)?;
     m.add("INLINE_MAX", arca_proto::consts::INLINE_RESULT_MAX)?;

@@ -96,15 +96,45 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
 /// and a cancel may interrupt it.
 #[pyfunction]
 pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTuple>> {
-    let w = WORKER
-        .get()
-        .ok_or_else(|| PyRuntimeError::new_err("not connected as a worker"))?;
+    let w = worker()?;
     let call = py
         .detach(|| w.tasks.lock().recv())
         .map_err(|_| PyRuntimeError::new_err("the node closed the connection"))?;
     if interruptible && call.kind == TaskKind::Normal {
         w.cancels.lock().running = Some(call.task_id);
     }
+    task_tuple(py, call)
+}
+
+/// Waits for the next task, then takes those that have arrived behind it,
+/// up to `max` in all: an async actor starts them in its event loop with
+/// one wake-up instead of one per call. Never interruptible.
+#[pyfunction]
+pub fn next_tasks(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
+    let w = worker()?;
+    let calls = py
+        .detach(|| {
+            let rx = w.tasks.lock();
+            let first = rx.recv()?;
+            let mut calls = vec![first];
+            calls.extend(rx.try_iter().take(max.saturating_sub(1)));
+            Ok::<_, mpsc::RecvError>(calls)
+        })
+        .map_err(|_| PyRuntimeError::new_err("the node closed the connection"))?;
+    let out = PyList::empty(py);
+    for call in calls {
+        out.append(task_tuple(py, call)?)?;
+    }
+    Ok(out)
+}
+
+fn worker() -> PyResult<&'static Worker> {
+    WORKER
+        .get()
+        .ok_or_else(|| PyRuntimeError::new_err("not connected as a worker"))
+}
+
+fn task_tuple(py: Python<'_>, call: TaskCall) -> PyResult<Bound<'_, PyTuple>> {
     let args = PyList::empty(py);
     for a in call.args {
         args.append(value_to_py(py, a)?)?;
