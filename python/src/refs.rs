@@ -151,5 +151,13 @@ pub fn end_borrow() {
 }
 
 pub fn wrap(py: Python<'_>, r: arca_client::ObjectRef<()>) -> PyResult<Bound<'_, PyObjectRef>> {
-    Bound::new(py, PyObjectRef { inner: r })
+    let obj = Bound::new(py, PyObjectRef { inner: r })?;
+    // SAFETY: `obj` is a live object of a GC type (PyO3 makes every class
+    // one). An ObjectRef holds no Python object, so it can never be part of
+    // a reference cycle and the cycle collector need not visit it; a value
+    // of 10,000 refs otherwise makes every young collection walk them.
+    // Untracking is what CPython does for tuples of atoms, and the dealloc's
+    // own untrack is a no-op on an untracked object.
+    unsafe { pyo3::ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) };
+    Ok(obj)
 }

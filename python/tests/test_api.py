@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import time
 from pathlib import Path
@@ -149,6 +150,16 @@ def test_object_ref_hash_hex_repr(ray):
     assert other != r
     assert len({r, same, other}) == 2
     assert isinstance(r, arca.ObjectRef)
+
+
+def test_object_refs_stay_out_of_the_cycle_collector(ray):
+    # A ref holds no Python object, so it cannot be in a cycle: untracked,
+    # a value of 10,000 refs does not make every young collection walk them.
+    refs = ray.get(ray.put([ray.put(i) for i in range(100)]), timeout=30)
+    assert not any(gc.is_tracked(r) for r in refs)
+    assert not gc.is_tracked(ray.put(1))
+    gc.collect()
+    assert ray.get(refs, timeout=30) == list(range(100))
 
 
 def test_await_ref_in_asyncio(ray):

@@ -269,15 +269,17 @@ impl Shared {
     /// Frees an object nobody references once it has its value, and then what
     /// only it referenced.
     pub(crate) fn free_if_unused(&self, st: &mut State, id: ObjectId) {
+        // Most releases leave the object held: answer those without the
+        // allocations below.
+        let free = |o: &Obj| o.refs() == 0 && o.is_ready();
+        if !st.objects.get(&id).is_some_and(free) {
+            return;
+        }
         let mut stack = vec![id];
         let mut deletes = Vec::new();
         let mut lineage_holds = Vec::new();
         while let Some(id) = stack.pop() {
-            if !st
-                .objects
-                .get(&id)
-                .is_some_and(|o| o.refs() == 0 && o.is_ready())
-            {
+            if !st.objects.get(&id).is_some_and(free) {
                 continue;
             }
             let Some(mut o) = st.objects.remove(&id) else {
