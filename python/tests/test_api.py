@@ -112,6 +112,22 @@ def test_wait_default_num_returns_is_one(ray, release):
     assert not_ready == [pending]
 
 
+def test_wait_on_a_long_list_answers_in_input_order(ray, release):
+    # A long list's head is asked about first; the answer is the same as
+    # for the whole list: the first ready refs, in input order.
+    pending = [gate.remote(release, i) for i in range(150)]
+    done = {i: ray.put(i) for i in (5, 10, 130)}
+    refs = [done.get(i, r) for i, r in enumerate(pending)]
+    ready, not_ready = ray.wait(refs, num_returns=2, timeout=30)
+    assert ready == [done[5], done[10]]
+    assert not_ready == [r for r in refs if r not in ready]
+    ready, _ = ray.wait(refs, num_returns=3, timeout=30)
+    assert ready == [done[5], done[10], done[130]]
+    ready, not_ready = ray.wait(refs, num_returns=4, timeout=0.2)
+    assert ready == [done[5], done[10], done[130]]
+    assert len(not_ready) == 147
+
+
 def test_wait_on_duplicates_raises(ray):
     r = ray.put(1)
     with pytest.raises(ValueError):
