@@ -7,7 +7,7 @@
 
 use std::sync::mpsc;
 
-use arca_client::core::{self, TaskCall, WorkerEvent};
+use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
 use arca_client::{ObjectId, TaskKind};
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
 use nix::sys::signal::Signal;
@@ -33,12 +33,8 @@ struct Worker {
 #[derive(Default)]
 struct Cancels {
     running: Option<ObjectId>,
-    /// Bounded: a cancel that comes just after its task ended stays here
-    /// until pushed out.
-    cancelled: std::collections::VecDeque<ObjectId>,
+    cancelled: RecentCancels,
 }
-
-const REMEMBERED_CANCELS: usize = 256;
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 
@@ -69,10 +65,7 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
                 WorkerEvent::Cancel(task) => {
                     if let Some(w) = WORKER.get() {
                         let mut c = w.cancels.lock();
-                        if c.cancelled.len() >= REMEMBERED_CANCELS {
-                            c.cancelled.pop_front();
-                        }
-                        c.cancelled.push_back(task);
+                        c.cancelled.insert(task);
                         if c.running == Some(task) {
                             let _ = pthread_kill(w.main, Signal::SIGUSR1);
                         }
@@ -184,7 +177,7 @@ pub fn task_done(py: Python<'_>, task_id: &[u8], results: &Bound<'_, PyList>) ->
         if c.running == Some(task) {
             c.running = None;
         }
-        c.cancelled.retain(|t| *t != task);
+        c.cancelled.remove(&task);
     }
     let mut out = Vec::with_capacity(results.len());
     for r in results.iter() {

@@ -179,6 +179,10 @@ class Gate:
         self.log.append(x)
         return x
 
+    def hold_then_exit(self, started, go):
+        self.hold(started, go)
+        os._exit(1)
+
     def get_log(self):
         return self.log
 
@@ -215,6 +219,23 @@ def test_calls_sent_ahead_reach_a_restarted_actor(ray):
     with pytest.raises(ex.RayActorError):
         ray.get(died, timeout=30)
     assert ray.get(after, timeout=30) == [1, 2, 3, 4, 5]
+
+
+def test_a_call_cancelled_while_sent_ahead_stays_cancelled_after_a_restart(ray, tmp_path):
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    g = Gate.options(max_restarts=1).remote()
+    died = g.hold_then_exit.remote(started, go)
+    calls = [g.note.remote(i) for i in range(3)]
+    wait_for(lambda: os.path.exists(started), what="the first call to start")
+    ray.cancel(calls[1])
+    open(go, "w").close()
+    with pytest.raises(ex.RayActorError):
+        ray.get(died, timeout=30)
+    assert ray.get(calls[0], timeout=30) == 0
+    with pytest.raises(ex.TaskCancelledError):
+        ray.get(calls[1], timeout=30)
+    assert ray.get(calls[2], timeout=30) == 2
+    assert ray.get(g.get_log.remote(), timeout=30) == [0, 2]
 
 
 def test_no_restart_by_default(ray):

@@ -200,20 +200,32 @@ impl NodeConn {
             if let Some(b) = &inbox.broken {
                 return Err(b.error());
             }
-            let Some(mut reader) = inbox.reader.take() else {
+            let Some(reader) = inbox.reader.take() else {
                 self.changed.wait(&mut inbox);
                 continue;
             };
-            let got = MutexGuard::unlocked(&mut inbox, || self.read_until(&mut reader, want));
-            inbox.reader = Some(reader);
-            // Threads still waiting need a new reader (no-op if there are none).
-            self.changed.notify_all();
-            return got.map_err(|b| {
-                let e = b.error();
-                inbox.broken = Some(b);
-                e
-            });
+            return self.read_with(&mut inbox, reader, |r| self.read_until(r, want));
         }
+    }
+
+    /// Runs `read` on the read half, taken from the inbox, with the inbox
+    /// unlocked; then gives the half back and wakes the other waiters (they
+    /// need a new reader; a no-op if there are none). A read that breaks
+    /// the connection breaks it for every waiter.
+    fn read_with<T>(
+        &self,
+        inbox: &mut MutexGuard<'_, Inbox>,
+        mut reader: Box<Conn>,
+        read: impl FnOnce(&mut Conn) -> std::result::Result<T, Broken>,
+    ) -> Result<T> {
+        let got = MutexGuard::unlocked(inbox, || read(&mut reader));
+        inbox.reader = Some(reader);
+        self.changed.notify_all();
+        got.map_err(|b| {
+            let e = b.error();
+            inbox.broken = Some(b);
+            e
+        })
     }
 
     /// Reads replies until the one wanted, filing the others.
@@ -240,23 +252,16 @@ impl NodeConn {
         if let Some(b) = &inbox.broken {
             return Err(b.error());
         }
-        let Some(mut reader) = inbox.reader.take() else {
+        let Some(reader) = inbox.reader.take() else {
             return Ok(None);
         };
-        let got = MutexGuard::unlocked(&mut inbox, || -> std::result::Result<_, Broken> {
+        self.read_with(&mut inbox, reader, |reader| {
             while let Some(reply) = reader.try_recv(MAX_REPLY_FRAME).map_err(broken)? {
                 if let Some(kind) = self.file(reply, Want::Execute)? {
                     return Ok(Some(kind));
                 }
             }
             Ok(None)
-        });
-        inbox.reader = Some(reader);
-        self.changed.notify_all();
-        got.map_err(|b| {
-            let e = b.error();
-            inbox.broken = Some(b);
-            e
         })
     }
 

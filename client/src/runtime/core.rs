@@ -273,6 +273,37 @@ pub fn job_id() -> Result<u64> {
     Ok(runtime()?.job_id)
 }
 
+/// The tasks a worker was told lately to cancel. A cancel can arrive before
+/// its task starts (the node sends actor calls ahead, and a task can wait in
+/// the worker's queue), so it is remembered until the task is taken up.
+/// Bounded: a cancel that comes just after its task ended stays until
+/// pushed out.
+#[derive(Debug, Default)]
+pub struct RecentCancels(std::collections::VecDeque<ObjectId>);
+
+impl RecentCancels {
+    const KEPT: usize = 256;
+
+    /// Remembers a cancel of `task`.
+    pub fn insert(&mut self, task: ObjectId) {
+        if self.0.len() >= Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(task);
+    }
+
+    /// Whether `task` was cancelled.
+    pub fn contains(&self, task: &ObjectId) -> bool {
+        self.0.contains(task)
+    }
+
+    /// Forgets `task`'s cancel; whether there was one.
+    pub fn remove(&mut self, task: &ObjectId) -> bool {
+        let found = self.0.iter().position(|t| t == task);
+        found.and_then(|i| self.0.remove(i)).is_some()
+    }
+}
+
 /// What the node sends a worker.
 #[derive(Debug)]
 pub enum WorkerEvent {

@@ -12,6 +12,7 @@ use arca_store::ObjectId;
 use foldhash::HashMap;
 
 use super::codec::{Encoded, FromObject, ToObject};
+use super::core::RecentCancels;
 use super::runtime;
 use crate::ObjectBuffer;
 use crate::error::Result;
@@ -214,11 +215,8 @@ pub(crate) fn serve() -> ! {
 #[derive(Default)]
 struct Inbox {
     queued: VecDeque<pb::Execute>,
-    /// Bounded: a cancel that comes after its task ended stays until pushed out.
-    cancels: VecDeque<Vec<u8>>,
+    cancels: RecentCancels,
 }
-
-const REMEMBERED_CANCELS: usize = 256;
 
 impl Inbox {
     /// The next task to run, after taking in all the node has sent so far.
@@ -240,19 +238,17 @@ impl Inbox {
         match k {
             pb::reply::Kind::Execute(e) => self.queued.push_back(e),
             pb::reply::Kind::CancelTask(c) => {
-                if self.cancels.len() >= REMEMBERED_CANCELS {
-                    self.cancels.pop_front();
+                if let Ok(id) = ObjectId::from_slice(&c.task_id) {
+                    self.cancels.insert(id);
                 }
-                self.cancels.push_back(c.task_id.to_vec());
             }
             _ => {}
         }
     }
 
     fn cancelled(&mut self, exec: &pb::Execute) -> bool {
-        let id = exec.spec.as_ref().map_or(&[][..], |s| &s.task_id[..]);
-        let found = self.cancels.iter().position(|c| c[..] == *id);
-        found.inspect(|&i| drop(self.cancels.remove(i))).is_some()
+        let id = exec.spec.as_ref().map(|s| ObjectId::from_slice(&s.task_id));
+        id.is_some_and(|id| id.is_ok_and(|id| self.cancels.remove(&id)))
     }
 }
 

@@ -397,23 +397,19 @@ impl Shared {
             let Some(t) = st.tasks.get_mut(&tid) else {
                 continue;
             };
-            if t.cancelled {
-                cancelled.push((tid, Arc::clone(&t.function)));
-                continue;
-            }
             t.state = TaskState::Ready;
             t.attempt = t.attempt.saturating_sub(1);
+            if t.cancelled {
+                cancelled.push(tid);
+            }
             if let Some(actor) = st.actors.get_mut(a) {
                 actor.queue.push_front(tid);
             }
         }
-        for (tid, f) in cancelled {
-            let e = error(
-                K::TaskCancelled,
-                &f,
-                format!("{f} was cancelled before it ran"),
-            );
-            self.fail_task(st, tid, e);
+        // Cancelled while they waited in the worker: queued again, a cancel
+        // ends them as it ends any queued call.
+        for tid in cancelled {
+            self.cancel_task(st, tid, false);
         }
         st.available.add(&resources);
         let died = |f: &str| {
