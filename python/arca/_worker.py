@@ -21,7 +21,7 @@ from . import _native, _runtime
 from ._serialization import _Kwargs, deserialize, serialize
 
 NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
-_TASK_FAILED = 0
+_TASK_FAILED, _TASK_CANCELLED = 0, 1
 
 
 class RetryPolicy:
@@ -44,8 +44,39 @@ class RetryPolicy:
         return False
 
 
+def _call(fn: Any, args: list, kwargs: dict, policy: RetryPolicy | None, max_retries: int) -> Any:
+    """Calls `fn`, again while it raises what `policy` retries (Ray's
+    ``retry_exceptions``), up to `max_retries` more times."""
+    retries = 0
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if policy is None or not policy.matches(e) or retries >= max_retries:
+                raise
+            retries += 1
+
+
+async def _call_async(
+    fn: Any, args: list, kwargs: dict, policy: RetryPolicy, max_retries: int
+) -> Any:
+    """`_call` for an async actor method."""
+    retries = 0
+    while True:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as e:
+            if not policy.matches(e) or retries >= max_retries:
+                raise
+            retries += 1
+
+
 class _Cancelled(KeyboardInterrupt):
     pass
+
+
+class _Skipped(_Cancelled):
+    """Cancelled before it started: reported as such, not as an interrupt."""
 
 
 # The task the main thread runs now, while its function runs (only then
@@ -129,14 +160,7 @@ class Worker:
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
-            retries = 0
-            while True:
-                try:
-                    return fn(*values, **kwargs)
-                except Exception as e:
-                    if policy is None or not policy.matches(e) or retries >= max_retries:
-                        raise
-                    retries += 1
+            return _call(fn, values, kwargs, policy, max_retries)
         if kind == ACTOR_CREATION:
             cls = self.load(function_ref)
             cls = getattr(cls, "_cls", cls)
@@ -154,7 +178,10 @@ class Worker:
                     self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="arca-actor")
             return None
         name = function.rsplit("::", 1)[-1]
-        return getattr(self.instance, name)(*values, **kwargs)
+        method = getattr(self.instance, name)
+        if policy is not None and asyncio.iscoroutinefunction(method):
+            return _call_async(method, values, kwargs, policy, max_retries)
+        return _call(method, values, kwargs, policy, max_retries)
 
     def start_loop(self, max_concurrency: int) -> None:
         loop = asyncio.new_event_loop()
@@ -177,7 +204,7 @@ class Worker:
                 if task[1] != ACTOR_CREATION and _native.task_cancelled(task[0]):
                     # Cancelled before it started (an actor call waits here
                     # behind the one running).
-                    raise _Cancelled()
+                    raise _Skipped()
                 result = self.call(task)
             finally:
                 _interruptible = None
@@ -191,7 +218,7 @@ class Worker:
         async with self.slots:
             try:
                 if _native.task_cancelled(task[0]):
-                    raise _Cancelled()
+                    raise _Skipped()
                 result = self.call(task)
                 if asyncio.iscoroutine(result):
                     result = await result
@@ -227,6 +254,11 @@ class Worker:
     def report_error(self, task: tuple, e: BaseException) -> None:
         task_id, kind, function, _, _, returns, *_ = task
         name = function.rsplit("::", 1)[-1] if "::" in function else function.rsplit(".", 1)[-1]
+        if isinstance(e, _Skipped):
+            info = (-1, _TASK_CANCELLED, function, f"{function} was cancelled before it ran")
+            info += ("", b"", "", os.getpid())
+            _native.task_done(task_id, [(rid, info) for rid in returns])
+            return
         if isinstance(e, _Cancelled):
             e = KeyboardInterrupt()
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from . import _native, _runtime
+from ._serialization import serialize
 from .remote_function import (
     ACTOR_CREATION,
     ACTOR_METHOD,
@@ -47,6 +48,7 @@ ACTOR_OPTIONS: dict[str, Any] = {
 }
 
 DEFAULT_MAX_CONCURRENCY_ASYNC = 1000
+_NO_RETRIES = (0, False)
 
 _METHOD_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions"}
 
@@ -64,6 +66,9 @@ def method(*args: Any, **kwargs: Any) -> Any:
     def decorate(f: Any) -> Any:
         if "num_returns" in kwargs:
             f.__ray_num_returns__ = kwargs["num_returns"]
+        for key in ("max_task_retries", "retry_exceptions"):
+            if key in kwargs:
+                setattr(f, f"__ray_{key}__", kwargs[key])
         return f
 
     return decorate
@@ -77,6 +82,26 @@ def _methods(cls: type) -> dict[str, int]:
             continue
         out[name] = getattr(m, "__ray_num_returns__", 1)
     return out
+
+
+def _retries(cls: type, max_task_retries: int | None) -> dict[str, tuple[int, Any]]:
+    """Each method's (max_task_retries, retry_exceptions), for the methods
+    where either is set (by the actor's options or ``@method``)."""
+    default = max_task_retries or 0
+    out = {}
+    for name, m in inspect.getmembers(cls, predicate=inspect.isfunction):
+        retries = getattr(m, "__ray_max_task_retries__", default)
+        exceptions = getattr(m, "__ray_retry_exceptions__", False)
+        if retries or exceptions:
+            out[name] = (retries, exceptions)
+    return out
+
+
+def _max_retries(n: int | None) -> int:
+    """Ray's retry count (-1: no limit) as the node's (u32)."""
+    if n is None:
+        return 0
+    return 2**32 - 1 if n < 0 else n
 
 
 def _is_async(cls: type) -> bool:
@@ -97,8 +122,13 @@ def _kv_key(namespace: str, name: str) -> str:
     return f"actor:{namespace}:{name}"
 
 
-def _kv_value(ref: Any, class_name: str, methods: dict[str, int]) -> bytes:
+def _kv_value(ref: Any, class_name: str, methods: dict[str, int], retries: dict) -> bytes:
     d = {"id": ref.hex(), "node": _native.node_id(), "class": class_name, "methods": methods}
+    if retries:
+        # retry_exceptions may list exception classes: pickled, not JSON.
+        import cloudpickle
+
+        d["retries"] = cloudpickle.dumps(retries).hex()
     return json.dumps(d).encode()
 
 
@@ -113,7 +143,12 @@ def _handle_from_kv(value: bytes, key: str) -> ActorHandle:
         ref = _native._borrow_ref(actor_id)
     finally:
         _native.end_borrow()
-    handle = ActorHandle(ref, d["class"], d["methods"])
+    retries = {}
+    if "retries" in d:
+        import pickle
+
+        retries = pickle.loads(bytes.fromhex(d["retries"]))
+    handle = ActorHandle(ref, d["class"], d["methods"], retries)
     handle.__dict__["_kv_key"] = key
     return handle
 
@@ -133,6 +168,7 @@ class ActorClass:
         self._shipped = shipped or _Shipped(cls)
         self._name = f"{cls.__module__}.{cls.__qualname__}"
         self._methods = _methods(cls)
+        self._retries = _retries(cls, options.get("max_task_retries"))
         self._async = _is_async(cls)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -180,7 +216,7 @@ class ActorClass:
         detached = opts.get("lifetime") == "detached"
         if name is not None:
             key = _kv_key(namespace, name)
-            value = _kv_value(actor_ref, self._name, self._methods)
+            value = _kv_value(actor_ref, self._name, self._methods, self._retries)
             kept = _native.kv_put(key, value, False, not detached)
             if kept is not None:
                 if opts.get("get_if_exists"):
@@ -209,7 +245,7 @@ class ActorClass:
         )
         if detached:
             _native.detach(actor_ref)
-        handle = ActorHandle(actor_ref, self._name, self._methods)
+        handle = ActorHandle(actor_ref, self._name, self._methods, self._retries)
         if name is not None:
             handle.__dict__["_kv_key"] = _kv_key(namespace, name)
             with _named_lock:
@@ -223,10 +259,12 @@ class ActorClass:
 class ActorMethod:
     """``handle.method``: ``.remote(...)`` calls it; ``.options(num_returns=)``."""
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int):
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int, retries: tuple[int, Any]):
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        # (max_task_retries, retry_exceptions)
+        self._retries = retries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -238,20 +276,35 @@ class ActorMethod:
         bad = set(options) - _METHOD_OPTIONS - {"name"}
         if bad:
             raise ValueError(f"Invalid option keyword(s) for actor methods: {', '.join(bad)}")
-        return ActorMethod(self._handle, self._name, options.get("num_returns", self._num_returns))
+        retries, exceptions = self._retries
+        return ActorMethod(
+            self._handle,
+            self._name,
+            options.get("num_returns", self._num_returns),
+            (
+                options.get("max_task_retries", retries),
+                options.get("retry_exceptions", exceptions),
+            ),
+        )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         h = self._handle
         n = self._num_returns
+        retries, exceptions = self._retries
+        sargs = encode_args(args, kwargs)
+        if exceptions and retries:
+            from ._worker import RetryPolicy
+
+            sargs.append(serialize(RetryPolicy(exceptions)))
         refs = _native.submit(
             ACTOR_METHOD,
             f"{h._class_name}::{self._name}",
             None,
-            encode_args(args, kwargs),
+            sargs,
             [],
             n,
             None,
-            0,
+            _max_retries(retries),
             0,
             0,
             h._actor_ref,
@@ -267,10 +320,18 @@ class ActorHandle:
     """A handle to an actor. Pass it to tasks and other actors; the actor ends
     when the last handle anywhere is dropped, or with ``kill``."""
 
-    def __init__(self, actor_ref: ObjectRef, class_name: str, methods: dict[str, int]):
+    def __init__(
+        self,
+        actor_ref: ObjectRef,
+        class_name: str,
+        methods: dict[str, int],
+        retries: dict[str, tuple[int, Any]] | None = None,
+    ):
         self._actor_ref = actor_ref
         self._class_name = class_name
         self._methods = methods
+        # The methods with max_task_retries or retry_exceptions set.
+        self._retries = retries or {}
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods")
@@ -278,7 +339,7 @@ class ActorHandle:
             raise AttributeError(
                 f"'{self.__dict__.get('_class_name', 'actor')}' has no method {name!r}"
             )
-        return ActorMethod(self, name, methods[name])
+        return ActorMethod(self, name, methods[name], self._retries.get(name, _NO_RETRIES))
 
     @property
     def __ray_terminate__(self) -> Any:
@@ -303,7 +364,7 @@ class ActorHandle:
     def __reduce__(self):
         # The actor's ref is pickled too, so the value holding this handle
         # holds the actor alive.
-        return (ActorHandle, (self._actor_ref, self._class_name, self._methods))
+        return (ActorHandle, (self._actor_ref, self._class_name, self._methods, self._retries))
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

@@ -202,7 +202,7 @@ def test_calls_waiting_behind_a_running_call(ray, tmp_path):
     ray.get(held, timeout=30)
     for i, r in enumerate(calls):
         if i in (1, 4):
-            with pytest.raises(ex.TaskCancelledError):
+            with pytest.raises(ex.TaskCancelledError, match="before it ran"):
                 ray.get(r, timeout=30)
         else:
             assert ray.get(r, timeout=30) == i
@@ -236,6 +236,85 @@ def test_a_call_cancelled_while_sent_ahead_stays_cancelled_after_a_restart(ray, 
         ray.get(calls[1], timeout=30)
     assert ray.get(calls[2], timeout=30) == 2
     assert ray.get(g.get_log.remote(), timeout=30) == [0, 2]
+
+
+class _Flaky:
+    """Dies (or raises) on the first call of each method, while a marker
+    file is missing; the marker outlives restarts."""
+
+    def __init__(self, marker):
+        self.marker = marker
+        self.calls = 0
+
+    def _first(self):
+        self.calls += 1
+        if os.path.exists(self.marker):
+            return False
+        open(self.marker, "w").close()
+        return True
+
+    def die_once(self, x):
+        if self._first():
+            os._exit(1)
+        return x, os.getpid()
+
+    def raise_once(self):
+        if self._first():
+            raise KeyError("first call")
+        return self.calls
+
+    @arca.method(retry_exceptions=[KeyError], max_task_retries=1)
+    def raise_once_decorated(self):
+        return self.raise_once()
+
+
+Flaky = arca.remote(_Flaky)
+
+
+@arca.remote
+class AsyncFlaky(_Flaky):
+    async def raise_once_async(self):
+        return self.raise_once()
+
+
+def test_max_task_retries_runs_a_call_again_on_the_restarted_actor(ray, tmp_path):
+    a = Flaky.options(max_restarts=1, max_task_retries=1).remote(str(tmp_path / "m"))
+    first = a.die_once.remote("x")
+    after = [a.die_once.remote(i) for i in range(3)]
+    value, pid = ray.get(first, timeout=60)
+    assert value == "x"
+    assert [v for v, _ in ray.get(after, timeout=60)] == [0, 1, 2]
+    assert pid != os.getpid()
+
+
+def test_max_task_retries_of_a_method_call_overrides_the_actor(ray, tmp_path):
+    a = Flaky.options(max_restarts=2, max_task_retries=-1).remote(str(tmp_path / "m"))
+    with pytest.raises(ex.RayActorError):
+        ray.get(a.die_once.options(max_task_retries=0).remote("x"), timeout=60)
+    # Restarted; the marker is there now, so the call succeeds.
+    assert ray.get(a.die_once.remote("y"), timeout=60)[0] == "y"
+
+
+def test_max_task_retries_needs_a_restart(ray, tmp_path):
+    a = Flaky.options(max_task_retries=3).remote(str(tmp_path / "m"))
+    with pytest.raises(ex.RayActorError):
+        ray.get(a.die_once.remote("x"), timeout=60)
+
+
+def test_actor_retry_exceptions(ray, tmp_path):
+    a = Flaky.options(max_task_retries=1).remote(str(tmp_path / "m"))
+    # Not retried unless asked, as in Ray.
+    with pytest.raises(KeyError):
+        ray.get(a.raise_once.remote(), timeout=30)
+    b = Flaky.options(max_task_retries=1).remote(str(tmp_path / "m2"))
+    assert ray.get(b.raise_once.options(retry_exceptions=True).remote(), timeout=30) == 2
+    c = Flaky.remote(str(tmp_path / "m3"))
+    assert ray.get(c.raise_once_decorated.remote(), timeout=30) == 2
+    d = Flaky.remote(str(tmp_path / "m4"))
+    with pytest.raises(KeyError):
+        ray.get(d.raise_once_decorated.options(retry_exceptions=[ValueError]).remote(), timeout=30)
+    e = AsyncFlaky.options(max_task_retries=1).remote(str(tmp_path / "m5"))
+    assert ray.get(e.raise_once_async.options(retry_exceptions=True).remote(), timeout=30) == 2
 
 
 def test_no_restart_by_default(ray):

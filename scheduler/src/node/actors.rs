@@ -386,18 +386,35 @@ impl Shared {
             && !matches!(actor.state, ActorState::Dead(_));
         // Only the first `max_concurrency` calls sent can have started; the
         // rest waited in the worker (ACTOR_PIPELINE) and go to the restarted
-        // actor, in order, as if they had never been sent.
-        let waited = if restart {
-            running.split_off(running.len().min(actor.max_concurrency))
-        } else {
-            Vec::new()
-        };
+        // actor, in order, as if they had never been sent. Of those that may
+        // have started, the ones with retries left (`max_task_retries`) run
+        // again on the restarted actor, ahead of the rest, as in Ray.
+        let mut again = Vec::new();
+        if restart {
+            let waited = running.split_off(running.len().min(actor.max_concurrency));
+            let (retried, failed) = running.into_iter().partition(|tid| {
+                st.tasks
+                    .get(tid)
+                    .is_some_and(|t| t.retries_left > 0 && !t.cancelled)
+            });
+            running = failed;
+            for tid in &retried {
+                if let Some(t) = st.tasks.get_mut(tid) {
+                    t.retries_left -= 1;
+                    // Its next dispatch counts a new attempt.
+                    t.attempt += 1;
+                }
+            }
+            again = retried;
+            again.extend(waited);
+        }
         let mut cancelled = Vec::new();
-        for &tid in waited.iter().rev() {
+        for &tid in again.iter().rev() {
             let Some(t) = st.tasks.get_mut(&tid) else {
                 continue;
             };
             t.state = TaskState::Ready;
+            // Dispatch counts an attempt again: a call that waited was not one.
             t.attempt = t.attempt.saturating_sub(1);
             if t.cancelled {
                 cancelled.push(tid);

@@ -437,11 +437,21 @@ impl Shared {
             .collect();
         let mut failed = None;
         if task.cancelled {
-            failed = Some(error(
-                K::TaskCancelled,
-                &task.function,
-                format!("{} was cancelled while it ran", task.function),
-            ));
+            // The worker says so if it skipped the call (one that waited
+            // in it behind another, ACTOR_PIPELINE).
+            let skipped = done.results.first().and_then(|o| match &o.body {
+                Some(pb::object::Body::Error(e)) if e.kind == K::TaskCancelled as i32 => {
+                    Some(e.clone())
+                }
+                _ => None,
+            });
+            failed = Some(skipped.unwrap_or_else(|| {
+                error(
+                    K::TaskCancelled,
+                    &task.function,
+                    format!("{} was cancelled while it ran", task.function),
+                )
+            }));
         } else if done.results.len() != returns.len() {
             failed = Some(error(
                 K::TaskFailed,
