@@ -85,7 +85,8 @@ _interruptible: bytes | None = None
 
 
 def _on_cancel(signum: int, frame: Any) -> None:
-    # SIGUSR1 from the reader thread: a task was cancelled. A signal that
+    # SIGUSR1 from the node: a task was cancelled (the cancel itself waits
+    # in the node's connection; task_cancelled reads it). A signal that
     # comes before the function starts is caught by the check in `run`.
     task = _interruptible
     if task is not None and _native.task_cancelled(task):
@@ -117,7 +118,7 @@ class Worker:
                 self.loop.call_soon_threadsafe(self.start_async, _native.next_tasks(256))
                 continue
             sequential = self.pool is None
-            task = _native.next_task(sequential)
+            task = _native.next_task()
             if sequential:
                 self.run(task, interruptible=True)
             else:

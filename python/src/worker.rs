@@ -1,16 +1,12 @@
 //! A Python worker process: the node starts `python -m arca._worker`, which
-//! connects here and runs tasks the node sends. A reader thread takes the
-//! node's messages: tasks go to the Python main thread through a channel
-//! (it waits detached), and a cancellation of the task running now becomes
-//! SIGUSR1 to the main thread, whose handler raises `KeyboardInterrupt` in
-//! the task (the signal also wakes a `time.sleep`).
-
-use std::sync::mpsc;
+//! connects here and runs tasks the node sends. The main thread reads the
+//! node's messages itself whenever it waits for a task, so a task reaches it
+//! without a handoff between threads. While a task runs, a cancel waits
+//! unread in the socket: the node also sends SIGUSR1 to the main thread,
+//! whose handler reads it ([`task_cancelled`]) and raises
+//! `KeyboardInterrupt` in the task (the signal also wakes a `time.sleep`).
 
 use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
-use arca_client::{ObjectId, TaskKind};
-use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
-use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -21,99 +17,74 @@ use crate::errors::{error_info_from_py, to_py_err};
 use crate::refs::{Contained, wrap};
 
 struct Worker {
-    tasks: Mutex<mpsc::Receiver<TaskCall>>,
-    cancels: Mutex<Cancels>,
-    main: Pthread,
-}
-
-/// The task the main thread runs now (of a sequential worker), and the
-/// tasks cancelled lately. A cancel can come before its task reaches the main
-/// thread (the node sent both), so it is remembered, and the task checks
-/// when it starts.
-#[derive(Default)]
-struct Cancels {
-    running: Option<ObjectId>,
-    cancelled: RecentCancels,
+    cancels: Mutex<RecentCancels>,
 }
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 
-/// Connects this process as the worker the node started, and starts the
-/// thread that reads the node's messages. Returns its driver's job id.
+/// Connects this process as the worker the node started. Returns its
+/// driver's job id.
 #[pyfunction]
 pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     py.detach(|| arca_client::connect_worker_spinning(std::time::Duration::ZERO))
         .map_err(to_py_err)?;
     core::exit_with_node();
-    let (tx, rx) = mpsc::channel();
     let worker = Worker {
-        tasks: Mutex::new(rx),
-        cancels: Mutex::new(Cancels::default()),
-        main: pthread_self(),
+        cancels: Mutex::new(RecentCancels::default()),
     };
     if WORKER.set(worker).is_err() {
         return Err(PyRuntimeError::new_err("this process is already a worker"));
     }
-    let read = move || {
-        while let Ok(ev) = core::next_event() {
-            match ev {
-                WorkerEvent::Execute(call) => {
-                    if tx.send(call).is_err() {
-                        break;
-                    }
-                }
-                WorkerEvent::Cancel(task) => {
-                    if let Some(w) = WORKER.get() {
-                        let mut c = w.cancels.lock();
-                        c.cancelled.insert(task);
-                        if c.running == Some(task) {
-                            let _ = pthread_kill(w.main, Signal::SIGUSR1);
-                        }
-                    }
-                }
-            }
-        }
-        // The node is gone: so is this worker.
-        std::process::exit(0);
-    };
-    std::thread::Builder::new()
-        .name("arca-worker-reader".into())
-        .spawn(read)
-        .map_err(|e| PyRuntimeError::new_err(format!("cannot start the reader thread: {e}")))?;
     core::job_id().map_err(to_py_err)
 }
 
-/// Waits for the next task: `(task_id, kind, function, function_ref, args,
-/// returns, split_returns, actor_id, attempt, max_concurrency, max_retries)`, each arg
-/// `(encoding, data, buffers)`. `interruptible`: the main thread will run it,
-/// and a cancel may interrupt it.
-#[pyfunction]
-pub fn next_task(py: Python<'_>, interruptible: bool) -> PyResult<Bound<'_, PyTuple>> {
-    let w = worker()?;
-    let call = py
-        .detach(|| w.tasks.lock().recv())
-        .map_err(|_| PyRuntimeError::new_err("the node closed the connection"))?;
-    if interruptible && call.kind == TaskKind::Normal {
-        w.cancels.lock().running = Some(call.task_id);
+/// The node's next task; cancels read on the way are remembered (a cancel
+/// can come before its task starts: the task checks when it starts).
+fn next_call(w: &Worker, wait: bool) -> PyResult<Option<TaskCall>> {
+    loop {
+        let ev = if wait {
+            Some(core::next_event())
+        } else {
+            core::try_next_event().transpose()
+        };
+        match ev.transpose().map_err(node_gone)? {
+            None => return Ok(None),
+            Some(WorkerEvent::Execute(call)) => return Ok(Some(call)),
+            Some(WorkerEvent::Cancel(task)) => w.cancels.lock().insert(task),
+        }
     }
-    task_tuple(py, call)
+}
+
+fn node_gone(e: arca_client::Error) -> PyErr {
+    PyRuntimeError::new_err(format!("the node closed the connection: {e}"))
+}
+
+/// Waits for the next task: `(task_id, kind, function, function_ref, args,
+/// returns, split_returns, actor_id, attempt, max_concurrency, max_retries)`,
+/// each arg `(encoding, data, buffers)`.
+#[pyfunction]
+pub fn next_task(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+    let w = worker()?;
+    let call = py.detach(|| next_call(w, true))?;
+    task_tuple(py, call.expect("a waiting read returns a task"))
 }
 
 /// Waits for the next task, then takes those that have arrived behind it,
 /// up to `max` in all: an async actor starts them in its event loop with
-/// one wake-up instead of one per call. Never interruptible.
+/// one wake-up instead of one per call.
 #[pyfunction]
 pub fn next_tasks(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
     let w = worker()?;
-    let calls = py
-        .detach(|| {
-            let rx = w.tasks.lock();
-            let first = rx.recv()?;
-            let mut calls = vec![first];
-            calls.extend(rx.try_iter().take(max.saturating_sub(1)));
-            Ok::<_, mpsc::RecvError>(calls)
-        })
-        .map_err(|_| PyRuntimeError::new_err("the node closed the connection"))?;
+    let calls = py.detach(|| {
+        let mut calls = Vec::new();
+        while calls.len() < max.max(1) {
+            match next_call(w, calls.is_empty())? {
+                Some(c) => calls.push(c),
+                None => break,
+            }
+        }
+        Ok::<_, PyErr>(calls)
+    })?;
     let out = PyList::empty(py);
     for call in calls {
         out.append(task_tuple(py, call)?)?;
@@ -156,28 +127,28 @@ fn task_tuple(py: Python<'_>, call: TaskCall) -> PyResult<Bound<'_, PyTuple>> {
         .into_pyobject(py)
 }
 
-/// True if `task_id` was cancelled (checked when the task starts and by the
-/// SIGUSR1 handler, which only interrupts the task the cancel was for).
+/// True if `task_id` was cancelled: checked when the task starts and by the
+/// SIGUSR1 handler while it runs. Reads the cancels that have arrived.
 #[pyfunction]
 pub fn task_cancelled(task_id: &[u8]) -> PyResult<bool> {
     let task = crate::refs::id_of(task_id)?;
-    Ok(WORKER
-        .get()
-        .is_some_and(|w| w.cancels.lock().cancelled.contains(&task)))
+    let w = worker()?;
+    let arrived = core::take_cancels().map_err(node_gone)?;
+    let mut c = w.cancels.lock();
+    for t in arrived {
+        c.insert(t);
+    }
+    Ok(c.contains(&task))
 }
 
 /// Reports a task's results: for each return id, `(encoding, data,
-/// buffers, contained)` or an error tuple (see `errors`). Clears the
-/// running task first, so a late cancel no longer interrupts.
+/// buffers, contained)` or an error tuple (see `errors`). Forgets the
+/// task's cancel, if any.
 #[pyfunction]
 pub fn task_done(py: Python<'_>, task_id: &[u8], results: &Bound<'_, PyList>) -> PyResult<()> {
     let task = crate::refs::id_of(task_id)?;
     if let Some(w) = WORKER.get() {
-        let mut c = w.cancels.lock();
-        if c.running == Some(task) {
-            c.running = None;
-        }
-        c.cancelled.remove(&task);
+        w.cancels.lock().remove(&task);
     }
     let mut out = Vec::with_capacity(results.len());
     for r in results.iter() {

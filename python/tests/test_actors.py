@@ -209,6 +209,21 @@ def test_calls_waiting_behind_a_running_call(ray, tmp_path):
     assert ray.get(g.get_log.remote(), timeout=30) == ["hold", 0, 2, 3, 5]
 
 
+def test_large_calls_wait_in_the_node_behind_a_long_call(ray, tmp_path):
+    # A worker running a call does not read its socket; calls too large to
+    # wait there stay in the node, which never blocks writing to it (a
+    # write stalled for 2 s would drop the worker).
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    g = Gate.remote()
+    held = g.hold.remote(started, go)
+    wait_for(lambda: os.path.exists(started), what="the first call to start")
+    calls = [g.note.remote(bytes([i]) * 60_000) for i in range(20)]
+    time.sleep(3)
+    open(go, "w").close()
+    ray.get(held, timeout=30)
+    assert ray.get(calls, timeout=60) == [bytes([i]) * 60_000 for i in range(20)]
+
+
 def test_calls_sent_ahead_reach_a_restarted_actor(ray):
     # Calls queued behind the one that kills the actor were never started:
     # they run on the restarted actor, in order.

@@ -51,6 +51,8 @@ struct Inbox {
 enum Want {
     Reply(u64),
     Execute,
+    /// Nothing: every message read is filed.
+    Nothing,
 }
 
 /// Why the connection is unusable, kept to give every waiter the same error.
@@ -70,7 +72,7 @@ impl Inbox {
     fn take(&mut self, want: Want) -> Option<pb::reply::Kind> {
         match want {
             Want::Reply(seq) if !self.replies.is_empty() => self.replies.remove(&seq),
-            Want::Reply(_) => None,
+            Want::Reply(_) | Want::Nothing => None,
             Want::Execute => self.executes.pop_front(),
         }
     }
@@ -263,6 +265,31 @@ impl NodeConn {
             }
             Ok(None)
         })
+    }
+
+    /// Reads what has arrived, without waiting, and takes the task
+    /// cancellations among the node's messages to this worker; its
+    /// `Execute`s stay queued, in order. A worker whose thread runs a task
+    /// calls this to learn of a cancel the node sent meanwhile.
+    pub(crate) fn take_cancels(&self) -> Result<Vec<pb::CancelTask>> {
+        let mut inbox = self.inbox.lock();
+        if let Some(reader) = inbox.reader.take() {
+            self.read_with(&mut inbox, reader, |reader| {
+                while let Some(reply) = reader.try_recv(MAX_REPLY_FRAME).map_err(broken)? {
+                    self.file(reply, Want::Nothing)?;
+                }
+                Ok(())
+            })?;
+        }
+        let mut cancels = Vec::new();
+        inbox.executes.retain(|k| match k {
+            pb::reply::Kind::CancelTask(c) => {
+                cancels.push(c.clone());
+                false
+            }
+            _ => true,
+        });
+        Ok(cancels)
     }
 
     /// Hands `reply` to the reading thread if it is what that thread wants,

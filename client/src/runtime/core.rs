@@ -344,11 +344,43 @@ pub struct TaskCall {
 /// connected with [`super::connect_worker`]). An error means the node is gone:
 /// the worker should exit.
 pub fn next_event() -> Result<WorkerEvent> {
+    loop {
+        if let Some(ev) = event(runtime()?.next_execute()?)? {
+            return Ok(ev);
+        }
+    }
+}
+
+/// [`next_event`] without waiting: `None` if nothing has arrived (or
+/// another thread of this process reads the node's messages now).
+pub fn try_next_event() -> Result<Option<WorkerEvent>> {
     let rt = runtime()?;
-    match rt.next_execute()? {
-        pb::reply::Kind::CancelTask(c) => Ok(WorkerEvent::Cancel(
+    while let Some(kind) = rt.try_next_execute()? {
+        if let Some(ev) = event(kind)? {
+            return Ok(Some(ev));
+        }
+    }
+    Ok(None)
+}
+
+/// The tasks the node has cancelled since the last call, read without
+/// waiting; the tasks it sent stay queued for [`next_event`]. A worker
+/// calls this while its thread runs a task, and before it starts one.
+pub fn take_cancels() -> Result<Vec<ObjectId>> {
+    runtime()?
+        .take_cancels()?
+        .into_iter()
+        .map(|c| ObjectId::from_slice(&c.task_id).map_err(|e| Error::Protocol(e.0)))
+        .collect()
+}
+
+/// The event a message from the node is; `None` for a task that cannot run
+/// (its results, which say why, are reported here).
+fn event(kind: pb::reply::Kind) -> Result<Option<WorkerEvent>> {
+    match kind {
+        pb::reply::Kind::CancelTask(c) => Ok(Some(WorkerEvent::Cancel(
             ObjectId::from_slice(&c.task_id).map_err(|e| Error::Protocol(e.0))?,
-        )),
+        ))),
         pb::reply::Kind::Execute(exec) => {
             let spec = exec.spec.unwrap_or_default();
             let id = |b: &[u8]| ObjectId::from_slice(b).ok();
@@ -371,10 +403,10 @@ pub fn next_event() -> Result<WorkerEvent> {
                         task_id,
                         returns.iter().map(|r| (*r, Err(e.clone()))).collect(),
                     )?;
-                    return next_event();
+                    return Ok(None);
                 }
             };
-            Ok(WorkerEvent::Execute(TaskCall {
+            Ok(Some(WorkerEvent::Execute(TaskCall {
                 task_id,
                 kind,
                 function: spec.function,
@@ -386,7 +418,7 @@ pub fn next_event() -> Result<WorkerEvent> {
                 attempt: exec.attempt,
                 max_concurrency: spec.max_concurrency,
                 max_retries: spec.max_retries,
-            }))
+            })))
         }
         other => Err(super::unexpected(&other)),
     }

@@ -140,6 +140,10 @@ impl Runtime {
         self.node.try_next_execute()
     }
 
+    pub(crate) fn take_cancels(&self) -> Result<Vec<pb::CancelTask>> {
+        self.node.take_cancels()
+    }
+
     pub(crate) fn store(&self) -> &StoreClient {
         &self.store
     }
@@ -495,7 +499,7 @@ fn connect_driver(
         node,
         session.to_path_buf(),
         config.log_to_driver,
-        DEFAULT_SPIN,
+        std::time::Duration::ZERO,
     )?;
     if let Some(a) = address {
         let joined = runtime()?.cluster_address.clone();

@@ -9,7 +9,8 @@ use arca_store::ObjectId;
 use super::Shared;
 use super::objects::Hold;
 use super::state::{
-    Actor, ActorState, State, Task, TaskId, TaskState, WorkerId, WorkerState, error, parse_id,
+    Actor, ActorState, Body, ObjState, State, Task, TaskId, TaskState, WorkerId, WorkerState,
+    error, parse_id,
 };
 
 use pb::ErrorKind as K;
@@ -20,6 +21,13 @@ use pb::ErrorKind as K;
 /// call rate of a sequential Python actor). A cancel of one that has not
 /// started reaches the worker, which skips it.
 pub(crate) const ACTOR_PIPELINE: usize = 16;
+
+/// The largest call sent ahead (its spec and inline arguments). A worker
+/// running a call may not read its socket until the call ends (a Python
+/// worker's main thread reads it), so what waits there must fit in the
+/// socket's buffer: 16 calls of at most 4 KiB do, and a node writing to it
+/// never blocks. A larger call waits in the node for a free slot.
+const AHEAD_MAX_BYTES: usize = 4096;
 
 impl Shared {
     /// An actor's constructor was submitted.
@@ -220,7 +228,7 @@ impl Shared {
             if actor.running.len() >= actor.max_concurrency {
                 let waits = |t: &TaskId| st.tasks.get(t).is_some_and(|t| t.fetching > 0);
                 if actor.running.iter().take(actor.max_concurrency).any(waits)
-                    || next.is_some_and(|t| needs_fetch(st, t))
+                    || next.is_some_and(|t| needs_fetch(st, t) || !small(st, t))
                 {
                     return;
                 }
@@ -498,6 +506,23 @@ impl Shared {
             st.actors.remove(a);
         }
     }
+}
+
+/// The call is small enough to wait in its worker's socket
+/// ([`AHEAD_MAX_BYTES`]), with the arguments that travel inline in it.
+fn small(st: &State, tid: TaskId) -> bool {
+    use prost::Message;
+    st.tasks.get(&tid).is_some_and(|t| {
+        let inline_args: usize = t
+            .deps
+            .iter()
+            .map(|d| match st.objects.get(d).map(|o| &o.state) {
+                Some(ObjState::Ready(Body::Inline(v))) => v.len(),
+                _ => 0,
+            })
+            .sum();
+        t.spec.encoded_len() + inline_args <= AHEAD_MAX_BYTES
+    })
 }
 
 /// Once dispatched, the task would wait for an argument from another node.

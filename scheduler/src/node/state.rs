@@ -636,6 +636,30 @@ impl State {
         }
     }
 
+    /// Sends SIGUSR1 to a Python worker once what was queued for it is
+    /// written: its handler reads the cancel the node just sent and
+    /// interrupts the task it was for. Linux hands a process's signal to its
+    /// main thread unless that thread blocks it or has one pending already,
+    /// and Python's main thread, which runs the task, blocks none.
+    pub fn interrupt_process(&mut self, wid: WorkerId) {
+        let Some(w) = self.workers.get(&wid).filter(|w| w.pid != 0) else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(w.pid as i32);
+        let outbox = w
+            .conn
+            .and_then(|c| self.conns.get(&c))
+            .map(|c| Arc::clone(&c.outbox));
+        self.after.push(Box::new(move || {
+            // Another thread may be the one delivering the cancel: this
+            // returns once it is written, whoever writes it.
+            if let Some(o) = outbox {
+                o.flush();
+            }
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
+        }));
+    }
+
     /// Sends `reply` to the request `seq` of a connection (0: not a reply):
     /// queued, and written once the lock is released (`Outbox::flush`).
     pub fn send(&mut self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {

@@ -639,6 +639,11 @@ impl Shared {
                     if let Some(conn) = st.workers.get(&wid).and_then(|w| w.conn) {
                         st.send(conn, 0, interrupt);
                     }
+                    if !call {
+                        // Its main thread, running the task, reads the
+                        // cancel when this signal tells it to.
+                        st.interrupt_process(wid);
+                    }
                     return;
                 }
                 let Some(t) = st.tasks.get(&tid) else {
