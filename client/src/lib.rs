@@ -38,9 +38,9 @@ pub use error::{Error, Result};
 pub use runtime::{
     ActorHandle, Arg, ArgData, ArgsBuilder, ArrowBatch, Buffer, Config, DEFAULT_MAX_RETRIES,
     DEFAULT_SESSION_DIR, ENV_ADDRESS, ENV_TEMP_DIR, EmbeddedNode, Encoded, FromObject, IntoArg,
-    ObjectRef, TaskOptions, ToObject, cancel, connect_worker, connect_worker_spinning, core, get,
-    get_many, get_many_timeout, get_timeout, init, init_with, init_with_node, is_initialized, kill,
-    memory, node_id, node_running, put, shutdown, status, store_client, submit_kind, wait,
+    ObjectRef, TaskOptions, ToObject, cancel, connect_worker, core, get, get_many,
+    get_many_timeout, get_timeout, init, init_with, init_with_node, is_initialized, kill, memory,
+    node_id, node_running, put, shutdown, status, store_client, submit_kind, wait,
 };
 pub use tensor::{Element, Tensor};
 

@@ -18,7 +18,6 @@ use std::time::Duration;
 use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, NODE_SOCKET};
 use arca_proto::node as pb;
 use arca_store::ObjectId;
-use arca_store::wire::DEFAULT_SPIN;
 use foldhash::{HashMap, HashMapExt};
 use parking_lot::{Mutex, RwLock};
 
@@ -430,14 +429,6 @@ pub fn node_running(session_dir: &Path) -> bool {
 /// connects as that worker. The caller then runs tasks from
 /// [`core::next_event`] (a Rust program's `init` does this by itself).
 pub fn connect_worker() -> Result<()> {
-    connect_worker_spinning(DEFAULT_SPIN)
-}
-
-/// [`connect_worker`] for a worker whose node messages are read by a thread
-/// of their own while its tasks run on another (a Python worker): `spin`
-/// zero keeps that reader from polling for the next message on a core the
-/// task needs.
-pub fn connect_worker_spinning(spin: Duration) -> Result<()> {
     let wid: u64 = std::env::var(ENV_WORKER_ID)
         .ok()
         .and_then(|w| w.parse().ok())
@@ -451,7 +442,7 @@ pub fn connect_worker_spinning(spin: Duration) -> Result<()> {
         ..hello()
     };
     let session = socket.parent().map(Path::to_path_buf).unwrap_or_default();
-    connect(&socket, hello, None, session, false, spin)
+    connect(&socket, hello, None, session, false)
 }
 
 fn hello() -> pb::Hello {
@@ -499,7 +490,6 @@ fn connect_driver(
         node,
         session.to_path_buf(),
         config.log_to_driver,
-        std::time::Duration::ZERO,
     )?;
     if let Some(a) = address {
         let joined = runtime()?.cluster_address.clone();
@@ -520,16 +510,14 @@ fn connect_driver(
     Ok(())
 }
 
-/// `spin`: how long the node connection's reader polls before sleeping.
 fn connect(
     socket: &Path,
     hello: pb::Hello,
     node: Option<Box<dyn EmbeddedNode>>,
     session_dir: PathBuf,
     log_to_driver: bool,
-    spin: Duration,
 ) -> Result<()> {
-    let (conn, reply) = NodeConn::connect(socket, hello, spin)?;
+    let (conn, reply) = NodeConn::connect(socket, hello)?;
     let store = StoreClient::connect_with(
         &reply.store_socket,
         ClientOptions {
