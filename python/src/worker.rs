@@ -38,21 +38,35 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     core::job_id().map_err(to_py_err)
 }
 
-/// The node's next task; cancels read on the way are remembered (a cancel
-/// can come before its task starts: the task checks when it starts).
-fn next_call(w: &Worker, wait: bool) -> PyResult<Option<TaskCall>> {
-    loop {
-        let ev = if wait {
-            Some(core::next_event())
-        } else {
-            core::try_next_event().transpose()
-        };
-        match ev.transpose().map_err(node_gone)? {
-            None => return Ok(None),
-            Some(WorkerEvent::Execute(call)) => return Ok(Some(call)),
-            Some(WorkerEvent::Cancel(task)) => w.cancels.lock().insert(task),
+/// The task the event brings; a cancel is remembered instead (it can come
+/// before its task starts: the task checks when it starts).
+fn task_of(w: &Worker, ev: WorkerEvent) -> Option<TaskCall> {
+    match ev {
+        WorkerEvent::Execute(call) => Some(call),
+        WorkerEvent::Cancel(task) => {
+            w.cancels.lock().insert(task);
+            None
         }
     }
+}
+
+/// Waits for the node's next task.
+fn wait_call(w: &Worker) -> PyResult<TaskCall> {
+    loop {
+        if let Some(call) = task_of(w, core::next_event().map_err(node_gone)?) {
+            return Ok(call);
+        }
+    }
+}
+
+/// The node's next task if it has arrived.
+fn try_call(w: &Worker) -> PyResult<Option<TaskCall>> {
+    while let Some(ev) = core::try_next_event().map_err(node_gone)? {
+        if let Some(call) = task_of(w, ev) {
+            return Ok(Some(call));
+        }
+    }
+    Ok(None)
 }
 
 fn node_gone(e: arca_client::Error) -> PyErr {
@@ -65,8 +79,8 @@ fn node_gone(e: arca_client::Error) -> PyErr {
 #[pyfunction]
 pub fn next_task(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
     let w = worker()?;
-    let call = py.detach(|| next_call(w, true))?;
-    task_tuple(py, call.expect("a waiting read returns a task"))
+    let call = py.detach(|| wait_call(w))?;
+    task_tuple(py, call)
 }
 
 /// Waits for the next task, then takes those that have arrived behind it,
@@ -76,9 +90,9 @@ pub fn next_task(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
 pub fn next_tasks(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
     let w = worker()?;
     let calls = py.detach(|| {
-        let mut calls = Vec::new();
-        while calls.len() < max.max(1) {
-            match next_call(w, calls.is_empty())? {
+        let mut calls = vec![wait_call(w)?];
+        while calls.len() < max {
+            match try_call(w)? {
                 Some(c) => calls.push(c),
                 None => break,
             }
