@@ -26,8 +26,7 @@ static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
 /// driver's job id.
 #[pyfunction]
 pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
-    py.detach(|| arca_client::connect_worker())
-        .map_err(to_py_err)?;
+    py.detach(arca_client::connect_worker).map_err(to_py_err)?;
     core::exit_with_node();
     let worker = Worker {
         cancels: Mutex::new(RecentCancels::default()),
