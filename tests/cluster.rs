@@ -328,17 +328,6 @@ impl Drop for Cluster {
                 .arg(dir)
                 .output();
         }
-        // A node a test SIGKILLed could not remove its entry in the
-        // machine's node registry (`<tmp>/arca-nodes/<pid>`, which a bare
-        // `arca stop` reads): remove those naming this cluster's nodes.
-        let registry = std::env::temp_dir().join("arca-nodes");
-        for e in fs::read_dir(registry).into_iter().flatten().flatten() {
-            let named = fs::read_to_string(e.path())
-                .is_ok_and(|d| self.nodes.iter().any(|n| Path::new(d.trim()) == n));
-            if named {
-                let _ = fs::remove_file(e.path());
-            }
-        }
     }
 }
 

@@ -142,6 +142,17 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+        // A node a test SIGKILLed could not remove its entry in the
+        // machine's node registry (`<tmp>/arca-nodes/<pid>`, which a bare
+        // `arca stop` reads): remove those naming a directory in here.
+        let registry = std::env::temp_dir().join("arca-nodes");
+        for e in fs::read_dir(registry).into_iter().flatten().flatten() {
+            let inside = fs::read_to_string(e.path())
+                .is_ok_and(|d| Path::new(d.trim()).starts_with(&self.0));
+            if inside {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 }
 
