@@ -8,13 +8,13 @@ import threading
 from typing import Any
 
 from . import _native, _runtime
-from ._serialization import serialize
 from .remote_function import (
     ACTOR_CREATION,
     ACTOR_METHOD,
     _Shipped,
     check_options,
     encode_args,
+    node_count,
     resource_request,
 )
 
@@ -95,13 +95,6 @@ def _retries(cls: type, max_task_retries: int | None) -> dict[str, tuple[int, An
         if retries or exceptions:
             out[name] = (retries, exceptions)
     return out
-
-
-def _max_retries(n: int | None) -> int:
-    """Ray's retry count (-1: no limit) as the node's (u32)."""
-    if n is None:
-        return 0
-    return 2**32 - 1 if n < 0 else n
 
 
 def _is_async(cls: type) -> bool:
@@ -209,9 +202,6 @@ class ActorClass:
             max_concurrency = DEFAULT_MAX_CONCURRENCY_ASYNC if self._async else 1
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
-        max_restarts = opts.get("max_restarts") or 0
-        if max_restarts < 0:
-            max_restarts = 2**32 - 1
         actor_ref = _native.new_actor_ref()
         detached = opts.get("lifetime") == "detached"
         if name is not None:
@@ -239,7 +229,7 @@ class ActorClass:
             1,
             resource_request(opts, 0),
             0,
-            max_restarts,
+            node_count(opts.get("max_restarts"), 0),
             max_concurrency,
             actor_ref,
         )
@@ -291,11 +281,8 @@ class ActorMethod:
         h = self._handle
         n = self._num_returns
         retries, exceptions = self._retries
-        sargs = encode_args(args, kwargs)
-        if exceptions and retries:
-            from ._worker import RetryPolicy
-
-            sargs.append(serialize(RetryPolicy(exceptions)))
+        # Exceptions are retried only within max_task_retries, as in Ray.
+        sargs = encode_args(args, kwargs, exceptions if retries else False)
         refs = _native.submit(
             ACTOR_METHOD,
             f"{h._class_name}::{self._name}",
@@ -304,7 +291,7 @@ class ActorMethod:
             [],
             n,
             None,
-            _max_retries(retries),
+            node_count(retries, 0),
             0,
             0,
             h._actor_ref,

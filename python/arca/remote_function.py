@@ -66,15 +66,29 @@ def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, flo
     return r
 
 
-def encode_args(args: tuple, kwargs: dict) -> list:
+def encode_args(args: tuple, kwargs: dict, retry_exceptions: Any = False) -> list:
     """Top-level ObjectRefs go by reference (the task gets their values);
     everything else is serialized. Keyword values follow the positional
-    arguments, and a last ``_Kwargs`` names them."""
+    arguments, and a last ``_Kwargs`` names them. With ``retry_exceptions``
+    (``True`` or exception types), a ``RetryPolicy`` comes last of all: the
+    worker re-runs the function while it raises one of them."""
     out: list = [a if type(a) is ObjectRef else serialize(a) for a in args]
     if kwargs:
         out.extend(v if type(v) is ObjectRef else serialize(v) for v in kwargs.values())
         out.append(serialize(_Kwargs(tuple(kwargs))))
+    if retry_exceptions:
+        from ._worker import RetryPolicy
+
+        out.append(serialize(RetryPolicy(retry_exceptions)))
     return out
+
+
+def node_count(n: int | None, default: int) -> int:
+    """A Ray retry or restart count (``None``: the default; -1: no limit) as
+    the node takes it (a u32)."""
+    if n is None:
+        n = default
+    return 2**32 - 1 if n < 0 else n
 
 
 class _Shipped:
@@ -136,27 +150,16 @@ class RemoteFunction:
             num_returns = 1
         if not isinstance(num_returns, int) or num_returns < 0:
             raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
-        max_retries = opts.get("max_retries", 3)
-        if max_retries is None:
-            max_retries = 3
-        if max_retries < 0:
-            max_retries = 2**32 - 1
-        retry = opts.get("retry_exceptions", False)
-        sargs = encode_args(args, kwargs)
-        holds = []
-        if retry:
-            from ._worker import RetryPolicy
-
-            sargs.append(serialize(RetryPolicy(retry)))
+        sargs = encode_args(args, kwargs, opts.get("retry_exceptions", False))
         refs = _native.submit(
             NORMAL,
             self._name,
             self._shipped.ref(),
             sargs,
-            holds,
+            [],
             num_returns,
             resource_request(opts, 1),
-            max_retries,
+            node_count(opts.get("max_retries"), 3),
             0,
             0,
             None,

@@ -409,8 +409,12 @@ impl Shared {
             for tid in &retried {
                 if let Some(t) = st.tasks.get_mut(tid) {
                     t.retries_left -= 1;
-                    // Its next dispatch counts a new attempt.
-                    t.attempt += 1;
+                }
+            }
+            // Dispatch counts an attempt: a call that only waited made none.
+            for tid in &waited {
+                if let Some(t) = st.tasks.get_mut(tid) {
+                    t.attempt = t.attempt.saturating_sub(1);
                 }
             }
             again = retried;
@@ -422,8 +426,6 @@ impl Shared {
                 continue;
             };
             t.state = TaskState::Ready;
-            // Dispatch counts an attempt again: a call that waited was not one.
-            t.attempt = t.attempt.saturating_sub(1);
             if t.cancelled {
                 cancelled.push(tid);
             }
