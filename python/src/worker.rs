@@ -5,8 +5,12 @@
 //! unread in the socket: the node also sends SIGUSR1 to the main thread,
 //! whose handler reads it ([`task_cancelled`]) and raises
 //! `KeyboardInterrupt` in the task (the signal also wakes a `time.sleep`).
+//! If another thread of the task reads the socket meanwhile (a `get` in a
+//! helper thread), it signals the main thread once it has filed the cancel.
 
 use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
+use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
+use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -18,6 +22,7 @@ use crate::refs::{Contained, wrap};
 
 struct Worker {
     cancels: Mutex<RecentCancels>,
+    main: Pthread,
 }
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
@@ -30,10 +35,19 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     core::exit_with_node();
     let worker = Worker {
         cancels: Mutex::new(RecentCancels::default()),
+        main: pthread_self(),
     };
     if WORKER.set(worker).is_err() {
         return Err(PyRuntimeError::new_err("this process is already a worker"));
     }
+    // Another thread (a `get` in a helper thread) may read the cancel the
+    // node sent while the main thread ran the task, after the node's signal
+    // found none: signal again once it is filed.
+    core::on_cancel_filed(|| {
+        if let Some(w) = WORKER.get() {
+            let _ = pthread_kill(w.main, Signal::SIGUSR1);
+        }
+    });
     core::job_id().map_err(to_py_err)
 }
 

@@ -315,8 +315,12 @@ impl NodeConn {
                 if let Want::Execute = w {
                     return Ok(Some(k));
                 }
+                let cancel = matches!(k, pb::reply::Kind::CancelTask(_));
                 self.inbox.lock().executes.push_back(k);
                 self.changed.notify_all();
+                if cancel && let Some(hook) = CANCEL_FILED.get() {
+                    hook();
+                }
             }
             (seq, kind, Want::Reply(w)) if seq == w => return Ok(Some(kind)),
             // The node could not read a request, or refused a one-way
@@ -337,6 +341,18 @@ impl NodeConn {
         }
         Ok(None)
     }
+}
+
+/// Called after a thread filed a task cancellation it did not wait for
+/// ([`set_cancel_filed_hook`]).
+static CANCEL_FILED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Has `hook` called each time a thread reading the node's messages for
+/// something else files a cancel for this worker, once `take_cancels` can
+/// see it. A Python worker's main thread may be running the task: the hook
+/// signals it to look (it found no cancel if it looked before this).
+pub(crate) fn set_cancel_filed_hook(hook: fn()) {
+    let _ = CANCEL_FILED.set(hook);
 }
 
 /// Why a read ended the connection.

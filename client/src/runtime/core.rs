@@ -374,6 +374,13 @@ pub fn take_cancels() -> Result<Vec<ObjectId>> {
         .collect()
 }
 
+/// Has `hook` called each time a thread of this process that reads the
+/// node's messages for another purpose (a `get` in a helper thread, say)
+/// comes across a cancel for this worker; [`take_cancels`] sees it then.
+pub fn on_cancel_filed(hook: fn()) {
+    super::conn::set_cancel_filed_hook(hook);
+}
+
 /// The event a message from the node is; `None` for a task that cannot run
 /// (its results, which say why, are reported here).
 fn event(kind: pb::reply::Kind) -> Result<Option<WorkerEvent>> {
