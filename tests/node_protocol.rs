@@ -240,6 +240,23 @@ fn malformed_requests_drop_only_that_client() {
         Q::TaskDone(pb::TaskDone {
             task_id: id_bytes(ObjectId::random()),
             results: vec![],
+            given: vec![],
+        }),
+        Q::DirectActor(pb::DirectActor {
+            actor_id: vec![1].into(),
+            gone_worker: 0,
+        }),
+        Q::Promise(pb::Promise { id: vec![2].into() }),
+        Q::Give(pb::Give {
+            object: None,
+            client_id: 1,
+        }),
+        Q::Give(pb::Give {
+            object: Some(pb::Object {
+                id: vec![9].into(),
+                ..Default::default()
+            }),
+            client_id: 1,
         }),
     ];
     for case in cases {
@@ -517,5 +534,105 @@ fn a_worker_command_that_cannot_start_fails_the_tasks_with_why() {
         text.contains("cannot start a worker process") && text.contains("arca-test-worker"),
         "{text}"
     );
+    assert_serving(&node);
+}
+
+#[test]
+fn a_promised_object_is_put_later_or_lost_with_its_owner() {
+    let (node, _dir) = node();
+    let inline = |id: ObjectId, v: &[u8]| pb::Object {
+        id: id_bytes(id),
+        body: Some(pb::object::Body::Inline(bytes::Bytes::copy_from_slice(v))),
+        ..Default::default()
+    };
+    let get = |c: &mut Conn, id: ObjectId| {
+        send_seq(
+            c,
+            7,
+            Q::Get(pb::Get {
+                ids: vec![id_bytes(id)],
+                timeout_ms: 20_000,
+            }),
+        );
+        match recv(c) {
+            Ok(R::Get(g)) => g.objects.into_iter().next().and_then(|o| o.body),
+            other => panic!("get: {other:?}"),
+        }
+    };
+    // Kept: another client waits for it, and reads it once it is put.
+    let mut owner = driver(&node);
+    let mut reader = driver(&node);
+    let kept = ObjectId::random();
+    send(&mut owner, Q::Promise(pb::Promise { id: id_bytes(kept) }));
+    // A second promise of the same id is refused.
+    let mut twice = driver(&node);
+    send(&mut twice, Q::Promise(pb::Promise { id: id_bytes(kept) }));
+    assert!(error_text(recv(&mut twice)).contains("already exists"));
+    send(
+        &mut reader,
+        Q::AddRefs(pb::Refs {
+            ids: vec![id_bytes(kept)],
+        }),
+    );
+    send(
+        &mut owner,
+        Q::Put(pb::Put {
+            object: Some(inline(kept, b"v")),
+        }),
+    );
+    assert!(matches!(get(&mut reader, kept), Some(pb::object::Body::Inline(b)) if &b[..] == b"v"));
+    // Lost: its owner exits first; the waiting reader gets an error, not a hang.
+    let lost = ObjectId::random();
+    send(&mut owner, Q::Promise(pb::Promise { id: id_bytes(lost) }));
+    send(
+        &mut reader,
+        Q::AddRefs(pb::Refs {
+            ids: vec![id_bytes(lost)],
+        }),
+    );
+    // The AddRefs is handled before the owner goes.
+    send_seq(&mut reader, 3, Q::Status(pb::Status {}));
+    assert!(matches!(recv(&mut reader), Ok(R::Status(_))));
+    drop(owner);
+    match get(&mut reader, lost) {
+        Some(pb::object::Body::Error(e)) => {
+            assert_eq!(e.kind, pb::ErrorKind::ObjectLost as i32);
+            assert!(
+                e.message.contains("exited before the call answered"),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a lost object, got {other:?}"),
+    }
+    assert_serving(&node);
+}
+
+#[test]
+fn direct_calls_are_refused_for_unknown_actors() {
+    let (node, _dir) = node();
+    let mut c = driver(&node);
+    send_seq(
+        &mut c,
+        5,
+        Q::DirectActor(pb::DirectActor {
+            actor_id: id_bytes(ObjectId::random()),
+            gone_worker: 0,
+        }),
+    );
+    match recv_seq(&mut c) {
+        Ok((5, R::DirectActor(r))) => assert!(r.socket.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    // A worker id the node does not have: answered at once.
+    send_seq(
+        &mut c,
+        6,
+        Q::DirectActor(pb::DirectActor {
+            actor_id: id_bytes(ObjectId::random()),
+            gone_worker: 999,
+        }),
+    );
+    assert!(matches!(recv_seq(&mut c), Ok((6, R::DirectActor(_)))));
     assert_serving(&node);
 }

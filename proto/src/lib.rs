@@ -53,7 +53,7 @@ pub mod hex {
 /// client) must agree on; here so that a client need not link the daemon.
 pub mod consts {
     /// The node protocol's version, checked at `Hello`.
-    pub const NODE_PROTOCOL_VERSION: u32 = 5;
+    pub const NODE_PROTOCOL_VERSION: u32 = 6;
     /// Values up to this size travel inline in node messages (puts, results,
     /// arguments); larger ones are written to the store.
     pub const INLINE_RESULT_MAX: usize = 100 << 10;
@@ -65,6 +65,11 @@ pub mod consts {
     pub const NODE_SOCKET: &str = "node.sock";
     /// The node's embedded store's socket, beside the node's.
     pub const STORE_SOCKET: &str = "store.sock";
+    /// An actor's worker's socket for direct calls, in the session
+    /// directory (node.proto's `DirectActor`).
+    pub fn direct_socket(worker_id: u64) -> String {
+        format!("direct-{worker_id}.sock")
+    }
     /// The session directory a node runs in unless told otherwise, and
     /// where clients look for one.
     pub const DEFAULT_SESSION_DIR: &str = "/tmp/arca";

@@ -8,9 +8,11 @@
 //! A lone thread so reads its own reply itself, with no handoff.
 
 use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use arca_proto::node as pb;
 use arca_store::wire::{Conn, MAX_REPLY_FRAME, RecvError, Side};
@@ -271,6 +273,57 @@ impl NodeConn {
         })
     }
 
+    /// Waits for the node's next `Execute` or `CancelTask`, or for one of
+    /// `fds` to be readable, up to `timeout` (`None`: no limit): the node's
+    /// message if one came, and which of `fds` are readable. An actor's
+    /// worker waits so for its direct callers too (`direct`). While another
+    /// thread reads the node's messages, it looks at `fds` alone, for at
+    /// most [`OTHER_READER_POLL`], and its caller asks again.
+    pub(crate) fn poll_execute(
+        &self,
+        fds: &[BorrowedFd<'_>],
+        timeout: Option<Duration>,
+    ) -> Result<(Option<pb::reply::Kind>, Vec<bool>)> {
+        let mut inbox = self.inbox.lock();
+        if let Some(k) = inbox.take(Want::Execute) {
+            return Ok((Some(k), vec![false; fds.len()]));
+        }
+        if let Some(b) = &inbox.broken {
+            return Err(b.error());
+        }
+        let Some(reader) = inbox.reader.take() else {
+            drop(inbox);
+            let t = timeout.map_or(OTHER_READER_POLL, |t| t.min(OTHER_READER_POLL));
+            let (_, ready) = poll_readable(None, fds, Some(t))?;
+            return Ok((None, ready));
+        };
+        self.read_with(&mut inbox, reader, |r| {
+            // What is buffered already would not wake the poll.
+            while let Some(reply) = r.try_recv(MAX_REPLY_FRAME).map_err(broken)? {
+                if let Some(kind) = self.file(reply, Want::Execute)? {
+                    return Ok((Some(kind), vec![false; fds.len()]));
+                }
+            }
+            let (node, ready) =
+                poll_readable(Some(r.stream().as_fd()), fds, timeout).map_err(|e| Broken {
+                    make: Error::Disconnected,
+                    message: format!("poll: {e}"),
+                })?;
+            if !node {
+                return Ok((None, ready));
+            }
+            // Whole frames: the node writes each batch at once.
+            let mut next = Some(r.recv(MAX_REPLY_FRAME).map_err(broken)?);
+            while let Some(reply) = next {
+                if let Some(kind) = self.file(reply, Want::Execute)? {
+                    return Ok((Some(kind), ready));
+                }
+                next = r.try_recv(MAX_REPLY_FRAME).map_err(broken)?;
+            }
+            Ok((None, ready))
+        })
+    }
+
     /// Reads what has arrived, without waiting, and takes the task
     /// cancellations among the node's messages to this worker; its
     /// `Execute`s stay queued, in order. A worker whose thread runs a task
@@ -343,6 +396,44 @@ impl NodeConn {
     }
 }
 
+/// How long [`NodeConn::poll_execute`] looks at other fds alone while
+/// another thread reads the node's messages (and may file a task).
+const OTHER_READER_POLL: Duration = Duration::from_millis(5);
+
+/// Waits until `first` or one of `fds` is readable (or hung up), up to
+/// `timeout`; which are. Interrupted by a signal, it returns none ready.
+pub(crate) fn poll_readable(
+    first: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> std::io::Result<(bool, Vec<bool>)> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let flags = PollFlags::POLLIN;
+    let mut set: Vec<PollFd<'_>> = first
+        .iter()
+        .chain(fds)
+        .map(|fd| PollFd::new(*fd, flags))
+        .collect();
+    let t = match timeout {
+        None => PollTimeout::NONE,
+        // Rounded up: a timeout of less than 1 ms must still wait.
+        Some(t) => PollTimeout::try_from(t.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX),
+    };
+    match poll(&mut set, t) {
+        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut ready = set
+        .iter()
+        .map(|p| p.revents().is_some_and(|r| !r.is_empty()));
+    let first = if first.is_some() {
+        ready.next().unwrap_or(false)
+    } else {
+        false
+    };
+    Ok((first, ready.collect()))
+}
+
 /// Called after a thread filed a task cancellation it did not wait for
 /// ([`set_cancel_filed_hook`]).
 static CANCEL_FILED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
@@ -387,6 +478,8 @@ pub(crate) fn unexpected(reply: &pb::reply::Kind) -> Error {
         pb::reply::Kind::Log(_) => "Log",
         pb::reply::Kind::KvPut(_) => "KvPut",
         pb::reply::Kind::KvGet(_) => "KvGet",
+        pb::reply::Kind::DirectActor(_) => "DirectActor",
+        pb::reply::Kind::TaskDone(_) => "TaskDone",
     };
     Error::Protocol(format!("unexpected {name} reply from the node"))
 }

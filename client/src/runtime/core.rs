@@ -87,6 +87,8 @@ pub fn wait(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    // The node answers: it must know the direct calls' results among them.
+    super::direct::promote(&*runtime()?, ids)?;
     // A long list's head is asked about first, without waiting: when enough
     // of it is ready, those are the answer (the first ready refs in input
     // order), and the rest of the list never travels. Ray's 1k-refs `wait`
@@ -136,11 +138,15 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i64 {
 /// node's answer, so a task that ends after this returns has its result
 /// discarded rather than racing the cancel.
 pub fn cancel(id: ObjectId, force: bool) -> Result<()> {
+    let rt = runtime()?;
+    if super::direct::cancel(&rt, &id, force) {
+        return Ok(());
+    }
     let req = pb::request::Kind::Cancel(pb::Cancel {
         id: id.as_bytes().to_vec().into(),
         force,
     });
-    match runtime()?.call(req)? {
+    match rt.call(req)? {
         pb::reply::Kind::Ok(_) => Ok(()),
         other => Err(super::conn::unexpected(&other)),
     }
@@ -493,10 +499,11 @@ pub fn task_done(
             }
         })
         .collect();
-    rt.send(pb::request::Kind::TaskDone(pb::TaskDone {
+    rt.report(pb::TaskDone {
         task_id: task_id.as_bytes().to_vec().into(),
         results,
-    }))
+        given: Vec::new(),
+    })
 }
 
 /// Watches for the node (this worker's parent) to exit, and then exits.

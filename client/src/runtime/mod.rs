@@ -6,6 +6,7 @@ mod actor;
 mod codec;
 mod conn;
 pub mod core;
+mod direct;
 mod logs;
 mod object_ref;
 mod task;
@@ -114,6 +115,12 @@ pub(crate) struct Runtime {
     cluster_address: String,
     /// The node's id in the cluster, hex (empty: standalone).
     node_id: String,
+    /// This process's connection at the node (`HelloReply.client_id`).
+    client_id: u64,
+    /// Its direct calls to actors (`direct`).
+    caller: direct::Caller,
+    /// An actor's worker: its socket for direct calls.
+    server: std::sync::OnceLock<direct::Server>,
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -131,16 +138,88 @@ impl Runtime {
         self.node.call(kind)
     }
 
+    /// A worker's next task or cancel, from the node or (an actor's
+    /// worker) a direct caller.
     pub(crate) fn next_execute(&self) -> Result<pb::reply::Kind> {
-        self.node.next_execute()
+        let k = match self.server.get() {
+            None => self.node.next_execute()?,
+            Some(s) => loop {
+                if let Some(k) = s.next(self, None)? {
+                    break k;
+                }
+            },
+        };
+        self.serve_direct_calls(&k);
+        Ok(k)
     }
 
     pub(crate) fn try_next_execute(&self) -> Result<Option<pb::reply::Kind>> {
-        self.node.try_next_execute()
+        let k = match self.server.get() {
+            None => self.node.try_next_execute()?,
+            Some(s) => s.next(self, Some(Duration::ZERO))?,
+        };
+        if let Some(k) = &k {
+            self.serve_direct_calls(k);
+        }
+        Ok(k)
     }
 
     pub(crate) fn take_cancels(&self) -> Result<Vec<pb::CancelTask>> {
-        self.node.take_cancels()
+        let mut cancels = self.node.take_cancels()?;
+        if let Some(s) = self.server.get() {
+            cancels.extend(s.take_cancels().into_iter().map(|t| pb::CancelTask {
+                task_id: t.as_bytes().to_vec().into(),
+            }));
+        }
+        Ok(cancels)
+    }
+
+    /// An actor's worker, given its constructor, opens its socket for
+    /// direct calls (before the constructor runs, so that it is there once
+    /// the node says the actor is alive).
+    fn serve_direct_calls(&self, k: &pb::reply::Kind) {
+        let pb::reply::Kind::Execute(e) = k else {
+            return;
+        };
+        if e.spec.as_ref().map(|s| s.kind) != Some(pb::TaskKind::ActorCreation as i32)
+            || self.server.get().is_some()
+        {
+            return;
+        }
+        let wid = std::env::var(ENV_WORKER_ID)
+            .ok()
+            .and_then(|w| w.parse::<u64>().ok());
+        if let Some(wid) = wid {
+            match direct::Server::bind(&self.session_dir, wid) {
+                Ok(s) => {
+                    let _ = self.server.set(s);
+                }
+                // Its callers then go through the node.
+                Err(e) => tracing::warn!("no socket for direct calls: {e}"),
+            }
+        }
+    }
+
+    /// Reports a task's results: to its direct caller, or to the node.
+    pub(crate) fn report(&self, done: pb::TaskDone) -> Result<()> {
+        let nested: Vec<ObjectId> = done
+            .results
+            .iter()
+            .flat_map(|o| {
+                o.contained
+                    .iter()
+                    .filter_map(|b| ObjectId::from_slice(b).ok())
+            })
+            .collect();
+        direct::promote(self, &nested)?;
+        let done = match self.server.get() {
+            Some(s) => s.answer(self, done),
+            None => Some(done),
+        };
+        match done {
+            Some(d) => self.send(pb::request::Kind::TaskDone(d)),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn store(&self) -> &StoreClient {
@@ -151,6 +230,7 @@ impl Runtime {
     pub(crate) fn put_encoded<T>(&self, mut e: Encoded) -> Result<ObjectRef<T>> {
         // Held until the put is sent (see `Encoded::keep`).
         let _keep = std::mem::take(&mut e.keep);
+        direct::promote(self, &e.contained)?;
         let id = ObjectId::random();
         let contained = task::ids(&e.contained);
         let encoding = e.encoding as i32;
@@ -203,13 +283,29 @@ pub(crate) fn local_release(id: ObjectId) {
             }
             Some(_) => {
                 refs.remove(&id);
-                // Queued under the count's lock: see `NodeConn::queue_release`.
-                Some(rt.node.queue_release(id.as_bytes().to_vec().into()))
+                if rt.caller.released(&id) {
+                    // The node does not know it: a direct call's result
+                    // kept here.
+                    Some(None)
+                } else {
+                    // Queued under the count's lock: see
+                    // `NodeConn::queue_release`.
+                    Some(Some(rt.node.queue_release(id.as_bytes().to_vec().into())))
+                }
             }
             None => None,
         }
     };
-    if let Some(queued) = last {
+    let Some(last) = last else {
+        return;
+    };
+    rt.caller.seen(&id);
+    let Some(queued) = last else {
+        rt.inline.lock().remove(&id);
+        return;
+    };
+    rt.caller.forget_actor(&id);
+    {
         rt.inline.lock().remove(&id);
         let in_burst = release_follows_another();
         if queued >= RELEASE_BATCH || (queued == 1 && !in_burst) {
@@ -289,6 +385,13 @@ fn release_flusher() -> &'static ReleaseFlusher {
             .spawn(move || f.run());
     }
     f
+}
+
+/// Lets go of the node's hold for this process on `id`, which this process
+/// no longer references (a direct call's result the node took on for it).
+pub(crate) fn release_to_node(rt: &Runtime, id: ObjectId) {
+    rt.node.queue_release(id.as_bytes().to_vec().into());
+    rt.node.flush_releases();
 }
 
 /// Tells the node about references that arrived inside a value.
@@ -535,6 +638,9 @@ fn connect(
         inline: Mutex::new(HashMap::new()),
         embedded: Mutex::new(node),
         session_dir,
+        client_id: reply.client_id,
+        caller: direct::Caller::default(),
+        server: std::sync::OnceLock::new(),
         job_id: reply.job_id,
         cluster_address: reply.cluster_address.clone(),
         node_id: arca_proto::hex::encode(&reply.node_id),
@@ -606,10 +712,18 @@ pub fn get_many_timeout<T: FromObject>(
 }
 
 fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<pb::Object>> {
-    {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    if !direct::await_results(rt, ids, deadline)? {
+        return Err(Error::GetTimeout {
+            id: ids[0],
+            timeout: timeout.unwrap_or_default(),
+        });
+    }
+    // Values held here (this process's puts, values read before, direct
+    // calls' results, which only this process has) need no round trip.
+    let mut found: Vec<Option<pb::Object>> = {
         let cache = rt.inline.lock();
-        let cached: Option<Vec<pb::Object>> = ids
-            .iter()
+        ids.iter()
             .map(|id| {
                 cache.get(id).map(|(encoding, body)| pb::Object {
                     id: id.as_bytes().to_vec().into(),
@@ -618,29 +732,48 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
                     encoding: *encoding,
                 })
             })
-            .collect();
-        if let Some(objects) = cached {
-            return Ok(objects);
-        }
+            .collect()
+    };
+    let missing: Vec<ObjectId> = ids
+        .iter()
+        .zip(&found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    if missing.is_empty() {
+        return Ok(found.into_iter().flatten().collect());
     }
-    let timeout_ms = core::timeout_ms(timeout);
+    let timeout_ms =
+        core::timeout_ms(deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())));
     let reply = rt.node.request(pb::request::Kind::Get(pb::Get {
-        ids: task::ids(ids),
+        ids: task::ids(&missing),
         timeout_ms,
     }))?;
     match reply {
         pb::reply::Kind::Get(g) => {
-            let refs = rt.refs.lock();
-            let mut cache = rt.inline.lock();
-            for (id, o) in ids.iter().zip(&g.objects) {
-                if let Some(body @ (pb::object::Body::Inline(_) | pb::object::Body::Stored(_))) =
-                    &o.body
-                    && refs.contains_key(id)
-                {
-                    cache.insert(*id, (o.encoding, body.clone()));
+            {
+                let refs = rt.refs.lock();
+                let mut cache = rt.inline.lock();
+                for (id, o) in missing.iter().zip(&g.objects) {
+                    if let Some(body @ (pb::object::Body::Inline(_) | pb::object::Body::Stored(_))) =
+                        &o.body
+                        && refs.contains_key(id)
+                    {
+                        cache.insert(*id, (o.encoding, body.clone()));
+                    }
                 }
             }
-            Ok(g.objects)
+            for id in &missing {
+                rt.caller.seen(id);
+            }
+            let mut fetched = g.objects.into_iter();
+            for f in found.iter_mut().filter(|f| f.is_none()) {
+                *f = fetched.next();
+            }
+            found
+                .into_iter()
+                .map(|f| f.ok_or_else(|| Error::Protocol("Get reply is short".into())))
+                .collect()
         }
         pb::reply::Kind::Error(e) if e.timeout => Err(Error::GetTimeout {
             id: e

@@ -274,10 +274,36 @@ pub fn submit_kind(
             .map(|r| r.as_bytes().to_vec().into())
             .unwrap_or_default(),
         max_concurrency: opts.max_concurrency,
+        resubmitted: false,
     };
-    rt.send(pb::request::Kind::Submit(pb::Submit { spec: Some(spec) }))?;
-    drop(args.keep);
+    match (kind, actor) {
+        (pb::TaskKind::ActorMethod, Some(a)) => {
+            super::direct::submit_call(&rt, a, spec, args.keep)?
+        }
+        _ => {
+            super::direct::promote(&rt, &refs_of(&spec))?;
+            rt.send(pb::request::Kind::Submit(pb::Submit { spec: Some(spec) }))?;
+            drop(args.keep);
+        }
+    }
     Ok(returns)
+}
+
+/// The refs a task's spec passes: its ObjectRef arguments and the refs
+/// nested in its values.
+pub(crate) fn refs_of(spec: &pb::TaskSpec) -> Vec<ObjectId> {
+    spec.args
+        .iter()
+        .filter_map(|a| match &a.kind {
+            Some(pb::arg::Kind::Object(b)) => ObjectId::from_slice(b).ok(),
+            _ => None,
+        })
+        .chain(
+            spec.contained
+                .iter()
+                .filter_map(|b| ObjectId::from_slice(b).ok()),
+        )
+        .collect()
 }
 
 /// Wraps result ids in typed refs. Used by generated code.

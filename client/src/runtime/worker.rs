@@ -198,7 +198,7 @@ pub(crate) fn serve() -> ! {
         } else {
             execute(exec, &mut actor)
         };
-        let sent = runtime().and_then(|rt| rt.send(pb::request::Kind::TaskDone(done)));
+        let sent = runtime().and_then(|rt| rt.report(done));
         // The results' nested refs are released only now that the node has
         // them (it holds them for the results from TaskDone on).
         drop(keep);
@@ -272,6 +272,7 @@ fn skipped(exec: pb::Execute) -> pb::TaskDone {
             })
             .collect(),
         task_id: spec.task_id,
+        given: Vec::new(),
     }
 }
 
@@ -372,6 +373,7 @@ fn execute(
         pb::TaskDone {
             task_id: spec.task_id,
             results,
+            given: Vec::new(),
         },
         keep,
     )

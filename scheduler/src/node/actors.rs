@@ -363,6 +363,7 @@ impl Shared {
                     deps: Vec::new(),
                     origin: actor.origin,
                     fetching: 0,
+                    submitter: None,
                     spec,
                 };
                 actor.creation = Some(tid);

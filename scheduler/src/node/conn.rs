@@ -228,6 +228,7 @@ fn register(
             job,
             worker,
             holds: HashSet::new(),
+            promised: HashSet::new(),
             waiters: Vec::new(),
         },
     );
@@ -297,6 +298,11 @@ impl Before {
             },
             Q::TaskDone(d) => Before {
                 taken: take(&mut d.results.iter()),
+                refused_gives_back: true,
+                ..Before::default()
+            },
+            Q::Give(g) => Before {
+                taken: take(&mut g.object.iter()),
                 refused_gives_back: true,
                 ..Before::default()
             },
@@ -409,6 +415,27 @@ fn handle(
             let lender =
                 crate::cluster::NodeId::from_slice(&b.lender).ok_or("Borrow: malformed node id")?;
             shared.borrow_from(st, lender, id);
+        }
+        Q::DirectActor(d) => {
+            let a = parse_id(&d.actor_id).ok_or("DirectActor: malformed actor id")?;
+            if d.gone_worker != 0
+                && let Some(w) = st.workers.get_mut(&d.gone_worker)
+            {
+                // Answered once it has exited (`worker_exited`).
+                w.death_waiters.push((conn, seq));
+                return Ok(());
+            }
+            let reply = shared.direct_actor(st, conn, &a);
+            st.send(conn, seq, R::DirectActor(reply));
+        }
+        Q::Promise(p) => {
+            let id = parse_id(&p.id).ok_or("Promise: malformed object id")?;
+            shared.promise(st, conn, id)?;
+        }
+        Q::Give(g) => {
+            let obj = g.object.ok_or("Give without an object")?;
+            shared.give(st, g.client_id, obj, &before.taken)?;
+            st.send(conn, seq, R::Ok(pb::Ok {}));
         }
         Q::Detach(d) => {
             let id = parse_id(&d.id).ok_or("Detach: malformed actor id")?;

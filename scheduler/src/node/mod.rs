@@ -12,6 +12,7 @@
 mod actors;
 mod conn;
 mod copies;
+mod direct;
 #[cfg(test)]
 mod memory;
 mod objects;

@@ -128,6 +128,10 @@ impl Shared {
         taken: &Taken,
     ) -> Result<(), String> {
         let id = super::state::parse_id(&obj.id).ok_or("put: malformed object id")?;
+        if Self::promised_by(st, conn, &id) {
+            // A direct call's result this process promised.
+            return self.give(st, conn, obj, taken);
+        }
         if st.objects.contains_key(&id) {
             return Err(format!("put: object {id} already exists"));
         }

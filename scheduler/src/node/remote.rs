@@ -1035,6 +1035,7 @@ impl Shared {
             deps: deps.clone(),
             origin: None,
             fetching: 0,
+            submitter: None,
             spec,
         };
         tracing::info!(task = %task.function, node = %dead, "remaking outputs lost with their node");

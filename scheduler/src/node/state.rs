@@ -31,6 +31,8 @@ pub(crate) struct ConnState {
     pub worker: Option<WorkerId>,
     /// Objects this process holds references to.
     pub holds: HashSet<ObjectId>,
+    /// Direct calls' results it promised to put (`Promise`) and has not.
+    pub promised: HashSet<ObjectId>,
     /// Its `get`s and `wait`s not answered yet (one per client thread).
     pub waiters: Vec<WaiterId>,
 }
@@ -424,6 +426,9 @@ pub(crate) struct Task {
     pub origin: Option<NodeId>,
     /// Arguments still being pulled here before it can start.
     pub fetching: usize,
+    /// The connection that submitted it here (`None`: forwarded, or a
+    /// restart's constructor).
+    pub submitter: Option<ConnId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -450,6 +455,9 @@ pub(crate) struct Worker {
     pub killed: Option<pb::ErrorInfo>,
     /// The function of its last task, to label output written after it.
     pub last_function: Option<Arc<str>>,
+    /// Callers whose direct connection to it broke, answered once it has
+    /// exited (`DirectActor.gone_worker`): (connection, seq).
+    pub death_waiters: Vec<(ConnId, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -32,11 +32,83 @@ impl Shared {
             None => return Ok(()),
         };
         let returns = spec.returns.clone();
+        let tid = parse_id(&spec.task_id);
+        if spec.resubmitted
+            && let Some(tid) = tid
+        {
+            if self.resubmitted_but_done(st, conn, &spec, tid) {
+                return Ok(());
+            }
+            // Results of the direct call this connection promised: the
+            // task makes them now.
+            for r in returns.iter().filter_map(|b| parse_id(b)) {
+                if Self::promised_by(st, conn, &r)
+                    && let Some(o) = st.objects.get_mut(&r)
+                {
+                    o.state = ObjState::Pending(tid);
+                    if let Some(c) = st.conns.get_mut(&conn) {
+                        c.promised.remove(&r);
+                    }
+                }
+            }
+        }
         self.submit_task(st, job, pid, spec, None)?;
+        if let Some(t) = tid.and_then(|t| st.tasks.get_mut(&t)) {
+            t.submitter = Some(conn);
+        }
         if let Some(c) = st.conns.get_mut(&conn) {
             c.holds.extend(returns.iter().filter_map(|b| parse_id(b)));
         }
         Ok(())
+    }
+
+    /// A resubmitted direct call whose worker gave the node some of its
+    /// results before it died (`Give`) ran to its end: it is not run again,
+    /// and the results it had not given yet fail.
+    fn resubmitted_but_done(
+        &self,
+        st: &mut State,
+        conn: ConnId,
+        spec: &pb::TaskSpec,
+        tid: TaskId,
+    ) -> bool {
+        let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| parse_id(b)).collect();
+        let done = returns.iter().any(|r| {
+            st.objects
+                .get(r)
+                .is_some_and(|o| !matches!(o.state, ObjState::Pending(t) if t == tid || t == *r))
+        });
+        if !done {
+            return false;
+        }
+        let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
+        let e = error(
+            K::ActorDied,
+            &spec.function,
+            format!(
+                "the actor's worker died while it answered {}",
+                spec.function
+            ),
+        );
+        for r in returns {
+            let known = st.objects.contains_key(&r);
+            if !known {
+                let mut o = Obj::new(ObjState::Pending(r), pid, spec.function.as_str().into());
+                o.conn_holds = 1;
+                st.objects.insert(r, o);
+                if let Some(c) = st.conns.get_mut(&conn) {
+                    c.holds.insert(r);
+                }
+            }
+            let pending = st.objects.get(&r).is_some_and(|o| !o.is_ready());
+            if pending {
+                if let Some(c) = st.conns.get_mut(&conn) {
+                    c.promised.remove(&r);
+                }
+                self.complete(st, r, Body::Error(e.clone()), Vec::new());
+            }
+        }
+        true
     }
 
     /// Queues a task of `job`: one submitted here (its returns become
@@ -56,8 +128,13 @@ impl Shared {
             .iter()
             .map(|b| parse_id(b).ok_or("Submit: malformed return id"))
             .collect::<Result<_, _>>()?;
+        // A resubmitted direct call's promised results already wait for it.
+        let ours = |o: &Obj| matches!(o.state, ObjState::Pending(t) if t == tid);
         if st.tasks.contains_key(&tid)
-            || (origin.is_none() && returns.iter().any(|r| st.objects.contains_key(r)))
+            || (origin.is_none()
+                && returns
+                    .iter()
+                    .any(|r| st.objects.get(r).is_some_and(|o| !ours(o))))
         {
             return Err(format!(
                 "Submit: task {tid} or one of its return ids already exists"
@@ -67,6 +144,9 @@ impl Shared {
         let function: Arc<str> = spec.function.as_str().into();
         if origin.is_none() {
             for r in &returns {
+                if st.objects.contains_key(r) {
+                    continue;
+                }
                 let mut o = Obj::new(ObjState::Pending(tid), pid, Arc::clone(&function));
                 o.conn_holds = 1;
                 o.actor = kind == pb::TaskKind::ActorCreation;
@@ -91,6 +171,7 @@ impl Shared {
             deps: Vec::new(),
             origin,
             fetching: 0,
+            submitter: None,
             spec,
         };
         let mut failure = None;
@@ -110,6 +191,29 @@ impl Shared {
                     task.resources,
                 ),
             ));
+        }
+        if kind == pb::TaskKind::ActorMethod
+            && task.spec.resubmitted
+            && failure.is_none()
+            && let Some(actor) = super::state::parse_id(&task.spec.actor_id)
+                .and_then(|a| st.actors.get(&a))
+                .filter(|a| !matches!(a.state, super::state::ActorState::Dead(_)))
+        {
+            // Its worker died while it may have run: again only with
+            // retries left, as for a call that went through the node.
+            if task.retries_left == 0 {
+                failure = Some(error(
+                    K::ActorDied,
+                    &function,
+                    format!(
+                        "actor {} died while it ran {function} (its worker process ended; \
+                         set max_task_retries to run such calls again on a restarted actor)",
+                        actor.class
+                    ),
+                ));
+            } else {
+                task.retries_left -= 1;
+            }
         }
         // Hold the arguments (ObjectRefs, and refs nested in inline values).
         let mut refs: Vec<ObjectId> = Vec::new();

@@ -18,6 +18,7 @@ use super::state::{
     ConnId, JobId, State, TaskState, Worker, WorkerCommand, WorkerId, WorkerState, error,
 };
 use crate::{ENV_NODE_SOCKET, ENV_WORKER_ID};
+use arca_proto::consts::direct_socket;
 
 use pb::ErrorKind as K;
 
@@ -103,6 +104,7 @@ impl Shared {
                 actor,
                 killed: None,
                 last_function: None,
+                death_waiters: Vec::new(),
             },
         );
         let me = self.me.clone();
@@ -422,17 +424,26 @@ impl Shared {
             }
         }
         if let Some(a) = w.actor {
+            let socket = self.config.session_dir.join(direct_socket(wid));
+            st.after.push(Box::new(move || {
+                let _ = std::fs::remove_file(socket);
+            }));
             let why = w
                 .killed
                 .clone()
                 .unwrap_or_else(|| error(K::ActorDied, "", how));
             self.actor_worker_died(st, &a, why);
         }
+        for (conn, seq) in w.death_waiters {
+            let reply = pb::DirectActorReply::default();
+            st.send(conn, seq, pb::reply::Kind::DirectActor(reply));
+        }
         self.schedule(st);
     }
 
     /// A connection closed: its references go; a driver's job ends with it.
     pub(crate) fn disconnect(&self, st: &mut State, conn: ConnId) {
+        self.fail_promises(st, conn);
         let Some(c) = st.conns.remove(&conn) else {
             return;
         };
