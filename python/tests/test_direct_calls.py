@@ -117,6 +117,18 @@ def test_a_pending_result_passed_on_is_promised_to_the_node(ray, tmp_path):
     assert arca.get(pending, timeout=30) == "opened"
 
 
+def test_fresh_objects_passed_to_direct_calls_are_at_the_node_first(ray):
+    # A put (or a task's result to be) goes to the node on this process's
+    # socket, the call to the worker on another: the worker, which reads
+    # the argument from the node, must find it there.
+    b = Box.remote()
+    warm(b)
+    puts = [b.value.remote(arca.put(i)) for i in range(300)]
+    tasks = [b.value.remote(plus_one.remote(i)) for i in range(100)]
+    assert arca.get(puts, timeout=60) == list(range(300))
+    assert arca.get(tasks, timeout=60) == list(range(1, 101))
+
+
 def test_large_results_and_results_holding_refs_come_through_the_node(ray):
     b = Box.remote()
     warm(b)
@@ -247,3 +259,15 @@ def test_concurrent_actors_answer_direct_calls(ray, cls):
     refs = [a.echo.remote(i) for i in range(3000)]
     assert arca.get(refs, timeout=60) == list(range(3000))
     assert refs[-1].hex() not in node_ids()
+
+
+def test_an_async_actor_takes_calls_a_pool_thread_read(ray):
+    # The event loop's thread reads the callers' sockets for cancels while
+    # the main thread sleeps in its poll: it must wake it for the calls it
+    # read, or they wait forever.
+    a = Async.remote()
+    for i in range(500):
+        assert arca.get(a.echo.remote(i), timeout=30) == i
+    for _ in range(5):
+        refs = [a.echo.remote(i) for i in range(1000)]
+        assert arca.get(refs, timeout=60) == list(range(1000))

@@ -233,6 +233,12 @@ impl Conn {
         self.recv(max).map(Some)
     }
 
+    /// Part of a frame is buffered: its rest is to come (a reader that
+    /// polls then waits for it with [`Conn::recv`]).
+    pub fn has_partial_frame(&self) -> bool {
+        self.start < self.end && !self.frame_buffered()
+    }
+
     /// A whole frame is buffered.
     fn frame_buffered(&self) -> bool {
         let b = &self.rbuf[self.start..self.end];

@@ -22,6 +22,7 @@
 //! `ARCA_DIRECT_CALLS=0` turns it off (every call goes through the node).
 
 use std::collections::VecDeque;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -62,6 +63,9 @@ pub(crate) struct Server {
     queue: Mutex<VecDeque<Incoming>>,
     /// The direct calls this worker runs: where each one's results go.
     calls: Mutex<HashMap<ObjectId, Arc<Peer>>>,
+    /// Written when a thread other than the one polling queued a call (a
+    /// pool thread looking for cancels read it): wakes the poll.
+    wake: (UnixStream, UnixStream),
 }
 
 struct Peer {
@@ -92,7 +96,11 @@ impl Server {
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
+        let wake = UnixStream::pair()?;
+        wake.0.set_nonblocking(true)?;
+        wake.1.set_nonblocking(true)?;
         Ok(Server {
+            wake,
             listener,
             path,
             peers: Mutex::new(Vec::new()),
@@ -114,16 +122,20 @@ impl Server {
                 return Ok(Some(k));
             }
             let peers = self.peers.lock().clone();
-            let mut fds = vec![self.listener.as_fd()];
+            let mut fds = vec![self.wake.0.as_fd(), self.listener.as_fd()];
             fds.extend(peers.iter().map(|p| p.stream.as_fd()));
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let (k, ready) = rt.node.poll_execute(&fds, left)?;
             if ready.first().copied().unwrap_or(false) {
+                let mut buf = [0u8; 64];
+                while matches!((&self.wake.0).read(&mut buf), Ok(n) if n > 0) {}
+            }
+            if ready.get(1).copied().unwrap_or(false) {
                 self.accept();
             }
-            for (p, r) in peers.iter().zip(ready.iter().skip(1)) {
+            for (p, r) in peers.iter().zip(ready.iter().skip(2)) {
                 if *r {
-                    self.read_peer(p, true);
+                    self.read_peer(p);
                 }
             }
             if k.is_some() {
@@ -138,8 +150,11 @@ impl Server {
     /// Reads what callers have sent, without waiting; takes their cancels.
     pub(crate) fn take_cancels(&self) -> Vec<ObjectId> {
         let peers = self.peers.lock().clone();
-        for p in &peers {
-            self.read_peer(p, false);
+        let filed: usize = peers.iter().map(|p| self.read_peer(p)).sum();
+        if filed > 0 {
+            // The thread that runs calls may sleep in `next`'s poll, and
+            // what it would wake for was read here.
+            let _ = (&self.wake.1).write(&[1]);
         }
         let mut out = Vec::new();
         self.queue.lock().retain(|i| match i {
@@ -174,33 +189,37 @@ impl Server {
         }
     }
 
-    /// Reads the caller's messages that have arrived; `readable`: the poll
-    /// said so, so a frame begun is read to its end.
-    fn read_peer(&self, p: &Arc<Peer>, readable: bool) {
+    /// Reads the caller's messages that have arrived, and the rest of a
+    /// frame begun (which comes at once: a caller writes each whole).
+    /// Returns how many calls and cancels it queued. (Another thread may
+    /// have read what the poll saw: nothing is waited for then.)
+    fn read_peer(&self, p: &Arc<Peer>) -> usize {
         let Some(mut r) = p.reader.try_lock() else {
-            return;
+            return 0;
         };
-        let mut first = readable;
+        let mut filed = 0;
         loop {
             let got = match r.try_recv::<pb::Request>(MAX_REQUEST_FRAME) {
-                Ok(None) if first => r.recv::<pb::Request>(MAX_REQUEST_FRAME).map(Some),
+                Ok(None) if r.has_partial_frame() => {
+                    r.recv::<pb::Request>(MAX_REQUEST_FRAME).map(Some)
+                }
                 other => other,
             };
-            first = false;
             match got {
                 Ok(Some(req)) => {
                     if let Err(e) = self.file(p, req) {
                         tracing::warn!("dropping a direct caller: {e}");
                         self.drop_peer(p);
-                        return;
+                        return filed;
                     }
+                    filed += 1;
                 }
-                Ok(None) => return,
+                Ok(None) => return filed,
                 Err(_) => {
                     // Closed (the caller exited or let the actor go): the
                     // calls it sent still run; their results are dropped.
                     self.drop_peer(p);
-                    return;
+                    return filed;
                 }
             }
         }
@@ -522,7 +541,8 @@ pub(crate) fn submit_call(
     spec: pb::TaskSpec,
     keep: Vec<ObjectRef<()>>,
 ) -> Result<()> {
-    let promised = promote(rt, &task::refs_of(&spec))?;
+    let refs = task::refs_of(&spec);
+    promote(rt, &refs)?;
     let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| id_of(b)).collect();
     let Some(chan) = route(rt, actor) else {
         if let Some(first) = returns.first() {
@@ -532,9 +552,10 @@ pub(crate) fn submit_call(
         drop(keep);
         return Ok(());
     };
-    if promised {
-        // The worker reads the promised arguments from the node: the node
-        // must have the promises first (they went on another socket).
+    if !refs.is_empty() && rt.unsynced.swap(false, Ordering::Relaxed) {
+        // The worker reads the arguments from the node, over its own
+        // socket: the node must have handled this process's puts, submits
+        // and promises first.
         barrier(rt)?;
     }
     let task = id_of(&spec.task_id).ok_or_else(|| Error::Protocol("malformed task id".into()))?;
@@ -555,6 +576,9 @@ pub(crate) fn submit_call(
     }
     let mut keep = keep;
     keep.push(ObjectRef::owned(actor));
+    // The node holds a task's arguments while it runs; here the caller
+    // does, until the call answers.
+    keep.extend(refs.iter().map(|r| ObjectRef::owned(*r)));
     // The answer may be read (here, or by another thread) before the
     // caller wraps the ids in refs: held until this thread's next call, so
     // that the values are kept.

@@ -121,6 +121,10 @@ pub(crate) struct Runtime {
     caller: direct::Caller,
     /// An actor's worker: its socket for direct calls.
     server: std::sync::OnceLock<direct::Server>,
+    /// This process has sent the node an object it may not have handled
+    /// yet (a put, a task's results to be, a promise): a direct call that
+    /// passes refs waits for it first (`direct::submit_call`).
+    unsynced: std::sync::atomic::AtomicBool,
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -131,6 +135,15 @@ pub(crate) fn runtime() -> Result<Arc<Runtime>> {
 
 impl Runtime {
     pub(crate) fn send(&self, kind: pb::request::Kind) -> Result<()> {
+        if matches!(
+            kind,
+            pb::request::Kind::Put(_)
+                | pb::request::Kind::Submit(_)
+                | pb::request::Kind::Promise(_)
+        ) {
+            self.unsynced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         self.node.send(kind)
     }
 
@@ -641,6 +654,7 @@ fn connect(
         client_id: reply.client_id,
         caller: direct::Caller::default(),
         server: std::sync::OnceLock::new(),
+        unsynced: std::sync::atomic::AtomicBool::new(false),
         job_id: reply.job_id,
         cluster_address: reply.cluster_address.clone(),
         node_id: arca_proto::hex::encode(&reply.node_id),
