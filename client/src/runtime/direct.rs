@@ -543,6 +543,7 @@ pub(crate) fn submit_call(
 ) -> Result<()> {
     let refs = task::refs_of(&spec);
     promote(rt, &refs)?;
+    let mut spec = spec;
     let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| id_of(b)).collect();
     let Some(chan) = route(rt, actor) else {
         if let Some(first) = returns.first() {
@@ -552,7 +553,13 @@ pub(crate) fn submit_call(
         drop(keep);
         return Ok(());
     };
-    if !refs.is_empty() && rt.unsynced.swap(false, Ordering::Relaxed) {
+    inline_args(rt, &mut spec);
+    let from_node = !spec.contained.is_empty()
+        || spec
+            .args
+            .iter()
+            .any(|a| matches!(a.kind, Some(pb::arg::Kind::Object(_))));
+    if from_node && rt.unsynced.swap(false, Ordering::Relaxed) {
         // The worker reads the arguments from the node, over its own
         // socket: the node must have handled this process's puts, submits
         // and promises first.
@@ -745,6 +752,32 @@ fn route(rt: &Runtime, actor: ObjectId) -> Option<Arc<Channel>> {
         },
     );
     None
+}
+
+/// Passes the values this process holds of its ObjectRef arguments (small
+/// ones, kept in `Runtime::inline`) in the call itself, as the node does
+/// when it sends a task: the worker need not ask the node for them. The
+/// caller still holds the refs until the call answers.
+fn inline_args(rt: &Runtime, spec: &mut pb::TaskSpec) {
+    if !spec
+        .args
+        .iter()
+        .any(|a| matches!(a.kind, Some(pb::arg::Kind::Object(_))))
+    {
+        return;
+    }
+    let cache = rt.inline.lock();
+    for a in &mut spec.args {
+        let Some(pb::arg::Kind::Object(b)) = &a.kind else {
+            continue;
+        };
+        if let Some(id) = id_of(b)
+            && let Some((encoding, pb::object::Body::Inline(v))) = cache.get(&id)
+        {
+            a.encoding = *encoding;
+            a.kind = Some(pb::arg::Kind::Value(v.clone()));
+        }
+    }
 }
 
 /// Returns once the node has handled what this process sent it before.
