@@ -416,8 +416,15 @@ pub fn submit<'py>(
         builder.hold(f.get().inner.id());
     }
     let actor_id = actor.map(|a| a.get().inner.id());
-    let returns =
-        arca_client::submit_kind(&opts, builder, num_returns, kind, actor_id).map_err(to_py_err)?;
+    let submit = || arca_client::submit_kind(&opts, builder, num_returns, kind, actor_id);
+    let returns = if kind == TaskKind::ActorMethod {
+        // A direct call may wait: for the node (the switch, a barrier), or
+        // for room in the actor's socket while its worker is busy.
+        py.detach(submit)
+    } else {
+        submit()
+    }
+    .map_err(to_py_err)?;
     drop(keep);
     let out = PyList::empty(py);
     if kind == TaskKind::ActorCreation {

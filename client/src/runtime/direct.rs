@@ -37,7 +37,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::conn::poll_readable;
-use super::{ObjectRef, Runtime, task};
+use super::{Helper, ObjectRef, Runtime, task};
 use crate::error::{Error, Result};
 
 type Req = pb::request::Kind;
@@ -615,74 +615,37 @@ pub(crate) fn submit_call(
 /// A thread that reads the answers to calls in flight while no thread of
 /// the caller does (it computes, or sleeps), every [`DRAIN_EVERY`], so that
 /// the actor's worker never blocks on a full socket.
-struct Drainer {
-    busy: Mutex<bool>,
-    cv: Condvar,
+fn drainer() -> &'static Helper {
+    static DRAINER: std::sync::OnceLock<Helper> = std::sync::OnceLock::new();
+    Helper::get(&DRAINER, "arca-direct-drain", DRAIN_EVERY, drain)
 }
 
 const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
-impl Drainer {
-    fn wake(&self) {
-        let mut b = self.busy.lock();
-        if !*b {
-            *b = true;
-            self.cv.notify_one();
+/// Reads the answers that have come on every channel; true while calls
+/// are in flight.
+fn drain() -> bool {
+    let Ok(rt) = super::runtime() else {
+        return false;
+    };
+    let chans: Vec<Arc<Channel>> = rt
+        .caller
+        .routes
+        .lock()
+        .values()
+        .filter_map(|r| match r {
+            Route::Open(c) => Some(Arc::clone(c)),
+            Route::Node { .. } => None,
+        })
+        .collect();
+    let mut left = false;
+    for c in chans {
+        if !c.inflight.lock().is_empty() {
+            c.read_now(&rt);
+            left |= !c.inflight.lock().is_empty();
         }
     }
-
-    fn run(&self) {
-        loop {
-            {
-                let mut b = self.busy.lock();
-                while !*b {
-                    self.cv.wait(&mut b);
-                }
-            }
-            std::thread::sleep(DRAIN_EVERY);
-            let Ok(rt) = super::runtime() else {
-                continue;
-            };
-            let chans: Vec<Arc<Channel>> = rt
-                .caller
-                .routes
-                .lock()
-                .values()
-                .filter_map(|r| match r {
-                    Route::Open(c) => Some(Arc::clone(c)),
-                    Route::Node { .. } => None,
-                })
-                .collect();
-            let mut left = false;
-            for c in chans {
-                if !c.inflight.lock().is_empty() {
-                    c.read_now(&rt);
-                    left |= !c.inflight.lock().is_empty();
-                }
-            }
-            if !left {
-                *self.busy.lock() = false;
-            }
-        }
-    }
-}
-
-fn drainer() -> &'static Drainer {
-    static DRAINER: std::sync::OnceLock<Drainer> = std::sync::OnceLock::new();
-    let mut started = false;
-    let d = DRAINER.get_or_init(|| {
-        started = true;
-        Drainer {
-            busy: Mutex::new(false),
-            cv: Condvar::new(),
-        }
-    });
-    if started {
-        let _ = std::thread::Builder::new()
-            .name("arca-direct-drain".into())
-            .spawn(move || d.run());
-    }
-    d
+    left
 }
 
 thread_local! {
@@ -791,17 +754,17 @@ fn barrier(rt: &Runtime) -> Result<()> {
 
 /// Hands the node the direct calls' results among `ids` before they are
 /// passed on: a result read is put, a pending one promised (and put by a
-/// thread once it comes). True if one was promised.
-pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<bool> {
+/// thread once it comes).
+pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<()> {
     if ids.is_empty() {
-        return Ok(false);
+        return Ok(());
     }
     let mut puts = Vec::new();
     let mut promises = Vec::new();
     {
         let mut objs = rt.caller.objects.lock();
         if objs.is_empty() {
-            return Ok(false);
+            return Ok(());
         }
         for id in ids {
             let Some(d) = objs.get_mut(id) else {
@@ -829,7 +792,7 @@ pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<bool> {
         }))?;
     }
     if promises.is_empty() {
-        return Ok(false);
+        return Ok(());
     }
     for (id, _) in &promises {
         rt.send(Req::Promise(pb::Promise {
@@ -855,7 +818,7 @@ pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<bool> {
             .name("arca-deliver".into())
             .spawn(deliver)?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Waits for the direct calls' results among `ids` (up to `deadline`);

@@ -353,51 +353,74 @@ fn release_follows_another() -> bool {
 
 /// A thread that sends queued releases a moment after the first of a burst
 /// (any other message this process sends carries them first anyway).
-struct ReleaseFlusher {
-    pending: Mutex<bool>,
+fn release_flusher() -> &'static Helper {
+    static FLUSHER: std::sync::OnceLock<Helper> = std::sync::OnceLock::new();
+    Helper::get(&FLUSHER, "arca-releases", RELEASE_DELAY, || {
+        if let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) {
+            rt.node.flush_releases();
+        }
+        false
+    })
+}
+
+/// A background thread of the runtime that sleeps until woken, then runs
+/// its work `delay` later, and again after each `delay` while the work
+/// says more is left. Started on first use.
+pub(crate) struct Helper {
+    woken: Mutex<bool>,
     cv: parking_lot::Condvar,
 }
 
-impl ReleaseFlusher {
-    fn wake(&self) {
-        *self.pending.lock() = true;
-        self.cv.notify_one();
+impl Helper {
+    /// The helper in `cell`, started on first use.
+    pub(crate) fn get(
+        cell: &'static std::sync::OnceLock<Helper>,
+        name: &str,
+        delay: Duration,
+        work: fn() -> bool,
+    ) -> &'static Helper {
+        let mut started = false;
+        let h = cell.get_or_init(|| {
+            started = true;
+            Helper {
+                woken: Mutex::new(false),
+                cv: parking_lot::Condvar::new(),
+            }
+        });
+        if started {
+            // Without the thread, its work waits for the runtime's next
+            // use (releases go with the next message sent).
+            let _ = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || h.run(delay, work));
+        }
+        h
     }
 
-    fn run(&self) {
+    pub(crate) fn wake(&self) {
+        let mut w = self.woken.lock();
+        if !*w {
+            *w = true;
+            self.cv.notify_one();
+        }
+    }
+
+    fn run(&self, delay: Duration, work: fn() -> bool) {
         loop {
             {
-                let mut p = self.pending.lock();
-                while !*p {
-                    self.cv.wait(&mut p);
+                let mut w = self.woken.lock();
+                while !*w {
+                    self.cv.wait(&mut w);
                 }
-                *p = false;
+                // Cleared before the work: a wake meanwhile runs it again.
+                *w = false;
             }
-            std::thread::sleep(RELEASE_DELAY);
-            if let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) {
-                rt.node.flush_releases();
+            std::thread::sleep(delay);
+            if work() {
+                self.wake();
             }
         }
     }
-}
-
-fn release_flusher() -> &'static ReleaseFlusher {
-    static FLUSHER: std::sync::OnceLock<ReleaseFlusher> = std::sync::OnceLock::new();
-    let mut started = false;
-    let f = FLUSHER.get_or_init(|| {
-        started = true;
-        ReleaseFlusher {
-            pending: Mutex::new(false),
-            cv: parking_lot::Condvar::new(),
-        }
-    });
-    if started {
-        // Without the thread, releases still go with the next message sent.
-        let _ = std::thread::Builder::new()
-            .name("arca-releases".into())
-            .spawn(move || f.run());
-    }
-    f
 }
 
 /// Lets go of the node's hold for this process on `id`, which this process
