@@ -278,23 +278,17 @@ impl Server {
                 }
                 Err(e) => {
                     // It cannot run: its results say why.
+                    let e = pb::ErrorInfo {
+                        function: spec.function.clone(),
+                        ..*e
+                    };
                     let results = spec
                         .returns
                         .iter()
-                        .map(|r| pb::Object {
-                            id: r.clone(),
-                            body: Some(pb::object::Body::Error(pb::ErrorInfo {
-                                function: spec.function.clone(),
-                                ..(*e).clone()
-                            })),
-                            ..Default::default()
-                        })
+                        .filter_map(|r| id_of(r))
+                        .map(|r| (r, Err(e.clone())))
                         .collect();
-                    rt.report(pb::TaskDone {
-                        task_id: spec.task_id,
-                        results,
-                        given: Vec::new(),
-                    })?;
+                    super::core::task_done(task, results)?;
                 }
             }
         }
@@ -352,14 +346,7 @@ fn resolve(
     rt: &Runtime,
     spec: &pb::TaskSpec,
 ) -> std::result::Result<Vec<pb::ResolvedArg>, Box<pb::ErrorInfo>> {
-    let refs: Vec<ObjectId> = spec
-        .args
-        .iter()
-        .filter_map(|a| match &a.kind {
-            Some(pb::arg::Kind::Object(b)) => id_of(b),
-            _ => None,
-        })
-        .collect();
+    let refs: Vec<ObjectId> = task::ref_args(spec).collect();
     let lost = |message: String| {
         Box::new(pb::ErrorInfo {
             kind: pb::ErrorKind::ObjectLost as i32,
@@ -554,11 +541,7 @@ pub(crate) fn submit_call(
         return Ok(());
     };
     inline_args(rt, &mut spec);
-    let from_node = !spec.contained.is_empty()
-        || spec
-            .args
-            .iter()
-            .any(|a| matches!(a.kind, Some(pb::arg::Kind::Object(_))));
+    let from_node = !spec.contained.is_empty() || has_ref_args(&spec);
     if from_node && rt.unsynced.swap(false, Ordering::Relaxed) {
         // The worker reads the arguments from the node, over its own
         // socket: the node must have handled this process's puts, submits
@@ -722,11 +705,7 @@ fn route(rt: &Runtime, actor: ObjectId) -> Option<Arc<Channel>> {
 /// when it sends a task: the worker need not ask the node for them. The
 /// caller still holds the refs until the call answers.
 fn inline_args(rt: &Runtime, spec: &mut pb::TaskSpec) {
-    if !spec
-        .args
-        .iter()
-        .any(|a| matches!(a.kind, Some(pb::arg::Kind::Object(_))))
-    {
+    if !has_ref_args(spec) {
         return;
     }
     let cache = rt.inline.lock();
@@ -741,6 +720,13 @@ fn inline_args(rt: &Runtime, spec: &mut pb::TaskSpec) {
             a.kind = Some(pb::arg::Kind::Value(v.clone()));
         }
     }
+}
+
+/// Whether the call takes an ObjectRef argument (passed by reference).
+fn has_ref_args(spec: &pb::TaskSpec) -> bool {
+    spec.args
+        .iter()
+        .any(|a| matches!(a.kind, Some(pb::arg::Kind::Object(_))))
 }
 
 /// Returns once the node has handled what this process sent it before.
@@ -1041,7 +1027,11 @@ impl Channel {
                     objs.remove(&id);
                     continue;
                 }
-                let (encoding, body) = (o.encoding, o.body.clone().unwrap_or_default_body());
+                let body = o.body.clone();
+                let (encoding, body) = (
+                    o.encoding,
+                    body.unwrap_or(pb::object::Body::Inline(bytes::Bytes::new())),
+                );
                 if d.promised {
                     objs.remove(&id);
                     puts.push(o);
@@ -1142,14 +1132,4 @@ fn recv_err(e: arca_store::wire::RecvError) -> Error {
     Error::Disconnected(format!(
         "an actor's worker closed its direct connection: {e}"
     ))
-}
-
-trait BodyOrDefault {
-    fn unwrap_or_default_body(self) -> pb::object::Body;
-}
-
-impl BodyOrDefault for Option<pb::object::Body> {
-    fn unwrap_or_default_body(self) -> pb::object::Body {
-        self.unwrap_or(pb::object::Body::Inline(bytes::Bytes::new()))
-    }
 }

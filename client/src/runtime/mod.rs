@@ -313,19 +313,16 @@ pub(crate) fn local_release(id: ObjectId) {
         return;
     };
     rt.caller.seen(&id);
+    rt.inline.lock().remove(&id);
     let Some(queued) = last else {
-        rt.inline.lock().remove(&id);
         return;
     };
     rt.caller.forget_actor(&id);
-    {
-        rt.inline.lock().remove(&id);
-        let in_burst = release_follows_another();
-        if queued >= RELEASE_BATCH || (queued == 1 && !in_burst) {
-            rt.node.flush_releases();
-        } else if queued == 1 {
-            release_flusher().wake();
-        }
+    let in_burst = release_follows_another();
+    if queued >= RELEASE_BATCH || (queued == 1 && !in_burst) {
+        rt.node.flush_releases();
+    } else if queued == 1 {
+        release_flusher().wake();
     }
 }
 

@@ -289,15 +289,18 @@ pub fn submit_kind(
     Ok(returns)
 }
 
+/// A task's ObjectRef arguments, in order.
+pub(crate) fn ref_args(spec: &pb::TaskSpec) -> impl Iterator<Item = ObjectId> + '_ {
+    spec.args.iter().filter_map(|a| match &a.kind {
+        Some(pb::arg::Kind::Object(b)) => ObjectId::from_slice(b).ok(),
+        _ => None,
+    })
+}
+
 /// The refs a task's spec passes: its ObjectRef arguments and the refs
 /// nested in its values.
 pub(crate) fn refs_of(spec: &pb::TaskSpec) -> Vec<ObjectId> {
-    spec.args
-        .iter()
-        .filter_map(|a| match &a.kind {
-            Some(pb::arg::Kind::Object(b)) => ObjectId::from_slice(b).ok(),
-            _ => None,
-        })
+    ref_args(spec)
         .chain(
             spec.contained
                 .iter()

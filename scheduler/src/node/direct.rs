@@ -10,7 +10,7 @@ use arca_store::ObjectId;
 
 use super::Shared;
 use super::objects::{Taken, body_of};
-use super::state::{ActorState, ConnId, Obj, ObjState, State, WorkerState, error};
+use super::state::{ActorState, ConnId, ObjState, State, WorkerState, error};
 
 impl Shared {
     /// The socket of actor `a`'s worker if `conn` may call it directly now:
@@ -61,14 +61,10 @@ impl Shared {
         if st.objects.contains_key(&id) {
             return Err(format!("Promise: object {id} already exists"));
         }
-        let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
         // Pending on a "task" of its own id, which no task has: only the
         // promiser's put (or its exit) completes it.
-        let mut o = Obj::new(ObjState::Pending(id), pid, "direct call".into());
-        o.conn_holds = 1;
-        st.objects.insert(id, o);
+        Self::insert_held(st, conn, id, "direct call".into());
         if let Some(c) = st.conns.get_mut(&conn) {
-            c.holds.insert(id);
             c.promised.insert(id);
         }
         Ok(())
@@ -104,17 +100,13 @@ impl Shared {
             if st.objects.contains_key(&id) {
                 return Err(format!("Give: object {id} already exists"));
             }
-            let Some(c) = st.conns.get_mut(&holder) else {
+            if !st.conns.contains_key(&holder) {
                 // The caller is gone: what was stored goes (`complete` of
                 // an unknown id frees it).
                 self.complete(st, id, body, Vec::new());
                 return Ok(());
-            };
-            c.holds.insert(id);
-            let pid = c.pid;
-            let mut o = Obj::new(ObjState::Pending(id), pid, "direct call".into());
-            o.conn_holds = 1;
-            st.objects.insert(id, o);
+            }
+            Self::insert_held(st, holder, id, "direct call".into());
         }
         if let Some(c) = st.conns.get_mut(&holder) {
             c.promised.remove(&id);

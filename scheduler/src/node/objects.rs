@@ -135,14 +135,7 @@ impl Shared {
         if st.objects.contains_key(&id) {
             return Err(format!("put: object {id} already exists"));
         }
-        let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
-        let mut o = Obj::new(ObjState::Pending(id), pid, "put".into());
-        o.conn_holds = 1;
-        o.encoding = obj.encoding;
-        st.objects.insert(id, o);
-        if let Some(c) = st.conns.get_mut(&conn) {
-            c.holds.insert(id);
-        }
+        Self::insert_held(st, conn, id, "put".into()).encoding = obj.encoding;
         let contained = obj
             .contained
             .iter()
@@ -151,6 +144,26 @@ impl Shared {
         let body = taken.body(&id, body_of(&obj), "put");
         self.complete(st, id, body, contained);
         Ok(())
+    }
+
+    /// A new object that `conn`'s process owns and holds, pending until it
+    /// is completed: a put, or a direct call's result.
+    pub(crate) fn insert_held(
+        st: &mut State,
+        conn: ConnId,
+        id: ObjectId,
+        function: std::sync::Arc<str>,
+    ) -> &mut Obj {
+        let pid = match st.conns.get_mut(&conn) {
+            Some(c) => {
+                c.holds.insert(id);
+                c.pid
+            }
+            None => 0,
+        };
+        let mut o = Obj::new(ObjState::Pending(id), pid, function);
+        o.conn_holds = 1;
+        st.objects.entry(id).insert_entry(o).into_mut()
     }
 
     /// Deletes objects from the store once the lock is let go.

@@ -81,7 +81,6 @@ impl Shared {
         if !done {
             return false;
         }
-        let pid = st.conns.get(&conn).map_or(0, |c| c.pid);
         let e = error(
             K::ActorDied,
             &spec.function,
@@ -91,14 +90,8 @@ impl Shared {
             ),
         );
         for r in returns {
-            let known = st.objects.contains_key(&r);
-            if !known {
-                let mut o = Obj::new(ObjState::Pending(r), pid, spec.function.as_str().into());
-                o.conn_holds = 1;
-                st.objects.insert(r, o);
-                if let Some(c) = st.conns.get_mut(&conn) {
-                    c.holds.insert(r);
-                }
+            if !st.objects.contains_key(&r) {
+                Self::insert_held(st, conn, r, spec.function.as_str().into());
             }
             let pending = st.objects.get(&r).is_some_and(|o| !o.is_ready());
             if pending {
