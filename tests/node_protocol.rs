@@ -563,7 +563,14 @@ fn a_promised_object_is_put_later_or_lost_with_its_owner() {
     let mut owner = driver(&node);
     let mut reader = driver(&node);
     let kept = ObjectId::random();
+    // The node reads each client on its own thread: a request another
+    // client sends depends on this one only once it is answered.
+    let handled = |c: &mut Conn| {
+        send_seq(c, 3, Q::Status(pb::Status {}));
+        assert!(matches!(recv(c), Ok(R::Status(_))));
+    };
     send(&mut owner, Q::Promise(pb::Promise { id: id_bytes(kept) }));
+    handled(&mut owner);
     // A second promise of the same id is refused.
     let mut twice = driver(&node);
     send(&mut twice, Q::Promise(pb::Promise { id: id_bytes(kept) }));
@@ -584,6 +591,7 @@ fn a_promised_object_is_put_later_or_lost_with_its_owner() {
     // Lost: its owner exits first; the waiting reader gets an error, not a hang.
     let lost = ObjectId::random();
     send(&mut owner, Q::Promise(pb::Promise { id: id_bytes(lost) }));
+    handled(&mut owner);
     send(
         &mut reader,
         Q::AddRefs(pb::Refs {
@@ -591,8 +599,7 @@ fn a_promised_object_is_put_later_or_lost_with_its_owner() {
         }),
     );
     // The AddRefs is handled before the owner goes.
-    send_seq(&mut reader, 3, Q::Status(pb::Status {}));
-    assert!(matches!(recv(&mut reader), Ok(R::Status(_))));
+    handled(&mut reader);
     drop(owner);
     match get(&mut reader, lost) {
         Some(pb::object::Body::Error(e)) => {
