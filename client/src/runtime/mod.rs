@@ -345,7 +345,8 @@ fn release_follows_another() -> bool {
         .as_nanos() as u64
         + 1;
     let prev = LAST.swap(now, std::sync::atomic::Ordering::Relaxed);
-    prev != 0 && now - prev < BURST_GAP.as_nanos() as u64
+    // Another thread may have noted a later time first (saturating).
+    prev != 0 && now.saturating_sub(prev) < BURST_GAP.as_nanos() as u64
 }
 
 /// A thread that sends queued releases a moment after the first of a burst
