@@ -385,7 +385,7 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     for item in _native.get(refs, timeout):
         if item[0] < 0:
             raise error_from_info(item)
-        values.append(deserialize(item[0], item[1], item[2]))
+        values.append(deserialize(item[0], item[1], item[2], item[3]))
     return values[0] if single else values
 
 

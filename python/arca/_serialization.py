@@ -8,7 +8,8 @@ protocol 5: large contiguous buffers (numpy arrays, Arrow buffers,
 read-only views of the store that keep the object pinned while they live.
 
 ObjectRefs nested in a value are recorded as it is pickled (their
-``__reduce__`` reports them), so the node counts them as held by the value.
+``__reduce__`` reports them), so the node counts them as held by the value;
+a reader's refs read out of it lean on its hold of the value.
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def serialize(value: Any) -> tuple[int, Any, list | None, Any]:
     return (PICKLE5, data, raws, contained)
 
 
-def deserialize(encoding: int, data: Any, buffers: list | None) -> Any:
+def deserialize(encoding: int, data: Any, buffers: list | None, source: Any = None) -> Any:
+    """A value from its parts. ``source`` (from ``get``): refs nested in the
+    value lean on this process's hold of its object (no message each)."""
     if encoding == PICKLE5:
-        _native.begin_borrow()
+        _native.begin_borrow(source)
         try:
             return pickle.loads(data, buffers=buffers or ())
         finally:

@@ -29,6 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use crate::buffer::StoreBuffer;
+use crate::refs::Source;
 
 const ALIGN: usize = 64;
 const PAGE: usize = 4096;
@@ -112,32 +113,33 @@ pub fn split(b: &Bytes) -> PyResult<(Bytes, Vec<Bytes>)> {
     Ok((b.slice(head..inband_end), buffers))
 }
 
-/// A value as Python reads it: `(encoding, data, buffers)`, where `data`
-/// is a `StoreBuffer` (the in-band pickle for `PICKLE5`, else the whole
-/// object) and `buffers` the pickle's out-of-band buffers (else `None`).
+/// A value as Python reads it: `(encoding, data, buffers, source)`, where
+/// `data` is a `StoreBuffer` (the in-band pickle for `PICKLE5`, else the
+/// whole object), `buffers` the pickle's out-of-band buffers (else `None`)
+/// and `source` what to pass to `end_borrow` (or `None`).
 pub fn value_to_py<'py>(py: Python<'py>, v: Value) -> PyResult<Bound<'py, PyTuple>> {
     let bytes = match v.data {
         arca_client::ArgData::Inline(b) => b,
         arca_client::ArgData::Stored(buf) => buf.to_bytes(),
     };
-    if v.encoding == Encoding::Pickle5 {
+    let source = match v.source {
+        Some(s) => Bound::new(py, Source(s))?.into_any(),
+        None => py.None().into_bound(py),
+    };
+    let (data, buffers) = if v.encoding == Encoding::Pickle5 {
         let (inband, buffers) = split(&bytes)?;
         let buffers = PyList::new(py, buffers.into_iter().map(StoreBuffer::new))?;
-        return PyTuple::new(
-            py,
-            [
-                (v.encoding as i32).into_pyobject(py)?.into_any(),
-                Bound::new(py, StoreBuffer::new(inband))?.into_any(),
-                buffers.into_any(),
-            ],
-        );
-    }
+        (inband, buffers.into_any())
+    } else {
+        (bytes, py.None().into_bound(py))
+    };
     PyTuple::new(
         py,
         [
             (v.encoding as i32).into_pyobject(py)?.into_any(),
-            Bound::new(py, StoreBuffer::new(bytes))?.into_any(),
-            py.None().into_bound(py),
+            Bound::new(py, StoreBuffer::new(data))?.into_any(),
+            buffers,
+            source,
         ],
     )
 }

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<refs::PyObjectRef>()?;
     m.add_class::<refs::Contained>()?;
+    m.add_class::<refs::Source>()?;
     m.add_class::<buffer::StoreBuffer>()?;
     m.add_function(wrap_pyfunction!(refs::_borrow_ref, m)?)?;
     m.add_function(wrap_pyfunction!(api::kv_put, m)?)?;

@@ -138,10 +138,13 @@ pub fn end_collect(nested: bool) -> Contained {
     Contained { ids }
 }
 
-/// Opens a scope in which unpickled refs are announced together.
+/// Opens a scope in which unpickled refs are announced together. Refs
+/// nested in `source` (the value's object, from `get`) lean on this
+/// process's hold of it instead of being announced.
 #[pyfunction]
-pub fn begin_borrow() {
-    arca_client::core::begin_borrow();
+#[pyo3(signature = (source=None))]
+pub fn begin_borrow(source: Option<&Bound<'_, Source>>) {
+    arca_client::core::begin_borrow(source.map(|s| &s.get().0));
 }
 
 /// Closes it.
@@ -149,6 +152,12 @@ pub fn begin_borrow() {
 pub fn end_borrow() {
     arca_client::core::end_borrow();
 }
+
+/// The object a value was read from, with the refs nested in it (see
+/// `arca_client::core::Source`).
+#[derive(Debug)]
+#[pyclass(frozen, module = "arca._native")]
+pub struct Source(pub arca_client::core::Source);
 
 pub fn wrap(py: Python<'_>, r: arca_client::ObjectRef<()>) -> PyResult<Bound<'_, PyObjectRef>> {
     let obj = Bound::new(py, PyObjectRef { inner: r })?;

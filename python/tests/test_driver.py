@@ -323,3 +323,65 @@ def test_ctrl_c_interrupts_get_and_leaves_no_workers(tmp_path):
         timeout=20,
         what="the driver's workers to exit",
     )
+
+
+WAITING_DRIVER = """
+import sys
+import arca as ray
+ray.init(_temp_dir=sys.argv[1])
+
+@ray.remote
+def one():
+    return 1
+
+refs = [one.remote() for _ in range(20)]
+assert ray.get(refs, timeout=30) == [1] * 20
+print("NODE", ray._native.status()["pid"], flush=True)
+sys.stdin.readline()
+ready, rest = ray.wait(refs, num_returns=20, timeout=30)
+print("READY", len(ready), len(rest), flush=True)
+"""
+
+
+def test_wait_on_finished_results_needs_no_round_trip(arca_bin, tmp_path):
+    # The node tells a driver which of its tasks finished with the replies it
+    # sends anyway; a wait on those is answered from that. Shown by stopping
+    # the node (SIGSTOP) before the wait: asking it would block.
+    session = _node(arca_bin, tmp_path)
+    script = tmp_path / "driver.py"
+    script.write_text(WAITING_DRIVER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(session)],
+        cwd=tmp_path,
+        env=driver_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    node_pid = None
+    try:
+        line = lines.get(timeout=60) or ""
+        assert line.startswith("NODE "), line + proc.stderr.read()
+        node_pid = int(line.split()[1])
+        os.kill(node_pid, signal.SIGSTOP)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        try:
+            line = (lines.get(timeout=20) or "").strip()
+        except queue.Empty:
+            line = "no answer while the node was stopped"
+        assert line == "READY 20 0", line
+    finally:
+        if node_pid is not None:
+            os.kill(node_pid, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        reader.join(timeout=30)
+        for f in (proc.stdin, proc.stdout, proc.stderr):
+            f.close()
+        _stop(arca_bin, session)

@@ -188,6 +188,46 @@ def test_nested_refs_live_while_outer_lives(ray):
     wait_freed(inner_hex)
 
 
+def ref_counts() -> dict[str, int]:
+    return {m[0]: m[3] for m in arca._native.memory()}
+
+
+@pytest.mark.parametrize("maker", ["put", "task"])
+def test_refs_read_out_of_a_value_lean_on_it(ray, maker):
+    # A ref read out of a value is held through the value: the node counts
+    # only the value as its holder, and the value lives while the ref does.
+    @arca.remote
+    def make():
+        return [arca.put(np.ones(MIB // 4)) for _ in range(3)]
+
+    if maker == "put":
+        inners = [ray.put(np.ones(MIB // 4)) for _ in range(3)]
+        outer = ray.put(inners)
+        del inners
+    else:
+        outer = make.remote()
+    got = ray.get(outer, timeout=30)
+    outer_hex, inner_hexes = outer.hex(), [r.hex() for r in got]
+    # (The worker that made them lets go of its own refs a moment later.)
+    wait_for(
+        lambda: [ref_counts()[h] for h in inner_hexes] == [1, 1, 1],
+        what="the inner objects to be held by the outer one alone",
+    )
+    del outer
+    gc.collect()
+    assert outer_hex in object_ids()
+    assert [ray.get(r, timeout=30).sum() for r in got] == [MIB // 4] * 3
+    # Each read ref is one hold of the value: the value outlives all but the last.
+    last = got.pop()
+    del got
+    gc.collect()
+    assert ray.get(last, timeout=30).sum() == MIB // 4
+    assert {outer_hex, *inner_hexes} <= object_ids()
+    del last
+    for h in [outer_hex, *inner_hexes]:
+        wait_freed(h)
+
+
 class Point:
     def __init__(self, x, y):
         self.x, self.y = x, y

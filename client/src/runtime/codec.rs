@@ -22,9 +22,53 @@ use crate::{ObjectBuffer, PutOptions, StoreClient};
 thread_local! {
     /// Refs met while serializing a value (None when not collecting).
     static NESTED_OUT: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
-    /// Refs this process started holding while deserializing a value, to be
-    /// announced to the node in one message.
-    static NESTED_IN: RefCell<Option<Vec<ObjectId>>> = const { RefCell::new(None) };
+    /// The value being deserialized on this thread (None: none).
+    static READING: RefCell<Option<Reading>> = const { RefCell::new(None) };
+}
+
+/// A deserialization in progress (nested ones fold into the outermost).
+struct Reading {
+    depth: u32,
+    /// Refs it made this process start holding that the node must hear of,
+    /// in one message at the end.
+    fresh: Vec<ObjectId>,
+    /// The value's object, whose nested refs lean on it.
+    source: Option<Nest>,
+}
+
+/// A value's object and the refs the node holds inside it.
+struct Nest {
+    source: super::core::Source,
+    /// Refs are read in the order they were written: where to look next.
+    at: usize,
+    /// Once one was not where expected, all of them.
+    set: Option<foldhash::HashSet<ObjectId>>,
+}
+
+impl Nest {
+    fn contains(&mut self, id: &ObjectId) -> bool {
+        let all = &self.source.contained;
+        if self.set.is_none() {
+            if let Some(p) = all[self.at..].iter().position(|c| c == id) {
+                self.at += p + 1;
+                return true;
+            }
+            self.set = Some(all.iter().copied().collect());
+        }
+        self.set.as_ref().is_some_and(|s| s.contains(id))
+    }
+}
+
+/// How a ref that deserialization made this process start holding reaches
+/// the node.
+pub(crate) enum Borrowed {
+    /// Announce it now: no deserialization is in progress.
+    Now,
+    /// At the end of the deserialization.
+    Later,
+    /// Never: it is nested in this object, which the node holds it by;
+    /// this process's hold on it is one on the object.
+    Leans(ObjectId),
 }
 
 /// What can be put, passed to a task or returned from one.
@@ -357,15 +401,14 @@ impl FromObject for ArrowBatch {
 }
 
 /// Deserializes a value; ObjectRefs inside it become references held by
-/// this process (announced to the node before this returns).
+/// this process (announced to the node before this returns, or at the end
+/// of the borrow scope this runs in: see [`super::core::begin_borrow`]).
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let outer = NESTED_IN.with(|n| n.borrow_mut().replace(Vec::new()));
+    begin_reading(None);
     let value = postcard::from_bytes(bytes);
-    let fresh = NESTED_IN
-        .with(|n| std::mem::replace(&mut *n.borrow_mut(), outer))
-        .unwrap_or_default();
+    let fresh = end_reading();
     if !fresh.is_empty() {
-        super::announce_refs(fresh);
+        super::announce_refs(&fresh);
     }
     value.map_err(|e| {
         Error::Serialization(format!(
@@ -376,17 +419,39 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     })
 }
 
-/// Starts (`true`) or ends (`false`) collecting the refs deserialization
-/// makes this process hold, for [`super::core::begin_borrow`]; ending
-/// returns them.
-pub(crate) fn collect_borrowed(start: bool) -> Vec<ObjectId> {
-    NESTED_IN.with(|n| {
-        let mut n = n.borrow_mut();
-        if start {
-            n.get_or_insert_with(Vec::new);
-            Vec::new()
-        } else {
-            n.take().unwrap_or_default()
+/// Opens a deserialization on this thread (or nests one in the open one,
+/// whose `source` stays).
+pub(crate) fn begin_reading(source: Option<&super::core::Source>) {
+    READING.with(|r| {
+        let mut r = r.borrow_mut();
+        match r.as_mut() {
+            Some(open) => open.depth += 1,
+            None => {
+                *r = Some(Reading {
+                    depth: 1,
+                    fresh: Vec::new(),
+                    source: source.filter(|s| !s.contained.is_empty()).map(|s| Nest {
+                        source: s.clone(),
+                        at: 0,
+                        set: None,
+                    }),
+                })
+            }
+        }
+    })
+}
+
+/// Closes what [`begin_reading`] opened; the outermost returns the refs to
+/// announce.
+pub(crate) fn end_reading() -> Vec<ObjectId> {
+    READING.with(|r| {
+        let mut r = r.borrow_mut();
+        match r.as_mut() {
+            Some(open) if open.depth > 1 => {
+                open.depth -= 1;
+                Vec::new()
+            }
+            _ => r.take().map(|open| open.fresh).unwrap_or_default(),
         }
     })
 }
@@ -400,14 +465,28 @@ pub(crate) fn note_serialized(id: ObjectId) {
     });
 }
 
-/// Called when deserializing made this process start holding `id`; false if
-/// no decode is collecting (announce it directly).
-pub(crate) fn note_deserialized(id: ObjectId) -> bool {
-    NESTED_IN.with(|n| match n.borrow_mut().as_mut() {
-        Some(v) => {
-            v.push(id);
-            true
+/// Called when deserializing made this process start holding `id`.
+pub(crate) fn note_deserialized(id: ObjectId) -> Borrowed {
+    READING.with(|r| match r.borrow_mut().as_mut() {
+        None => Borrowed::Now,
+        Some(open) => {
+            if let Some(n) = &mut open.source
+                && n.contains(&id)
+            {
+                return Borrowed::Leans(n.source.id);
+            }
+            open.fresh.push(id);
+            Borrowed::Later
         }
-        None => false,
+    })
+}
+
+/// Called when a ref leaning on `id` made this process start holding it
+/// (it was read while something else held it: a task's argument).
+pub(crate) fn note_source_held(id: ObjectId) {
+    READING.with(|r| {
+        if let Some(open) = r.borrow_mut().as_mut() {
+            open.fresh.push(id);
+        }
     })
 }

@@ -356,6 +356,11 @@ impl NodeConn {
         reply: pb::Reply,
         want: Want,
     ) -> std::result::Result<Option<pb::reply::Kind>, Broken> {
+        if !reply.finished.is_empty()
+            && let Some(hook) = FINISHED.get()
+        {
+            hook(&reply.finished);
+        }
         let Some(kind) = reply.kind else {
             // The node never sends one; its waiter would hang, so give up.
             return Err(Broken {
@@ -444,6 +449,15 @@ static CANCEL_FILED: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 /// signals it to look (it found no cancel if it looked before this).
 pub(crate) fn set_cancel_filed_hook(hook: fn()) {
     let _ = CANCEL_FILED.set(hook);
+}
+
+/// Called with each reply's `finished` ids ([`set_finished_hook`]).
+static FINISHED: std::sync::OnceLock<fn(&[u8])> = std::sync::OnceLock::new();
+
+/// Has `hook` called with the results the node says finished (20-byte ids
+/// back to back), before the reply that carries them is filed.
+pub(crate) fn set_finished_hook(hook: fn(&[u8])) {
+    let _ = FINISHED.set(hook);
 }
 
 /// Why a read ended the connection.

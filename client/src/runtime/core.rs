@@ -7,10 +7,11 @@
 //! References: an [`ObjectRef`] counts one local reference; the node hears
 //! of a process's first and last. A ref found inside a value (by the
 //! language's deserializer) is taken with [`borrow`], between
-//! [`begin_borrow`] and [`end_borrow`] to announce them in one message.
+//! [`begin_borrow`] and [`end_borrow`] to announce them in one message;
+//! given the value's [`Source`], those nested in it need no message at all.
 
-use std::cell::Cell;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arca_proto::node as pb;
@@ -29,6 +30,21 @@ pub struct Value {
     pub encoding: pb::Encoding,
     /// The bytes.
     pub data: ArgData,
+    /// The object it was read from, when the refs nested in it are known:
+    /// pass it to [`end_borrow`] after deserializing.
+    pub source: Option<Source>,
+}
+
+/// The object a value was read from, with the refs nested in it that the
+/// node holds for as long as it lives. A ref read out of the value and
+/// announced with this source leans on this process's hold of the object:
+/// it counts as one more hold of it here, and the node hears nothing. So
+/// reading a value of 10,000 refs and dropping them costs the node nothing,
+/// and the object lives until the last of them is dropped.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub(crate) id: ObjectId,
+    pub(crate) contained: Arc<[ObjectId]>,
 }
 
 /// What `get` found for one object.
@@ -52,23 +68,24 @@ pub fn get(ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<Fetched>> 
     let objects = super::fetch(&rt, ids, timeout)?;
     objects
         .into_iter()
-        .map(|o| {
+        .map(|(id, o)| {
             let encoding = pb::Encoding::try_from(o.encoding).unwrap_or_default();
+            let source = o.contained.map(|contained| Source { id, contained });
             Ok(match o.body {
-                Some(pb::object::Body::Inline(b)) => Fetched::Value(Value {
+                pb::object::Body::Inline(b) => Fetched::Value(Value {
                     encoding,
                     data: ArgData::Inline(b),
+                    source,
                 }),
-                Some(pb::object::Body::Stored(_)) => {
-                    let id = ObjectId::from_slice(&o.id).map_err(|e| Error::Protocol(e.0))?;
+                pb::object::Body::Stored(_) => {
                     let buf = rt.store.get_one(id, Some(Duration::from_secs(60)))?;
                     Fetched::Value(Value {
                         encoding,
                         data: ArgData::Stored(buf),
+                        source,
                     })
                 }
-                Some(pb::object::Body::Error(e)) => Fetched::Error(e),
-                None => return Err(Error::Protocol("object without a body".into())),
+                pb::object::Body::Error(e) => Fetched::Error(e),
             })
         })
         .collect()
@@ -87,8 +104,12 @@ pub fn wait(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    let rt = runtime()?;
+    if let Some(ready) = super::known_ready(&rt, ids, num_returns) {
+        return Ok(ready);
+    }
     // The node answers: it must know the direct calls' results among them.
-    super::direct::promote(&*runtime()?, ids)?;
+    super::direct::promote(&rt, ids)?;
     // A long list's head is asked about first, without waiting: when enough
     // of it is ready, those are the answer (the first ready refs in input
     // order), and the rest of the list never travels. Ray's 1k-refs `wait`
@@ -172,29 +193,18 @@ pub fn borrow(id: ObjectId) -> ObjectRef<()> {
     ObjectRef::borrowed(id)
 }
 
-thread_local! {
-    static BORROW_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Opens a scope in which [`borrow`]ed refs are announced together.
-pub fn begin_borrow() {
-    if BORROW_DEPTH.with(|d| d.replace(d.get() + 1)) == 0 {
-        codec::collect_borrowed(true);
-    }
+/// Opens a scope in which [`borrow`]ed refs are announced together, for
+/// reading one value. Given the value's `source` (from [`get`]), the refs
+/// nested in it lean on it instead and are not announced at all.
+pub fn begin_borrow(source: Option<&Source>) {
+    codec::begin_reading(source);
 }
 
 /// Closes the scope [`begin_borrow`] opened, announcing its refs.
 pub fn end_borrow() {
-    let depth = BORROW_DEPTH.with(|d| {
-        let n = d.get().saturating_sub(1);
-        d.set(n);
-        n
-    });
-    if depth == 0 {
-        let fresh = codec::collect_borrowed(false);
-        if !fresh.is_empty() {
-            super::announce_refs(fresh);
-        }
+    let fresh = codec::end_reading();
+    if !fresh.is_empty() {
+        super::announce_refs(&fresh);
     }
 }
 
@@ -455,7 +465,11 @@ pub(crate) fn load_args(args: &[pb::ResolvedArg]) -> std::result::Result<Vec<Val
                 }
                 None => ArgData::Inline(bytes::Bytes::new()),
             };
-            Ok(Value { encoding, data })
+            Ok(Value {
+                encoding,
+                data,
+                source: None,
+            })
         })
         .collect()
 }

@@ -331,6 +331,7 @@ impl Server {
             let reply = pb::Reply {
                 kind: Some(pb::reply::Kind::TaskDone(done)),
                 seq: 0,
+                finished: Default::default(),
             };
             if peer.writer.lock().send(&reply).is_err() {
                 self.drop_peer(&peer);
@@ -364,15 +365,16 @@ fn resolve(
         .iter()
         .map(|a| match &a.kind {
             Some(pb::arg::Kind::Object(_)) => {
-                let o = objects
+                let (id, o) = objects
                     .next()
                     .ok_or_else(|| lost("an argument is missing".into()))?;
                 let kind = match o.body {
-                    Some(pb::object::Body::Inline(v)) => pb::resolved_arg::Kind::Value(v),
-                    Some(pb::object::Body::Stored(_)) => pb::resolved_arg::Kind::Stored(o.id),
+                    pb::object::Body::Inline(v) => pb::resolved_arg::Kind::Value(v),
+                    pb::object::Body::Stored(_) => {
+                        pb::resolved_arg::Kind::Stored(id.as_bytes().to_vec().into())
+                    }
                     // The same cause as the argument's, as the node does.
-                    Some(pb::object::Body::Error(e)) => return Err(Box::new(e)),
-                    None => return Err(lost("an argument has no value".into())),
+                    pb::object::Body::Error(e) => return Err(Box::new(e)),
                 };
                 Ok(pb::ResolvedArg {
                     kind: Some(kind),
@@ -421,6 +423,20 @@ enum Route {
 /// The first and longest waits before asking the node again.
 const BACKOFF_MIN: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// A caller's direct results, locked.
+pub(crate) struct Results<'a>(parking_lot::MutexGuard<'a, HashMap<ObjectId, DirectObj>>);
+
+impl Results<'_> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `id` is a direct call's result whose value came.
+    pub(crate) fn came(&self, id: &ObjectId) -> bool {
+        self.0.get(id).is_some_and(|d| d.ready)
+    }
+}
 
 struct DirectObj {
     chan: Arc<Channel>,
@@ -505,6 +521,11 @@ impl Caller {
             }
             _ => false,
         }
+    }
+
+    /// The results, locked, to ask which came ([`Results::came`]).
+    pub(crate) fn results(&self) -> Results<'_> {
+        Results(self.objects.lock())
     }
 
     /// The last local ref to an actor is gone: its channel closes.
@@ -714,9 +735,10 @@ fn inline_args(rt: &Runtime, spec: &mut pb::TaskSpec) {
             continue;
         };
         if let Some(id) = id_of(b)
-            && let Some((encoding, pb::object::Body::Inline(v))) = cache.get(&id)
+            && let Some(got) = cache.get(&id)
+            && let pb::object::Body::Inline(v) = &got.body
         {
-            a.encoding = *encoding;
+            a.encoding = got.encoding;
             a.kind = Some(pb::arg::Kind::Value(v.clone()));
         }
     }
@@ -758,12 +780,12 @@ pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<()> {
             };
             if d.ready {
                 objs.remove(id);
-                if let Some((encoding, body)) = rt.inline.lock().get(id).cloned() {
+                if let Some(got) = rt.inline.lock().get(id).cloned() {
                     puts.push(pb::Object {
                         id: id.as_bytes().to_vec().into(),
-                        body: Some(body),
+                        body: Some(got.body),
                         contained: Vec::new(),
-                        encoding,
+                        encoding: got.encoding,
                     });
                 }
             } else if !d.promised {
@@ -1049,7 +1071,14 @@ impl Channel {
             let mut inline = rt.inline.lock();
             for (id, encoding, body) in values {
                 if refs.contains_key(&id) {
-                    inline.insert(id, (encoding, body));
+                    inline.insert(
+                        id,
+                        super::Got {
+                            encoding,
+                            body,
+                            contained: None,
+                        },
+                    );
                 }
             }
         }

@@ -102,12 +102,16 @@ pub(crate) struct Runtime {
     node: NodeConn,
     store: StoreClient,
     /// Local reference counts; the node hears of the first and the last.
-    refs: Mutex<HashMap<ObjectId, u32>>,
+    refs: Mutex<HashMap<ObjectId, Held>>,
     /// Values of objects this process holds, as put or first read (inline
     /// bytes, or "in the store"): objects are immutable, so a `get` of these
     /// needs no round trip to the node (as Ray's in-process memory store).
     /// Dropped with the last local ref.
-    inline: Mutex<HashMap<ObjectId, (i32, pb::object::Body)>>,
+    inline: Mutex<HashMap<ObjectId, Got>>,
+    /// Results of this process's tasks the node said finished
+    /// (`Reply.finished`), while this process holds them: a `wait` on them
+    /// needs no round trip.
+    finished: Mutex<foldhash::HashSet<ObjectId>>,
     embedded: Mutex<Option<Box<dyn EmbeddedNode>>>,
     session_dir: PathBuf,
     job_id: u64,
@@ -125,6 +129,51 @@ pub(crate) struct Runtime {
     /// yet (a put, a task's results to be, a promise): a direct call that
     /// passes refs waits for it first (`direct::submit_call`).
     unsynced: std::sync::atomic::AtomicBool,
+}
+
+/// This process's count of one reference.
+#[derive(Debug, Default)]
+struct Held {
+    count: u32,
+    /// Set for a ref read out of the value of object `via`, which contains
+    /// it: the node does not count this process's hold on it, since `via`
+    /// holds it there; instead this hold counts as one on `via` (see
+    /// [`core::Source`]).
+    via: Option<ObjectId>,
+}
+
+/// An object's value as this process has it: read from the node, or kept in
+/// `Runtime::inline`.
+#[derive(Debug, Clone)]
+pub(crate) struct Got {
+    pub(crate) encoding: i32,
+    pub(crate) body: pb::object::Body,
+    /// The refs nested in it that the node holds for as long as it lives
+    /// (None: none, or not known here).
+    pub(crate) contained: Option<Arc<[ObjectId]>>,
+}
+
+impl Got {
+    fn from_object(o: pb::Object) -> Result<(ObjectId, Got)> {
+        let id = ObjectId::from_slice(&o.id).map_err(|e| Error::Protocol(e.0))?;
+        let body = o
+            .body
+            .ok_or_else(|| Error::Protocol("object without a body".into()))?;
+        let contained = (!o.contained.is_empty()).then(|| {
+            o.contained
+                .iter()
+                .filter_map(|b| ObjectId::from_slice(b).ok())
+                .collect()
+        });
+        Ok((
+            id,
+            Got {
+                encoding: o.encoding,
+                body,
+                contained,
+            },
+        ))
+    }
 }
 
 static RUNTIME: RwLock<Option<Arc<Runtime>>> = RwLock::new(None);
@@ -246,10 +295,18 @@ impl Runtime {
         direct::promote(self, &e.contained)?;
         let id = ObjectId::random();
         let contained = task::ids(&e.contained);
+        let nested = (!e.contained.is_empty()).then(|| e.contained.as_slice().into());
         let encoding = e.encoding as i32;
         let body = e.into_body(id, &self.store)?;
         let r = ObjectRef::owned(id);
-        self.inline.lock().insert(id, (encoding, body.clone()));
+        self.inline.lock().insert(
+            id,
+            Got {
+                encoding,
+                body: body.clone(),
+                contained: nested,
+            },
+        );
         self.send(pb::request::Kind::Put(pb::Put {
             object: Some(pb::Object {
                 id: id.as_bytes().to_vec().into(),
@@ -268,16 +325,28 @@ pub(crate) fn local_hold(id: ObjectId, announce: bool) {
     let Ok(rt) = runtime() else {
         return;
     };
-    let first = {
-        let mut refs = rt.refs.lock();
-        let n = refs.entry(id).or_insert(0);
-        *n += 1;
-        *n == 1
-    };
-    if first && announce && !codec::note_deserialized(id) {
-        let _ = rt.send(pb::request::Kind::AddRefs(pb::Refs {
-            ids: task::ids(&[id]),
-        }));
+    let mut refs = rt.refs.lock();
+    let h = refs.entry(id).or_default();
+    h.count += 1;
+    if h.count > 1 || !announce {
+        return;
+    }
+    match codec::note_deserialized(id) {
+        codec::Borrowed::Later => {}
+        codec::Borrowed::Leans(source) => {
+            h.via = Some(source);
+            let s = refs.entry(source).or_default();
+            s.count += 1;
+            if s.count == 1 {
+                codec::note_source_held(source);
+            }
+        }
+        codec::Borrowed::Now => {
+            drop(refs);
+            let _ = rt.send(pb::request::Kind::AddRefs(pb::Refs {
+                ids: task::ids(&[id]),
+            }));
+        }
     }
 }
 
@@ -287,42 +356,122 @@ pub(crate) fn local_release(id: ObjectId) {
     let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) else {
         return;
     };
+    // The refs whose last local hold went: this one, and the value it was
+    // read from when that hold was the value's last (and so on).
+    let mut gone = smallvec::SmallVec::<[ObjectId; 2]>::new();
     let last = {
         let mut refs = rt.refs.lock();
-        match refs.get_mut(&id) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                None
+        let mut id = id;
+        loop {
+            let std::collections::hash_map::Entry::Occupied(mut h) = refs.entry(id) else {
+                break None;
+            };
+            if h.get().count > 1 {
+                h.get_mut().count -= 1;
+                break None;
             }
-            Some(_) => {
-                refs.remove(&id);
-                if rt.caller.released(&id) {
+            let via = h.remove().via;
+            gone.push(id);
+            match via {
+                Some(v) => id = v,
+                None if rt.caller.released(&id) => {
                     // The node does not know it: a direct call's result
                     // kept here.
-                    Some(None)
-                } else {
-                    // Queued under the count's lock: see
-                    // `NodeConn::queue_release`.
-                    Some(Some(rt.node.queue_release(id.as_bytes().to_vec().into())))
+                    break None;
                 }
+                // Queued under the count's lock: see
+                // `NodeConn::queue_release`.
+                None => break Some(rt.node.queue_release(id.as_bytes().to_vec().into())),
             }
-            None => None,
         }
     };
-    let Some(last) = last else {
-        return;
-    };
-    rt.caller.seen(&id);
-    rt.inline.lock().remove(&id);
+    for id in &gone {
+        rt.caller.seen(id);
+        rt.caller.forget_actor(id);
+    }
+    if !gone.is_empty() {
+        let mut inline = rt.inline.lock();
+        for id in &gone {
+            inline.remove(id);
+        }
+        drop(inline);
+        let mut finished = rt.finished.lock();
+        if !finished.is_empty() {
+            for id in &gone {
+                finished.remove(id);
+            }
+        }
+    }
     let Some(queued) = last else {
         return;
     };
-    rt.caller.forget_actor(&id);
     let in_burst = release_follows_another();
     if queued >= RELEASE_BATCH || (queued == 1 && !in_burst) {
         rt.node.flush_releases();
     } else if queued == 1 {
         release_flusher().wake();
+    }
+}
+
+/// Notes results the node says finished (`Reply.finished`): those this
+/// process still holds (the others' last release has come and gone).
+fn note_finished(ids: &[u8]) {
+    let Some(rt) = RUNTIME.try_read().and_then(|r| r.clone()) else {
+        return;
+    };
+    let refs = rt.refs.lock();
+    let mut finished = rt.finished.lock();
+    for b in ids.chunks_exact(ObjectId::LEN) {
+        if let Ok(id) = ObjectId::from_slice(b)
+            && refs.contains_key(&id)
+        {
+            finished.insert(id);
+        }
+    }
+}
+
+/// The first `num_returns` of `ids` (indices, in order) known to be ready
+/// without asking the node: results it said finished, and direct calls'
+/// results that came. None if fewer are known among the first
+/// [`KNOWN_SCAN`] not known.
+pub(crate) fn known_ready(
+    rt: &Runtime,
+    ids: &[ObjectId],
+    num_returns: usize,
+) -> Option<Vec<usize>> {
+    let finished = rt.finished.lock();
+    let direct = rt.caller.results();
+    if finished.is_empty() && direct.is_empty() {
+        return None;
+    }
+    let mut ready = Vec::with_capacity(num_returns);
+    let mut misses = 0;
+    for (i, id) in ids.iter().enumerate() {
+        if finished.contains(id) || direct.came(id) {
+            ready.push(i);
+            if ready.len() == num_returns {
+                return Some(ready);
+            }
+        } else {
+            misses += 1;
+            if misses > KNOWN_SCAN {
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// See [`known_ready`]: a long list with its ready refs far in is the
+/// node's to answer.
+const KNOWN_SCAN: usize = 256;
+
+/// Tells the node about references that arrived inside a value.
+pub(crate) fn announce_refs(ids: &[ObjectId]) {
+    if let Ok(rt) = runtime() {
+        let _ = rt.send(pb::request::Kind::AddRefs(pb::Refs {
+            ids: task::ids(ids),
+        }));
     }
 }
 
@@ -426,15 +575,6 @@ impl Helper {
 pub(crate) fn release_to_node(rt: &Runtime, id: ObjectId) {
     rt.node.queue_release(id.as_bytes().to_vec().into());
     rt.node.flush_releases();
-}
-
-/// Tells the node about references that arrived inside a value.
-pub(crate) fn announce_refs(ids: Vec<ObjectId>) {
-    if let Ok(rt) = runtime() {
-        let _ = rt.send(pb::request::Kind::AddRefs(pb::Refs {
-            ids: task::ids(&ids),
-        }));
-    }
 }
 
 /// Connects this process to the node running on this machine (the one in
@@ -654,6 +794,7 @@ fn connect(
     session_dir: PathBuf,
     log_to_driver: bool,
 ) -> Result<()> {
+    conn::set_finished_hook(note_finished);
     let (conn, reply) = NodeConn::connect(socket, hello)?;
     let store = StoreClient::connect_with(
         &reply.store_socket,
@@ -670,6 +811,7 @@ fn connect(
         store,
         refs: Mutex::new(HashMap::new()),
         inline: Mutex::new(HashMap::new()),
+        finished: Mutex::new(Default::default()),
         embedded: Mutex::new(node),
         session_dir,
         client_id: reply.client_id,
@@ -740,13 +882,22 @@ pub fn get_many_timeout<T: FromObject>(
     core::get(&ids, timeout)?
         .into_iter()
         .map(|f| match f {
-            core::Fetched::Value(v) => T::from_object(&v.data),
+            core::Fetched::Value(v) => {
+                core::begin_borrow(v.source.as_ref());
+                let value = T::from_object(&v.data);
+                core::end_borrow();
+                value
+            }
             core::Fetched::Error(e) => Err(task_error(e)),
         })
         .collect()
 }
 
-fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Vec<pb::Object>> {
+fn fetch(
+    rt: &Runtime,
+    ids: &[ObjectId],
+    timeout: Option<Duration>,
+) -> Result<Vec<(ObjectId, Got)>> {
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     if !direct::await_results(rt, ids, deadline)? {
         return Err(Error::GetTimeout {
@@ -756,18 +907,9 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
     }
     // Values held here (this process's puts, values read before, direct
     // calls' results, which only this process has) need no round trip.
-    let mut found: Vec<Option<pb::Object>> = {
+    let mut found: Vec<Option<Got>> = {
         let cache = rt.inline.lock();
-        ids.iter()
-            .map(|id| {
-                cache.get(id).map(|(encoding, body)| pb::Object {
-                    id: id.as_bytes().to_vec().into(),
-                    body: Some(body.clone()),
-                    contained: Vec::new(),
-                    encoding: *encoding,
-                })
-            })
-            .collect()
+        ids.iter().map(|id| cache.get(id).cloned()).collect()
     };
     let missing: Vec<ObjectId> = ids
         .iter()
@@ -776,7 +918,11 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
         .map(|(id, _)| *id)
         .collect();
     if missing.is_empty() {
-        return Ok(found.into_iter().flatten().collect());
+        return Ok(ids
+            .iter()
+            .copied()
+            .zip(found.into_iter().flatten())
+            .collect());
     }
     let timeout_ms =
         core::timeout_ms(deadline.map(|d| d.saturating_duration_since(std::time::Instant::now())));
@@ -786,29 +932,41 @@ fn fetch(rt: &Runtime, ids: &[ObjectId], timeout: Option<Duration>) -> Result<Ve
     }))?;
     match reply {
         pb::reply::Kind::Get(g) => {
+            let got = g
+                .objects
+                .into_iter()
+                .map(Got::from_object)
+                .collect::<Result<Vec<_>>>()?;
+            if got.len() != missing.len() || got.iter().zip(&missing).any(|((a, _), b)| a != b) {
+                return Err(Error::Protocol(
+                    "Get reply does not match the ids asked".into(),
+                ));
+            }
             {
                 let refs = rt.refs.lock();
                 let mut cache = rt.inline.lock();
-                for (id, o) in missing.iter().zip(&g.objects) {
-                    if let Some(body @ (pb::object::Body::Inline(_) | pb::object::Body::Stored(_))) =
-                        &o.body
-                        && refs.contains_key(id)
+                for (id, g) in &got {
+                    if matches!(
+                        g.body,
+                        pb::object::Body::Inline(_) | pb::object::Body::Stored(_)
+                    ) && refs.contains_key(id)
                     {
-                        cache.insert(*id, (o.encoding, body.clone()));
+                        cache.insert(*id, g.clone());
                     }
                 }
             }
             for id in &missing {
                 rt.caller.seen(id);
             }
-            let mut fetched = g.objects.into_iter();
+            let mut got = got.into_iter().map(|(_, g)| g);
             for f in found.iter_mut().filter(|f| f.is_none()) {
-                *f = fetched.next();
+                *f = got.next();
             }
-            found
-                .into_iter()
-                .map(|f| f.ok_or_else(|| Error::Protocol("Get reply is short".into())))
-                .collect()
+            Ok(ids
+                .iter()
+                .copied()
+                .zip(found.into_iter().flatten())
+                .collect())
         }
         pb::reply::Kind::Error(e) if e.timeout => Err(Error::GetTimeout {
             id: e

@@ -164,6 +164,7 @@ fn refuse(writer: &SocketTransport, seq: u64, message: String) {
             missing: Vec::new(),
         })),
         seq,
+        finished: Default::default(),
     });
 }
 
@@ -230,6 +231,7 @@ fn register(
             holds: HashSet::new(),
             promised: HashSet::new(),
             waiters: Vec::new(),
+            finished: Vec::new(),
         },
     );
     st.send(

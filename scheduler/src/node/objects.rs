@@ -550,10 +550,18 @@ impl Shared {
                 ),
             )),
         };
+        // What the value holds while it lives: the reader's refs read out
+        // of it can lean on its hold of the value (`core::Source`).
+        let contained = match (&body, obj) {
+            (B::Inline(_) | B::Stored(_), Some(o)) => {
+                o.contained.iter().map(super::remote::id_bytes).collect()
+            }
+            _ => Vec::new(),
+        };
         pb::Object {
             id: id.as_bytes().to_vec().into(),
             body: Some(body),
-            contained: Vec::new(),
+            contained,
             encoding: obj.map_or(0, |o| o.encoding),
         }
     }

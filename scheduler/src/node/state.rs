@@ -35,7 +35,14 @@ pub(crate) struct ConnState {
     pub promised: HashSet<ObjectId>,
     /// Its `get`s and `wait`s not answered yet (one per client thread).
     pub waiters: Vec<WaiterId>,
+    /// Results of its tasks that finished since the last reply to it, sent
+    /// with the next (`Reply.finished`); at most [`FINISHED_MAX`].
+    pub finished: Vec<ObjectId>,
 }
+
+/// How many finished results a connection is told of at once: a hint, so
+/// a client that never asks for anything does not grow the list forever.
+pub(crate) const FINISHED_MAX: usize = 4096;
 
 /// Where a connection's replies go: a Unix-socket client
 /// ([`SocketTransport`]) or an in-memory one (`node::memory`, for tests).
@@ -671,12 +678,22 @@ impl State {
     /// Sends `reply` to the request `seq` of a connection (0: not a reply):
     /// queued, and written once the lock is released (`Outbox::flush`).
     pub fn send(&mut self, conn: ConnId, seq: u64, reply: pb::reply::Kind) {
-        let Some(c) = self.conns.get(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn) else {
             return;
+        };
+        let finished = if c.finished.is_empty() {
+            bytes::Bytes::new()
+        } else {
+            let ids = std::mem::take(&mut c.finished);
+            ids.iter()
+                .flat_map(|id| *id.as_bytes())
+                .collect::<Vec<u8>>()
+                .into()
         };
         let msg = pb::Reply {
             kind: Some(reply),
             seq,
+            finished,
         };
         if c.outbox.push(msg) {
             let o = Arc::clone(&c.outbox);
@@ -696,6 +713,16 @@ impl State {
         };
         let short = full.rsplit("::").next().unwrap_or(full);
         Some(short.rsplit('.').next().unwrap_or(short).to_string())
+    }
+
+    /// Notes that results of a task `conn` submitted finished here (see
+    /// `ConnState::finished`).
+    pub fn note_finished(&mut self, conn: Option<ConnId>, ids: &[ObjectId]) {
+        if let Some(c) = conn.and_then(|c| self.conns.get_mut(&c))
+            && c.finished.len() + ids.len() <= FINISHED_MAX
+        {
+            c.finished.extend_from_slice(ids);
+        }
     }
 
     /// The error of the first argument of `tid` that failed, if any.

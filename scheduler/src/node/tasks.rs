@@ -573,6 +573,10 @@ impl Shared {
         }
         let mut error_result = None;
         let mut forwarded = Vec::new();
+        if task.origin.is_none() {
+            // First, so that the reply a waiter gets for these carries them.
+            st.note_finished(task.submitter, &returns);
+        }
         for (i, r) in returns.iter().enumerate() {
             let (body, contained, encoding) = match &failed {
                 Some(e) => (Body::Error(e.clone()), Vec::new(), 0),
@@ -675,6 +679,8 @@ impl Shared {
                 self.finish_forwarded(st, origin, &task, results);
             }
             None => {
+                let returns: Vec<ObjectId> = returns.collect();
+                st.note_finished(task.submitter, &returns);
                 for r in returns {
                     self.complete(st, r, Body::Error(e.clone()), Vec::new());
                 }
