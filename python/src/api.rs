@@ -353,8 +353,8 @@ pub fn wait(
 }
 
 /// Whether an id is in `ids` twice. Every `wait` checks its whole list (as
-/// Ray does), so the check works on 8-byte digests, half the memory of ids,
-/// and compares ids only when two digests match.
+/// Ray does), so the check works on 8-byte digests (less than half the
+/// memory of 20-byte ids) and compares ids only when two digests match.
 fn has_duplicates(ids: &[ObjectId]) -> bool {
     let digest = |id: &ObjectId| {
         let b = id.as_bytes();

@@ -116,7 +116,7 @@ pub fn split(b: &Bytes) -> PyResult<(Bytes, Vec<Bytes>)> {
 /// A value as Python reads it: `(encoding, data, buffers, source)`, where
 /// `data` is a `StoreBuffer` (the in-band pickle for `PICKLE5`, else the
 /// whole object), `buffers` the pickle's out-of-band buffers (else `None`)
-/// and `source` what to pass to `end_borrow` (or `None`).
+/// and `source` what to pass to `begin_borrow` (or `None`).
 pub fn value_to_py<'py>(py: Python<'py>, v: Value) -> PyResult<Bound<'py, PyTuple>> {
     let bytes = match v.data {
         arca_client::ArgData::Inline(b) => b,

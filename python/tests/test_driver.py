@@ -185,23 +185,32 @@ def _read_lines(stream, sink: queue.Queue) -> None:
     sink.put(None)
 
 
-def _run_printing_driver(tmp_path, mode: str, line_timeout: float) -> str:
-    """Runs PRINTING_DRIVER; the task keeps running until its line reaches the
-    driver's stdout (or ``line_timeout`` s pass). Returns the driver's stdout."""
+def _start_driver(tmp_path, code: str, args: list[str], **pipes):
+    """Starts driver ``code`` in its own process; returns it, a queue of its
+    stdout lines (``None`` at the end) and the thread that fills it."""
     script = tmp_path / "driver.py"
-    script.write_text(PRINTING_DRIVER)
-    release = tmp_path / "release"
+    script.write_text(code)
     proc = subprocess.Popen(
-        [sys.executable, str(script), mode, str(release)],
+        [sys.executable, str(script), *args],
         cwd=tmp_path,
         env=driver_env(),
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
         text=True,
+        **pipes,
     )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
     reader.start()
+    return proc, lines, reader
+
+
+def _run_printing_driver(tmp_path, mode: str, line_timeout: float) -> str:
+    """Runs PRINTING_DRIVER; the task keeps running until its line reaches the
+    driver's stdout (or ``line_timeout`` s pass). Returns the driver's stdout."""
+    release = tmp_path / "release"
+    proc, lines, reader = _start_driver(
+        tmp_path, PRINTING_DRIVER, [mode, str(release)], stderr=subprocess.STDOUT
+    )
     out = []
     try:
         deadline = time.monotonic() + line_timeout
@@ -348,24 +357,14 @@ def test_wait_on_finished_results_needs_no_round_trip(arca_bin, tmp_path):
     # sends anyway; a wait on those is answered from that. Shown by stopping
     # the node (SIGSTOP) before the wait: asking it would block.
     session = _node(arca_bin, tmp_path)
-    script = tmp_path / "driver.py"
-    script.write_text(WAITING_DRIVER)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(session)],
-        cwd=tmp_path,
-        env=driver_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc, lines, reader = _start_driver(
+        tmp_path, WAITING_DRIVER, [str(session)], stdin=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
     node_pid = None
     try:
         line = lines.get(timeout=60) or ""
-        assert line.startswith("NODE "), line + proc.stderr.read()
+        # (stderr only once stdout ended: the driver has exited.)
+        assert line.startswith("NODE "), line or proc.stderr.read()
         node_pid = int(line.split()[1])
         os.kill(node_pid, signal.SIGSTOP)
         proc.stdin.write("go\n")

@@ -31,13 +31,13 @@ pub struct Value {
     /// The bytes.
     pub data: ArgData,
     /// The object it was read from, when the refs nested in it are known:
-    /// pass it to [`end_borrow`] after deserializing.
+    /// pass it to [`begin_borrow`] before deserializing.
     pub source: Option<Source>,
 }
 
 /// The object a value was read from, with the refs nested in it that the
-/// node holds for as long as it lives. A ref read out of the value and
-/// announced with this source leans on this process's hold of the object:
+/// node holds for as long as it lives. A ref read out of the value in a
+/// borrow scope opened with this source leans on this process's hold of the object:
 /// it counts as one more hold of it here, and the node hears nothing. So
 /// reading a value of 10,000 refs and dropping them costs the node nothing,
 /// and the object lives until the last of them is dropped.
