@@ -106,74 +106,100 @@ fn socket_round_trips(seconds: f64) -> anyhow::Result<f64> {
 fn measure(o: &TasksOptions) -> anyhow::Result<Report> {
     let s = o.seconds;
     let mut r = Report::default();
-    r.push(
+    row(
+        &mut r,
         "unix socket round trips per second (blocking, two threads)",
-        socket_round_trips(s.min(1.0))?,
         "round trips/s",
-    );
-    r.push(
+        || socket_round_trips(s.min(1.0)),
+    )?;
+    row(
+        &mut r,
         "single client tasks sync per second",
-        rate(s, || {
-            arca::get(&small_value::remote())?;
-            Ok(1)
-        })?,
         "tasks/s",
-    );
-    r.push(
+        || {
+            rate(s, || {
+                arca::get(&small_value::remote())?;
+                Ok(1)
+            })
+        },
+    )?;
+    row(
+        &mut r,
         "single client tasks async per second",
-        rate(s, || async_batch(1000))?,
         "tasks/s",
-    );
-    r.push(
+        || rate(s, || async_batch(1000)),
+    )?;
+    row(
+        &mut r,
         "multi client tasks async per second",
-        multi_client(o)?,
         "tasks/s",
-    );
+        || multi_client(o),
+    )?;
     let a = Echo::remote();
-    r.push(
-        "1:1 actor calls sync per second",
+    row(&mut r, "1:1 actor calls sync per second", "calls/s", || {
         rate(s, || {
             arca::get(&a.small_value())?;
             Ok(1)
-        })?,
-        "calls/s",
-    );
-    r.push(
+        })
+    })?;
+    row(
+        &mut r,
         "1:1 actor calls async per second",
-        rate(s, || {
-            let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
-            arca::get_many(&refs)?;
-            Ok(1000)
-        })?,
         "calls/s",
-    );
-    r.push(
+        || {
+            rate(s, || {
+                let refs: Vec<_> = (0..1000).map(|_| a.small_value()).collect();
+                arca::get_many(&refs)?;
+                Ok(1000)
+            })
+        },
+    )?;
+    row(
+        &mut r,
         "single client wait 1k refs per second",
-        rate(s, || {
-            let mut not_ready: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
-            while !not_ready.is_empty() {
-                not_ready = arca::wait(&not_ready, 1, None)?.1;
-            }
-            Ok(1)
-        })?,
         "waits/s",
-    );
-    r.push(
+        || {
+            rate(s, || {
+                let mut not_ready: Vec<_> = (0..1000).map(|_| small_value::remote()).collect();
+                while !not_ready.is_empty() {
+                    not_ready = arca::wait(&not_ready, 1, None)?.1;
+                }
+                Ok(1)
+            })
+        },
+    )?;
+    row(
+        &mut r,
         "single client tasks and get batch per second",
-        rate(s, || async_batch(1000).map(|_| 1))?,
         "batches/s",
-    );
+        || rate(s, || async_batch(1000).map(|_| 1)),
+    )?;
     let outer = refs_10k::remote();
-    r.push(
+    row(
+        &mut r,
         "single client get object containing 10k refs per second",
-        rate(s, || {
-            let inner = arca::get(&outer)?;
-            anyhow::ensure!(inner.len() == 10_000);
-            Ok(1)
-        })?,
         "gets/s",
-    );
+        || {
+            rate(s, || {
+                let inner = arca::get(&outer)?;
+                anyhow::ensure!(inner.len() == 10_000);
+                Ok(1)
+            })
+        },
+    )?;
     Ok(r)
+}
+
+/// Measures one workload; an error names the workload it came from.
+fn row(
+    r: &mut Report,
+    name: &str,
+    unit: &str,
+    measure: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<()> {
+    let value = measure().with_context(|| format!("measuring {name:?}"))?;
+    r.push(name, value, unit);
+    Ok(())
 }
 
 /// Several driver processes submitting batches to the same node at once.

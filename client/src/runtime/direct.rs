@@ -1019,6 +1019,7 @@ impl Channel {
         let mut puts = Vec::new();
         let mut releases = Vec::new();
         let mut values = Vec::new();
+        let mut came = Vec::new();
         {
             let mut objs = rt.caller.objects.lock();
             for o in done.results {
@@ -1058,7 +1059,7 @@ impl Channel {
                     objs.remove(&id);
                     puts.push(o);
                 } else {
-                    d.ready = true;
+                    came.push(o);
                 }
                 values.push((id, encoding, body));
             }
@@ -1079,6 +1080,26 @@ impl Channel {
                             contained: None,
                         },
                     );
+                }
+            }
+        }
+        {
+            // Marked ready only now that the value is in `inline`: a `get`
+            // that sees it ready reads it there, and would otherwise ask
+            // the node, which does not know it. A promise made meanwhile
+            // is kept by putting the value.
+            let mut objs = rt.caller.objects.lock();
+            for o in came {
+                let Some(id) = id_of(&o.id) else {
+                    continue;
+                };
+                match objs.get_mut(&id) {
+                    Some(d) if d.promised => {
+                        objs.remove(&id);
+                        puts.push(o);
+                    }
+                    Some(d) => d.ready = true,
+                    None => {}
                 }
             }
         }
