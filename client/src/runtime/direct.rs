@@ -1018,7 +1018,7 @@ impl Channel {
         let given: HashSet<&[u8]> = done.given.iter().map(|b| &b[..]).collect();
         let mut puts = Vec::new();
         let mut releases = Vec::new();
-        let mut values = Vec::new();
+        // The results whose values are kept here (or put, if promised).
         let mut came = Vec::new();
         {
             let mut objs = rt.caller.objects.lock();
@@ -1050,18 +1050,7 @@ impl Channel {
                     objs.remove(&id);
                     continue;
                 }
-                let body = o.body.clone();
-                let (encoding, body) = (
-                    o.encoding,
-                    body.unwrap_or(pb::object::Body::Inline(bytes::Bytes::new())),
-                );
-                if d.promised {
-                    objs.remove(&id);
-                    puts.push(o);
-                } else {
-                    came.push(o);
-                }
-                values.push((id, encoding, body));
+                came.push((id, o));
             }
         }
         {
@@ -1070,13 +1059,14 @@ impl Channel {
             // taken under `objects`'.)
             let refs = rt.refs.lock();
             let mut inline = rt.inline.lock();
-            for (id, encoding, body) in values {
-                if refs.contains_key(&id) {
+            for (id, o) in &came {
+                if refs.contains_key(id) {
                     inline.insert(
-                        id,
+                        *id,
                         super::Got {
-                            encoding,
-                            body,
+                            encoding: o.encoding,
+                            body: (o.body.clone())
+                                .unwrap_or(pb::object::Body::Inline(bytes::Bytes::new())),
                             contained: None,
                         },
                     );
@@ -1086,13 +1076,10 @@ impl Channel {
         {
             // Marked ready only now that the value is in `inline`: a `get`
             // that sees it ready reads it there, and would otherwise ask
-            // the node, which does not know it. A promise made meanwhile
-            // is kept by putting the value.
+            // the node, which does not know it. A promised one (before the
+            // call answered, or since) is put.
             let mut objs = rt.caller.objects.lock();
-            for o in came {
-                let Some(id) = id_of(&o.id) else {
-                    continue;
-                };
+            for (id, o) in came {
                 match objs.get_mut(&id) {
                     Some(d) if d.promised => {
                         objs.remove(&id);
