@@ -466,8 +466,15 @@ mod scenarios {
         expect_marker("ab");
         arca::cancel(&queued, false).unwrap();
         arca::cancel(&running, true).unwrap();
+        // The queued one fails at once, not when the running one ends.
         let e = get_err(&queued);
         assert!(matches!(e, arca::Error::TaskCancelled(_)), "{e:?}");
+        let (done, _) =
+            arca::wait(std::slice::from_ref(&running), 1, Some(Duration::ZERO)).unwrap();
+        assert!(
+            done.is_empty(),
+            "the queued call failed only once the running one ended"
+        );
         touch("go-ab");
         let e = get_err(&running);
         assert!(matches!(e, arca::Error::TaskCancelled(_)), "{e:?}");

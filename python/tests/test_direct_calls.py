@@ -184,18 +184,22 @@ def test_get_timeout_on_a_direct_call(ray, tmp_path):
     assert arca.get(slow, timeout=30) == "opened"
 
 
-def test_cancel_a_direct_call_waiting_behind_another(ray, tmp_path):
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "through-node"])
+def test_cancel_a_call_waiting_behind_another(ray, tmp_path, direct):
     b = Box.remote()
-    warm(b)
+    if direct:
+        warm(b)
     gate = str(tmp_path / "gate")
     first = b.wait_file.remote(gate)
     queued = b.add.remote("cancelled")
     after = b.add.remote("ran")
     arca.cancel(queued)
-    open(gate, "w").close()
-    assert arca.get(first, timeout=30) == "opened"
+    # It fails at once, not when the call before it ends.
     with pytest.raises(ex.TaskCancelledError):
         arca.get(queued, timeout=30)
+    assert arca.wait([first], timeout=0) == ([], [first])
+    open(gate, "w").close()
+    assert arca.get(first, timeout=30) == "opened"
     assert arca.get(after, timeout=30) == "ran"
     assert arca.get(b.get_log.remote(), timeout=30) == ["ran"]
 

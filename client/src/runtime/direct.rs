@@ -475,6 +475,9 @@ struct Inflight {
     spec: pb::TaskSpec,
     /// Its arguments' refs and the actor's handle, held until it answers.
     keep: Vec<ObjectRef<()>>,
+    /// Failed by its cancel before it answered (`settle_waiting`): never
+    /// sent to the node if the worker goes.
+    settled: bool,
 }
 
 impl Caller {
@@ -600,6 +603,7 @@ pub(crate) fn submit_call(
         task,
         spec: spec.clone(),
         keep,
+        settled: false,
     });
     let sent = chan.writer.lock().send(&pb::Request {
         kind: Some(Req::Submit(pb::Submit { spec: Some(spec) })),
@@ -884,6 +888,8 @@ pub(crate) fn cancel(rt: &Runtime, id: &ObjectId, force: bool) -> bool {
         };
         if chan.writer.lock().send(&req).is_err() {
             chan.break_off(rt);
+        } else {
+            chan.settle_waiting(rt, task);
         }
     }
     true
@@ -1016,7 +1022,6 @@ impl Channel {
             return;
         };
         let given: HashSet<&[u8]> = done.given.iter().map(|b| &b[..]).collect();
-        let mut puts = Vec::new();
         let mut releases = Vec::new();
         // The results whose values are kept here (or put, if promised).
         let mut came = Vec::new();
@@ -1026,8 +1031,8 @@ impl Channel {
                 let Some(id) = id_of(&o.id) else {
                     continue;
                 };
-                let Some(d) = objs.get_mut(&id) else {
-                    // Dropped while it ran.
+                // Dropped while it ran, or failed by its cancel.
+                let Some(d) = objs.get_mut(&id).filter(|d| !d.ready) else {
                     if given.contains(&o.id[..]) {
                         releases.push(id);
                     }
@@ -1053,54 +1058,57 @@ impl Channel {
                 came.push((id, o));
             }
         }
-        {
-            // Kept only while referenced: the last ref's release clears
-            // it, and may have come first. (The count's lock is never
-            // taken under `objects`'.)
-            let refs = rt.refs.lock();
-            let mut inline = rt.inline.lock();
-            for (id, o) in &came {
-                if refs.contains_key(id) {
-                    inline.insert(
-                        *id,
-                        super::Got {
-                            encoding: o.encoding,
-                            body: (o.body.clone())
-                                .unwrap_or(pb::object::Body::Inline(bytes::Bytes::new())),
-                            contained: None,
-                        },
-                    );
-                }
-            }
-        }
-        {
-            // Marked ready only now that the value is in `inline`: a `get`
-            // that sees it ready reads it there, and would otherwise ask
-            // the node, which does not know it. A promised one (before the
-            // call answered, or since) is put.
-            let mut objs = rt.caller.objects.lock();
-            for (id, o) in came {
-                match objs.get_mut(&id) {
-                    Some(d) if d.promised => {
-                        objs.remove(&id);
-                        puts.push(o);
-                    }
-                    Some(d) => d.ready = true,
-                    None => {}
-                }
-            }
-        }
-        for object in puts {
-            let _ = rt.send(Req::Put(pb::Put {
-                object: Some(object),
-            }));
-        }
+        settle(rt, came);
         for id in releases {
             super::release_to_node(rt, id);
         }
         drop(call);
     }
 
+    /// A cancelled call that waits in the worker behind the calls that
+    /// fill its slots fails now, rather than when the worker skips it (the
+    /// running one may take long), as the node does with a call it sent
+    /// ahead. The answers that came are taken first: a call still in the
+    /// first `max_concurrency` may have started. If one before it ended
+    /// unanswered, it may run: its answer is discarded then, as a running
+    /// cancelled call's is.
+    fn settle_waiting(&self, rt: &Runtime, task: ObjectId) {
+        self.read_now(rt);
+        let returns = {
+            let mut q = self.inflight.lock();
+            let Some(at) = q.iter().position(|c| c.task == task) else {
+                return;
+            };
+            if at < self.max_concurrency {
+                return;
+            }
+            let call = &mut q[at];
+            call.settled = true;
+            let f = &call.spec.function;
+            let e = pb::ErrorInfo {
+                kind: pb::ErrorKind::TaskCancelled as i32,
+                function: f.clone(),
+                message: format!("{f} was cancelled before it ran"),
+                ..Default::default()
+            };
+            (call.spec.returns.iter())
+                .map(|r| pb::Object {
+                    id: r.clone(),
+                    body: Some(pb::object::Body::Error(e.clone())),
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        };
+        let came = {
+            let objs = rt.caller.objects.lock();
+            returns
+                .into_iter()
+                .filter_map(|o| id_of(&o.id).map(|id| (id, o)))
+                .filter(|(id, _)| objs.get(id).is_some_and(|d| !d.ready))
+                .collect()
+        };
+        settle(rt, came);
+    }
     /// The worker is gone: the calls it did not answer go to the node, in
     /// order; their results are the node's to make now. Every answer it
     /// sent was read before its end was, so only the first
@@ -1135,6 +1143,9 @@ impl Channel {
         }));
         let calls: Vec<Inflight> = self.inflight.lock().drain(..).collect();
         for (i, call) in calls.into_iter().enumerate() {
+            if call.settled {
+                continue;
+            }
             let mut spec = call.spec;
             spec.resubmitted = i < self.max_concurrency;
             let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| id_of(b)).collect();
@@ -1158,6 +1169,55 @@ impl Channel {
             drop(call.keep);
         }
         self.changed.notify_all();
+    }
+}
+
+/// Keeps the values of direct results that came (the call answered, or was
+/// cancelled before it ran): cached in `Runtime::inline`, then marked ready;
+/// a promised one is put instead.
+fn settle(rt: &Runtime, came: Vec<(ObjectId, pb::Object)>) {
+    let mut puts = Vec::new();
+    {
+        // Kept only while referenced: the last ref's release clears
+        // it, and may have come first. (The count's lock is never
+        // taken under `objects`'.)
+        let refs = rt.refs.lock();
+        let mut inline = rt.inline.lock();
+        for (id, o) in &came {
+            if refs.contains_key(id) {
+                inline.insert(
+                    *id,
+                    super::Got {
+                        encoding: o.encoding,
+                        body: (o.body.clone())
+                            .unwrap_or(pb::object::Body::Inline(bytes::Bytes::new())),
+                        contained: None,
+                    },
+                );
+            }
+        }
+    }
+    {
+        // Marked ready only now that the value is in `inline`: a `get`
+        // that sees it ready reads it there, and would otherwise ask
+        // the node, which does not know it. A promised one (before the
+        // call answered, or since) is put.
+        let mut objs = rt.caller.objects.lock();
+        for (id, o) in came {
+            match objs.get_mut(&id) {
+                Some(d) if d.promised => {
+                    objs.remove(&id);
+                    puts.push(o);
+                }
+                Some(d) => d.ready = true,
+                None => {}
+            }
+        }
+    }
+    for object in puts {
+        let _ = rt.send(Req::Put(pb::Put {
+            object: Some(object),
+        }));
     }
 }
 

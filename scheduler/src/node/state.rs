@@ -484,7 +484,8 @@ pub(crate) struct Actor {
     pub state: ActorState,
     pub worker: Option<WorkerId>,
     pub queue: VecDeque<TaskId>,
-    /// Calls its worker runs now: at most `max_concurrency`.
+    /// Calls sent to its worker, in order: the first `max_concurrency` may
+    /// run, the rest wait in it (`ACTOR_PIPELINE`).
     pub running: Vec<TaskId>,
     /// Calls it may run at once (1: in order, one at a time).
     pub max_concurrency: usize,

@@ -707,6 +707,41 @@ impl Shared {
         self.cancel_task(st, tid, force);
     }
 
+    /// A cancelled actor call sent ahead to its worker, behind the calls
+    /// that fill its slots, fails now rather than when the worker gets to
+    /// it and skips it (the running call may take long). Its entry stays
+    /// until the worker reports, which then changes nothing. If a call
+    /// before it has in fact ended unreported, it may be running: its
+    /// result is discarded then, as a running one's is.
+    fn settle_waiting_call(&self, st: &mut State, tid: TaskId) {
+        let Some(t) = st.tasks.get(&tid) else {
+            return;
+        };
+        let waiting = parse_id(&t.spec.actor_id)
+            .and_then(|a| st.actors.get(&a))
+            .and_then(|a| {
+                let at = a.running.iter().position(|r| *r == tid)?;
+                Some(at >= a.max_concurrency)
+            })
+            .unwrap_or(false);
+        // A forwarded call's results go back to its origin once, when the
+        // worker reports.
+        if !waiting || t.origin.is_some() {
+            return;
+        }
+        let f = Arc::clone(&t.function);
+        let e = error(
+            K::TaskCancelled,
+            &f,
+            format!("{f} was cancelled before it ran"),
+        );
+        let returns: Vec<ObjectId> = t.spec.returns.iter().filter_map(|b| parse_id(b)).collect();
+        st.note_finished(t.submitter, &returns);
+        for r in returns {
+            self.complete(st, r, Body::Error(e.clone()), Vec::new());
+        }
+    }
+
     /// Cancels a task by its id (see [`Shared::cancel`]).
     pub(crate) fn cancel_task(&self, st: &mut State, tid: TaskId, force: bool) {
         let Some(t) = st.tasks.get_mut(&tid) else {
@@ -742,7 +777,9 @@ impl Shared {
                     if let Some(conn) = st.workers.get(&wid).and_then(|w| w.conn) {
                         st.send(conn, 0, interrupt);
                     }
-                    if !call {
+                    if call {
+                        self.settle_waiting_call(st, tid);
+                    } else {
                         // Its main thread, running the task, reads the
                         // cancel when this signal tells it to.
                         st.interrupt_process(wid);
