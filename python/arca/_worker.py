@@ -3,7 +3,8 @@ driver's interpreter, working directory and ``sys.path``.
 
 It runs tasks one at a time on the main thread (so a cancel can interrupt
 one with ``KeyboardInterrupt``), or for an actor with ``max_concurrency`` > 1
-on a thread pool (threaded actor) or one asyncio event loop (async actor).
+on that many threads, each taking the next call itself (threaded actor), or
+on one asyncio event loop (async actor).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import sys
 import threading
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import _native, _runtime
@@ -98,7 +98,11 @@ class Worker:
         self.functions: dict[Any, Any] = {}
         self.instance: Any = None
         self.class_name = ""
-        self.pool: ThreadPoolExecutor | None = None
+        # A threaded actor's max_concurrency; its threads started and waiting.
+        self.threads = 1
+        self.started = 1
+        self.idle = 0
+        self.lock = threading.Lock()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slots: asyncio.Semaphore | None = None
         self.pending: set[asyncio.Future] = set()
@@ -117,13 +121,36 @@ class Worker:
                 # of the event loop.
                 self.loop.call_soon_threadsafe(self.start_async, _native.next_tasks(256))
                 continue
-            sequential = self.pool is None
+            if self.threads > 1:
+                self.serve_calls()
             task = _native.next_task()
-            if sequential:
-                self.run(task, interruptible=True)
-            else:
-                self.pool.submit(self.run, task)
+            self.run(task, interruptible=True)
             # Its arguments pin their objects until dropped.
+            del task
+
+    def serve_calls(self) -> None:
+        """A threaded actor's thread: waits for a call and runs it, until the
+        node goes (no hand-off from a reading thread to a pool). A thread
+        that takes a call while none other waits starts one more, up to
+        max_concurrency."""
+        while True:
+            with self.lock:
+                self.idle += 1
+            try:
+                task = _native.next_task(arrived=True)
+            except RuntimeError:
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                return
+            with self.lock:
+                self.idle -= 1
+                grow = self.idle == 0 and self.started < self.threads
+                if grow:
+                    self.started += 1
+            if grow:
+                name = f"arca-actor-{self.started - 1}"
+                threading.Thread(target=self.serve_calls, name=name, daemon=True).start()
+            self.run(task)
             del task
 
     def start_async(self, tasks: list[tuple]) -> None:
@@ -176,7 +203,7 @@ class Worker:
                 ):
                     self.start_loop(max_concurrency)
                 else:
-                    self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="arca-actor")
+                    self.threads = max_concurrency
             return None
         name = function.rsplit("::", 1)[-1]
         method = getattr(self.instance, name)

@@ -247,14 +247,30 @@ class ActorClass:
 
 
 class ActorMethod:
-    """``handle.method``: ``.remote(...)`` calls it; ``.options(num_returns=)``."""
+    """``handle.method``: ``.remote(...)`` calls it; ``.options(num_returns=)``.
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int, retries: tuple[int, Any]):
-        self._handle = handle
+    It holds the actor's ref, not the handle: the handle caches its methods,
+    and a cycle would keep the actor alive until the garbage collector ran."""
+
+    __slots__ = ("_actor_ref", "_function", "_name", "_num_returns", "_retries", "_encoded")
+
+    def __init__(
+        self,
+        actor_ref: ObjectRef,
+        class_name: str,
+        name: str,
+        num_returns: int,
+        retries: tuple[int, Any],
+    ):
+        self._actor_ref = actor_ref
+        self._function = f"{class_name}::{name}"
         self._name = name
         self._num_returns = num_returns
         # (max_task_retries, retry_exceptions)
         self._retries = retries
+        # What encode_args is given, and the node's retry count.
+        retries_, exceptions = retries
+        self._encoded = (exceptions if retries_ else False, node_count(retries_, 0))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(
@@ -268,7 +284,8 @@ class ActorMethod:
             raise ValueError(f"Invalid option keyword(s) for actor methods: {', '.join(bad)}")
         retries, exceptions = self._retries
         return ActorMethod(
-            self._handle,
+            self._actor_ref,
+            self._function.rsplit("::", 1)[0],
             self._name,
             options.get("num_returns", self._num_returns),
             (
@@ -278,23 +295,21 @@ class ActorMethod:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        h = self._handle
         n = self._num_returns
-        retries, exceptions = self._retries
         # Exceptions are retried only within max_task_retries, as in Ray.
-        sargs = encode_args(args, kwargs, exceptions if retries else False)
+        exceptions, retries = self._encoded
         refs = _native.submit(
             ACTOR_METHOD,
-            f"{h._class_name}::{self._name}",
+            self._function,
             None,
-            sargs,
+            encode_args(args, kwargs, exceptions),
             [],
             n,
             None,
-            node_count(retries, 0),
+            retries,
             0,
             0,
-            h._actor_ref,
+            self._actor_ref,
         )
         if n == 1:
             return refs[0]
@@ -326,7 +341,16 @@ class ActorHandle:
             raise AttributeError(
                 f"'{self.__dict__.get('_class_name', 'actor')}' has no method {name!r}"
             )
-        return ActorMethod(self, name, methods[name], self._retries.get(name, _NO_RETRIES))
+        m = ActorMethod(
+            self._actor_ref,
+            self._class_name,
+            name,
+            methods[name],
+            self._retries.get(name, _NO_RETRIES),
+        )
+        # Found without __getattr__ from now on (one call costs less).
+        self.__dict__[name] = m
+        return m
 
     @property
     def __ray_terminate__(self) -> Any:

@@ -23,6 +23,10 @@ use crate::refs::{Contained, wrap};
 struct Worker {
     cancels: Mutex<RecentCancels>,
     main: Pthread,
+    /// Held by the one thread that waits for the node's next task: a
+    /// threaded actor's threads each ask, and would otherwise all wake for
+    /// every message.
+    waiting: Mutex<()>,
 }
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
@@ -36,6 +40,7 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
     let worker = Worker {
         cancels: Mutex::new(RecentCancels::default()),
         main: pthread_self(),
+        waiting: Mutex::new(()),
     };
     if WORKER.set(worker).is_err() {
         return Err(PyRuntimeError::new_err("this process is already a worker"));
@@ -65,6 +70,7 @@ fn task_of(w: &Worker, ev: WorkerEvent) -> Option<TaskCall> {
 
 /// Waits for the node's next task.
 fn wait_call(w: &Worker) -> PyResult<TaskCall> {
+    let _turn = w.waiting.lock();
     loop {
         if let Some(call) = task_of(w, core::next_event().map_err(node_gone)?) {
             return Ok(call);
@@ -86,13 +92,21 @@ fn node_gone(e: arca_client::Error) -> PyErr {
     PyRuntimeError::new_err(format!("the node closed the connection: {e}"))
 }
 
-/// Waits for the next task: `(task_id, kind, function, function_ref, args,
+/// Waits for the next task (from any thread: one waits at a time, the
+/// others behind it): `(task_id, kind, function, function_ref, args,
 /// returns, split_returns, actor_id, attempt, max_concurrency, max_retries)`,
 /// each arg `(encoding, data, buffers)`.
+/// With `arrived`, one that has arrived already is taken without letting
+/// go of the GIL (a threaded actor's thread that ended a call runs the next
+/// at once, rather than handing the GIL to a thread that woke for it).
 #[pyfunction]
-pub fn next_task(py: Python<'_>) -> PyResult<Bound<'_, PyTuple>> {
+#[pyo3(signature = (arrived=false))]
+pub fn next_task(py: Python<'_>, arrived: bool) -> PyResult<Bound<'_, PyTuple>> {
     let w = worker()?;
-    let call = py.detach(|| wait_call(w))?;
+    let call = match arrived.then(|| try_call(w)).transpose()?.flatten() {
+        Some(call) => call,
+        None => py.detach(|| wait_call(w))?,
+    };
     task_tuple(py, call)
 }
 

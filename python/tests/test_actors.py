@@ -349,9 +349,11 @@ def test_async_actor_runs_calls_concurrently(ray):
 
 def test_threaded_actor_runs_calls_concurrently(ray):
     t = ThreadedActor.remote()
-    spans = ray.get([t.nap.remote(0.5) for _ in range(4)], timeout=60)
-    assert overlapping([s[:2] for s in spans])
+    spans = ray.get([t.nap.remote(0.5) for _ in range(8)], timeout=60)
+    # Four at once (max_concurrency), on four threads, and never more.
+    assert overlapping(sorted(s[:2] for s in spans)[:4])
     assert len({s[2] for s in spans}) == 4
+    assert not overlapping([s[:2] for s in spans])
 
 
 def test_named_actor(ray):
