@@ -9,6 +9,7 @@
 //! helper thread), it signals the main thread once it has filed the cancel.
 
 use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
+use arca_proto::consts::INLINE_RESULT_MAX;
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
 use nix::sys::signal::Signal;
 use parking_lot::Mutex;
@@ -212,5 +213,20 @@ pub fn task_done(py: Python<'_>, task_id: &[u8], results: &Bound<'_, PyList>) ->
         )?;
         out.push((id, Ok(e)));
     }
-    py.detach(|| core::task_done(task, out)).map_err(to_py_err)
+    // Small results without refs only go into a socket: sent holding the
+    // GIL, a threaded actor's thread goes on to its next call, where letting
+    // go would hand the GIL to the thread that woke for that call (a switch
+    // per call, 57k -> 95k calls/s). A store write or the node's round trip
+    // for a `Give` may take long, so those let go. A full socket blocks only
+    // until its reader drains it, which needs no GIL of ours.
+    let quick = out.iter().all(|(_, r)| match r {
+        Ok(e) => e.len() <= INLINE_RESULT_MAX && e.contained.is_empty(),
+        Err(_) => true,
+    });
+    if quick {
+        core::task_done(task, out)
+    } else {
+        py.detach(|| core::task_done(task, out))
+    }
+    .map_err(to_py_err)
 }
