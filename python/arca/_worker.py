@@ -4,13 +4,15 @@ driver's interpreter, working directory and ``sys.path``.
 It runs tasks one at a time on the main thread (so a cancel can interrupt
 one with ``KeyboardInterrupt``), or for an actor with ``max_concurrency`` > 1
 on that many threads, each taking the next call itself (threaded actor), or
-on one asyncio event loop (async actor).
+on one asyncio event loop on the main thread, whose selector takes the calls
+(async actor).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import selectors
 import signal
 import sys
 import threading
@@ -117,10 +119,8 @@ class Worker:
     def serve(self) -> None:
         while True:
             if self.loop is not None:
-                # All the calls that have arrived, started with one wake-up
-                # of the event loop.
-                self.loop.call_soon_threadsafe(self.start_async, _native.next_tasks(256))
-                continue
+                # An async actor: its calls come in through the loop's selector.
+                self.loop.run_forever()
             if self.threads > 1:
                 self.serve_calls()
             task = _native.next_task()
@@ -155,8 +155,9 @@ class Worker:
 
     def start_async(self, tasks: list[tuple]) -> None:
         # In the event loop. The loop keeps only weak references to tasks.
+        assert self.loop is not None
         for task in tasks:
-            t = asyncio.ensure_future(self.run_async(task))
+            t = self.loop.create_task(self.run_async(task))
             self.pending.add(t)
             t.add_done_callback(self.pending.discard)
 
@@ -212,16 +213,11 @@ class Worker:
         return _call(method, values, kwargs, policy, max_retries)
 
     def start_loop(self, max_concurrency: int) -> None:
-        loop = asyncio.new_event_loop()
-        self.loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            self.slots = asyncio.Semaphore(max_concurrency)
-            loop.run_forever()
-
-        t = threading.Thread(target=run, name="arca-actor-loop", daemon=True)
-        t.start()
+        """The async actor's event loop, run by the main thread once the
+        constructor is reported (`serve`)."""
+        self.loop = asyncio.SelectorEventLoop(_TaskSelector(self))
+        asyncio.set_event_loop(self.loop)
+        self.slots = asyncio.Semaphore(max_concurrency)
 
     def run(self, task: tuple, interruptible: bool = False) -> None:
         global _interruptible
@@ -308,6 +304,23 @@ class Worker:
             os.getpid(),
         )
         _native.task_done(task_id, [(rid, info) for rid in returns])
+
+
+class _TaskSelector(selectors.EpollSelector):
+    """An async actor's event loop selector: waits for the worker's next
+    calls and the loop's own events at once (in the extension, without the
+    GIL, spinning first while calls come quickly) and starts the calls that
+    came, so they run on this thread with no hand-off from another."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def select(self, timeout: float | None = None) -> list:
+        tasks = _native.next_tasks(256, timeout, self)
+        if tasks:
+            self.worker.start_async(tasks)
+        return super().select(0)
 
 
 def main() -> None:

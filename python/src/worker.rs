@@ -8,6 +8,9 @@
 //! If another thread of the task reads the socket meanwhile (a `get` in a
 //! helper thread), it signals the main thread once it has filed the cancel.
 
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::{Duration, Instant};
+
 use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
 use arca_proto::consts::INLINE_RESULT_MAX;
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
@@ -112,17 +115,38 @@ pub fn next_task(py: Python<'_>, arrived: bool) -> PyResult<Bound<'_, PyTuple>> 
 }
 
 /// Waits for the next task, then takes those that have arrived behind it,
-/// up to `max` in all: an async actor starts them in its event loop with
-/// one wake-up instead of one per call.
+/// up to `max` in all. An async actor's event loop calls this from its
+/// selector (`selector`): it waits for tasks and for the loop's own events
+/// at once, at most `timeout` seconds, and returns none once the loop has
+/// something to do.
 #[pyfunction]
-pub fn next_tasks(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
+#[pyo3(signature = (max, timeout=None, selector=None))]
+pub fn next_tasks<'py>(
+    py: Python<'py>,
+    max: usize,
+    timeout: Option<f64>,
+    selector: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
     let w = worker()?;
+    let fd: Option<RawFd> = selector
+        .map(|s| s.call_method0("fileno")?.extract())
+        .transpose()?;
+    // Past what a Duration holds (or NaN): no limit, as for None.
+    let timeout = timeout.and_then(|t| Duration::try_from_secs_f64(t.max(0.0)).ok());
     let calls = py.detach(|| {
-        let mut calls = vec![wait_call(w)?];
-        while calls.len() < max {
-            match try_call(w)? {
-                Some(c) => calls.push(c),
-                None => break,
+        // SAFETY: `fd` is the selector's own (epoll) fd, and the selector,
+        // which the caller holds, closes it only in `close()`, which its
+        // event loop calls when it is closed, never while it waits in its
+        // `select()`, which is what calls this.
+        let also = fd.map(|fd| unsafe { BorrowedFd::borrow_raw(fd) });
+        let mut calls = Vec::new();
+        if let Some(first) = wait_call_until(w, timeout, also)? {
+            calls.push(first);
+            while calls.len() < max {
+                match try_call(w)? {
+                    Some(c) => calls.push(c),
+                    None => break,
+                }
             }
         }
         Ok::<_, PyErr>(calls)
@@ -132,6 +156,28 @@ pub fn next_tasks(py: Python<'_>, max: usize) -> PyResult<Bound<'_, PyList>> {
         out.append(task_tuple(py, call)?)?;
     }
     Ok(out)
+}
+
+/// Waits for the node's next task up to `timeout`, or until `also` is
+/// readable: `None` then.
+fn wait_call_until(
+    w: &Worker,
+    timeout: Option<Duration>,
+    also: Option<BorrowedFd<'_>>,
+) -> PyResult<Option<TaskCall>> {
+    let _turn = w.waiting.lock();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match core::next_event_until(left, also).map_err(node_gone)? {
+            None => return Ok(None),
+            Some(ev) => {
+                if let Some(call) = task_of(w, ev) {
+                    return Ok(Some(call));
+                }
+            }
+        }
+    }
 }
 
 fn worker() -> PyResult<&'static Worker> {
@@ -216,7 +262,7 @@ pub fn task_done(py: Python<'_>, task_id: &[u8], results: &Bound<'_, PyList>) ->
     // Small results without refs only go into a socket: sent holding the
     // GIL, a threaded actor's thread goes on to its next call, where letting
     // go would hand the GIL to the thread that woke for that call (a switch
-    // per call, 57k -> 95k calls/s). A store write or the node's round trip
+    // per call: half the calls a second). A store write or the node's round trip
     // for a `Give` may take long, so those let go. A full socket blocks only
     // until its reader drains it, which needs no GIL of ours.
     let quick = out.iter().all(|(_, r)| match r {

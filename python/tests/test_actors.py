@@ -347,6 +347,44 @@ def test_async_actor_runs_calls_concurrently(ray):
     assert overlapping(spans)
 
 
+@arca.remote
+def double(x):
+    return 2 * x
+
+
+@arca.remote
+class LoopUser:
+    """Async methods that wait for the event loop's own events: a timer, a
+    thread's result and an ObjectRef's (both come back through the loop's
+    wake-up pipe), while the loop also waits for the actor's next calls."""
+
+    async def sleep(self, seconds):
+        await asyncio.sleep(seconds)
+        return "slept"
+
+    async def in_thread(self, x):
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: x + 1)
+
+    async def awaits(self, refs):
+        return await refs[0]
+
+    async def on_main_thread(self):
+        return threading.current_thread() is threading.main_thread()
+
+
+def test_async_actor_loop_wakes_for_its_own_events(ray):
+    # Each call is alone: nothing but the loop's own event can finish it.
+    a = LoopUser.remote()
+    assert ray.get(a.sleep.remote(0.05), timeout=30) == "slept"
+    assert ray.get(a.in_thread.remote(41), timeout=30) == 42
+    assert ray.get(a.awaits.remote([double.remote(21)]), timeout=30) == 42
+    # Calls keep coming in while others wait for their events.
+    refs = [a.in_thread.remote(i) for i in range(200)] + [a.sleep.remote(0.01)]
+    assert ray.get(refs, timeout=60) == [i + 1 for i in range(200)] + ["slept"]
+    # The loop runs on the worker's main thread: no hand-off per call.
+    assert ray.get(a.on_main_thread.remote(), timeout=30)
+
+
 def test_threaded_actor_runs_calls_concurrently(ray):
     t = ThreadedActor.remote()
     spans = ray.get([t.nap.remote(0.5) for _ in range(8)], timeout=60)

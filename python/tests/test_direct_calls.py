@@ -266,9 +266,10 @@ def test_concurrent_actors_answer_direct_calls(ray, cls):
 
 
 def test_an_async_actor_takes_calls_a_pool_thread_read(ray):
-    # The event loop's thread reads the callers' sockets for cancels while
-    # the main thread sleeps in its poll: it must wake it for the calls it
-    # read, or they wait forever.
+    # A thread that looks for cancels (a call starting, here in the event
+    # loop) reads the callers' sockets, maybe while the thread that takes
+    # calls sleeps in its poll: it must wake it for the calls it read, or
+    # they wait forever.
     a = Async.remote()
     for i in range(500):
         assert arca.get(a.echo.remote(i), timeout=30) == i

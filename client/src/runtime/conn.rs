@@ -19,6 +19,7 @@ use arca_store::wire::{Conn, MAX_REPLY_FRAME, RecvError, Side};
 use foldhash::{HashMap, HashMapExt};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
+use super::spin::Spin;
 use crate::error::{Error, Result};
 
 /// A connection to the node, multiplexed by request sequence numbers.
@@ -276,13 +277,15 @@ impl NodeConn {
     /// Waits for the node's next `Execute` or `CancelTask`, or for one of
     /// `fds` to be readable, up to `timeout` (`None`: no limit): the node's
     /// message if one came, and which of `fds` are readable. An actor's
-    /// worker waits so for its direct callers too (`direct`). While another
+    /// worker waits so for its direct callers too (`direct`), spinning first
+    /// while its spins catch calls (`spin`). While another
     /// thread reads the node's messages, it looks at `fds` alone, for at
     /// most [`OTHER_READER_POLL`], and its caller asks again.
     pub(crate) fn poll_execute(
         &self,
         fds: &[BorrowedFd<'_>],
         timeout: Option<Duration>,
+        spin: Option<&Spin>,
     ) -> Result<(Option<pb::reply::Kind>, Vec<bool>)> {
         let mut inbox = self.inbox.lock();
         if let Some(k) = inbox.take(Want::Execute) {
@@ -294,7 +297,7 @@ impl NodeConn {
         let Some(reader) = inbox.reader.take() else {
             drop(inbox);
             let t = timeout.map_or(OTHER_READER_POLL, |t| t.min(OTHER_READER_POLL));
-            let (_, ready) = poll_readable(None, fds, Some(t))?;
+            let (_, ready) = poll_readable(None, fds, Some(t), spin)?;
             return Ok((None, ready));
         };
         self.read_with(&mut inbox, reader, |r| {
@@ -304,8 +307,8 @@ impl NodeConn {
                     return Ok((Some(kind), vec![false; fds.len()]));
                 }
             }
-            let (node, ready) =
-                poll_readable(Some(r.stream().as_fd()), fds, timeout).map_err(|e| Broken {
+            let (node, ready) = poll_readable(Some(r.stream().as_fd()), fds, timeout, spin)
+                .map_err(|e| Broken {
                     make: Error::Disconnected,
                     message: format!("poll: {e}"),
                 })?;
@@ -406,11 +409,13 @@ impl NodeConn {
 const OTHER_READER_POLL: Duration = Duration::from_millis(5);
 
 /// Waits until `first` or one of `fds` is readable (or hung up), up to
-/// `timeout`; which are. Interrupted by a signal, it returns none ready.
+/// `timeout`, spinning first if `spin` says it pays; which are.
+/// Interrupted by a signal, it returns none ready.
 pub(crate) fn poll_readable(
     first: Option<BorrowedFd<'_>>,
     fds: &[BorrowedFd<'_>],
     timeout: Option<Duration>,
+    spin: Option<&Spin>,
 ) -> std::io::Result<(bool, Vec<bool>)> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     let flags = PollFlags::POLLIN;
@@ -424,9 +429,15 @@ pub(crate) fn poll_readable(
         // Rounded up: a timeout of less than 1 ms must still wait.
         Some(t) => PollTimeout::try_from(t.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX),
     };
-    match poll(&mut set, t) {
-        Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-        Err(e) => return Err(e.into()),
+    let caught = match spin {
+        Some(spin) if t != PollTimeout::ZERO => spin.poll(&mut set)?,
+        _ => false,
+    };
+    if !caught {
+        match poll(&mut set, t) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
     let mut ready = set
         .iter()

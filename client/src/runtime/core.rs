@@ -10,9 +10,10 @@
 //! [`begin_borrow`] and [`end_borrow`] to announce them in one message;
 //! given the value's [`Source`], those nested in it need no message at all.
 
+use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arca_proto::node as pb;
 use arca_store::ObjectId;
@@ -377,6 +378,27 @@ pub fn try_next_event() -> Result<Option<WorkerEvent>> {
         }
     }
     Ok(None)
+}
+
+/// [`next_event`] that waits at most `timeout` (`None`: no limit), and
+/// not beyond `also` becoming readable: `None` then. An async actor's event
+/// loop waits so for tasks and its own events at once (`also` is its
+/// selector's fd).
+pub fn next_event_until(
+    timeout: Option<Duration>,
+    also: Option<BorrowedFd<'_>>,
+) -> Result<Option<WorkerEvent>> {
+    let rt = runtime()?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let Some(kind) = rt.next_execute_until(left, also)? else {
+            return Ok(None);
+        };
+        if let Some(ev) = event(kind)? {
+            return Ok(Some(ev));
+        }
+    }
 }
 
 /// The tasks the node has cancelled since the last call, read without

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use foldhash::{HashMap, HashMapExt, HashSet};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::conn::poll_readable;
+use super::spin::Spin;
 use super::{Helper, ObjectRef, Runtime, task};
 use crate::error::{Error, Result};
 
@@ -66,6 +67,9 @@ pub(crate) struct Server {
     /// Written when a thread other than the one polling queued a call (a
     /// pool thread looking for cancels read it): wakes the poll.
     wake: (UnixStream, UnixStream),
+    /// Whether waiting for the next call pays to spin: between a caller's
+    /// sync calls it comes within microseconds.
+    spin: Spin,
 }
 
 struct Peer {
@@ -106,15 +110,18 @@ impl Server {
             peers: Mutex::new(Vec::new()),
             queue: Mutex::new(VecDeque::new()),
             calls: Mutex::new(HashMap::new()),
+            spin: Spin::default(),
         })
     }
 
     /// The node's next message for this worker or the next direct call or
-    /// cancel, waiting up to `timeout` (`Some(ZERO)`: not at all).
+    /// cancel, waiting up to `timeout` (`Some(ZERO)`: not at all) or until
+    /// `also` is readable.
     pub(crate) fn next(
         &self,
         rt: &Runtime,
         timeout: Option<Duration>,
+        also: Option<BorrowedFd<'_>>,
     ) -> Result<Option<pb::reply::Kind>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -124,8 +131,9 @@ impl Server {
             let peers = self.peers.lock().clone();
             let mut fds = vec![self.wake.0.as_fd(), self.listener.as_fd()];
             fds.extend(peers.iter().map(|p| p.stream.as_fd()));
+            fds.extend(also);
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let (k, ready) = rt.node.poll_execute(&fds, left)?;
+            let (k, ready) = rt.node.poll_execute(&fds, left, Some(&self.spin))?;
             if ready.first().copied().unwrap_or(false) {
                 let mut buf = [0u8; 64];
                 while matches!((&self.wake.0).read(&mut buf), Ok(n) if n > 0) {}
@@ -141,7 +149,8 @@ impl Server {
             if k.is_some() {
                 return Ok(k);
             }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let also_ready = also.is_some() && ready.last().copied().unwrap_or(false);
+            if also_ready || deadline.is_some_and(|d| Instant::now() >= d) {
                 return self.pop(rt);
             }
         }
@@ -463,6 +472,9 @@ struct Channel {
     changed: Condvar,
     /// Calls sent and not answered, in order.
     inflight: Mutex<VecDeque<Inflight>>,
+    /// Whether waiting for a call's answer pays to spin (a quick method
+    /// answers within microseconds).
+    spin: Spin,
 }
 
 struct ChanInbox {
@@ -930,6 +942,7 @@ impl Channel {
             writer: Mutex::new(writer),
             changed: Condvar::new(),
             inflight: Mutex::new(VecDeque::new()),
+            spin: Spin::default(),
         })
     }
 
@@ -991,7 +1004,12 @@ impl Channel {
             return Ok(());
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let (readable, _) = poll_readable(Some(self.stream.as_fd()), &[], left)?;
+        // Spinning pays for one call's answer (a sync call); with more in
+        // flight, answers that pile up while this thread sleeps are read
+        // together, and a spinner would take the core the actor needs.
+        let one = self.inflight.lock().len() <= 1;
+        let spin = one.then_some(&self.spin);
+        let (readable, _) = poll_readable(Some(self.stream.as_fd()), &[], left, spin)?;
         if readable {
             let reply = r.recv::<pb::Reply>(MAX_REPLY_FRAME).map_err(recv_err)?;
             self.answered(rt, reply);

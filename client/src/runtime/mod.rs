@@ -9,12 +9,14 @@ pub mod core;
 mod direct;
 mod logs;
 mod object_ref;
+mod spin;
 mod task;
 mod worker;
 
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arca_proto::consts::{ENV_NODE_SOCKET, ENV_WORKER_ID, NODE_PROTOCOL_VERSION, NODE_SOCKET};
 use arca_proto::node as pb;
@@ -203,22 +205,42 @@ impl Runtime {
     /// A worker's next task or cancel, from the node or (an actor's
     /// worker) a direct caller.
     pub(crate) fn next_execute(&self) -> Result<pb::reply::Kind> {
-        let k = match self.server.get() {
-            None => self.node.next_execute()?,
-            Some(s) => loop {
-                if let Some(k) = s.next(self, None)? {
-                    break k;
-                }
-            },
-        };
-        self.serve_direct_calls(&k);
-        Ok(k)
+        loop {
+            if let Some(k) = self.next_execute_until(None, None)? {
+                return Ok(k);
+            }
+        }
     }
 
     pub(crate) fn try_next_execute(&self) -> Result<Option<pb::reply::Kind>> {
-        let k = match self.server.get() {
-            None => self.node.try_next_execute()?,
-            Some(s) => s.next(self, Some(Duration::ZERO))?,
+        self.next_execute_until(Some(Duration::ZERO), None)
+    }
+
+    /// The node's next message for this worker, or a direct call, waiting
+    /// up to `timeout` (`None`: no limit) or until `also` is readable.
+    pub(crate) fn next_execute_until(
+        &self,
+        timeout: Option<Duration>,
+        also: Option<BorrowedFd<'_>>,
+    ) -> Result<Option<pb::reply::Kind>> {
+        let k = match (self.server.get(), timeout, also) {
+            (Some(s), _, _) => s.next(self, timeout, also)?,
+            (None, None, None) => Some(self.node.next_execute()?),
+            (None, Some(t), None) if t.is_zero() => self.node.try_next_execute()?,
+            (None, _, _) => {
+                let deadline = timeout.map(|t| Instant::now() + t);
+                let fds: Vec<BorrowedFd<'_>> = also.into_iter().collect();
+                loop {
+                    let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let (k, ready) = self.node.poll_execute(&fds, left, None)?;
+                    if k.is_some()
+                        || ready.contains(&true)
+                        || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        break k;
+                    }
+                }
+            }
         };
         if let Some(k) = &k {
             self.serve_direct_calls(k);
