@@ -8,6 +8,7 @@
 //! If another thread of the task reads the socket meanwhile (a `get` in a
 //! helper thread), it signals the main thread once it has filed the cancel.
 
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use arca_client::core::{self, RecentCancels, TaskCall, WorkerEvent};
 use arca_proto::consts::INLINE_RESULT_MAX;
 use nix::sys::pthread::{Pthread, pthread_kill, pthread_self};
 use nix::sys::signal::Signal;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -31,6 +32,35 @@ struct Worker {
     /// threaded actor's threads each ask, and would otherwise all wake for
     /// every message.
     waiting: Mutex<()>,
+    /// A threaded actor's threads running calls (see [`Runners`]).
+    runners: Mutex<Runners>,
+    /// Signalled when a thread that ran a call finds none arrived: the
+    /// waiting thread may have to watch the sockets again.
+    runner_idle: Condvar,
+    /// Calls the waiting thread read while another thread was taking calls
+    /// one after another: that thread takes them next.
+    handed: Mutex<VecDeque<TaskCall>>,
+}
+
+/// A threaded actor runs calls on up to `max_concurrency` threads. While
+/// one of them takes call after call (each ends quickly, and the next has
+/// arrived), a thread that sleeps watching the sockets would only be woken
+/// for every call to hand it over: a wake-up and a switch of the GIL per
+/// call. So the waiting thread watches only once no call started within
+/// [`QUIET`]: then the running ones may be blocked, and a call that comes
+/// must start on another thread.
+struct Runners {
+    running: usize,
+    last_start: Instant,
+}
+
+const QUIET: Duration = Duration::from_millis(1);
+/// How long a thread that ran a call waits for the next itself.
+const SOON: Duration = Duration::from_micros(100);
+
+thread_local! {
+    /// This thread runs a call it took from `next_task(arrived=True)`.
+    static RUNS_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 static WORKER: std::sync::OnceLock<Worker> = std::sync::OnceLock::new();
@@ -45,6 +75,12 @@ pub fn worker_connect(py: Python<'_>) -> PyResult<u64> {
         cancels: Mutex::new(RecentCancels::default()),
         main: pthread_self(),
         waiting: Mutex::new(()),
+        runners: Mutex::new(Runners {
+            running: 0,
+            last_start: Instant::now(),
+        }),
+        runner_idle: Condvar::new(),
+        handed: Mutex::new(VecDeque::new()),
     };
     if WORKER.set(worker).is_err() {
         return Err(PyRuntimeError::new_err("this process is already a worker"));
@@ -82,8 +118,40 @@ fn wait_call(w: &Worker) -> PyResult<TaskCall> {
     }
 }
 
+/// A threaded actor's thread waits for its next call: as [`wait_call`],
+/// but not watching the sockets while another thread takes calls one after
+/// another ([`Runners`]).
+fn wait_call_threaded(w: &Worker) -> PyResult<TaskCall> {
+    let _turn = w.waiting.lock();
+    loop {
+        {
+            let mut r = w.runners.lock();
+            while r.running > 0 && r.last_start.elapsed() < QUIET {
+                let left = QUIET.saturating_sub(r.last_start.elapsed());
+                w.runner_idle.wait_for(&mut r, left);
+            }
+        }
+        if let Some(call) = w.handed.lock().pop_front() {
+            return Ok(call);
+        }
+        let Some(call) = task_of(w, core::next_event().map_err(node_gone)?) else {
+            continue;
+        };
+        let r = w.runners.lock();
+        if r.running > 0 && r.last_start.elapsed() < QUIET {
+            // Another thread took a call just now: it takes this one next.
+            w.handed.lock().push_back(call);
+            continue;
+        }
+        return Ok(call);
+    }
+}
+
 /// The node's next task if it has arrived.
 fn try_call(w: &Worker) -> PyResult<Option<TaskCall>> {
+    if let Some(call) = w.handed.lock().pop_front() {
+        return Ok(Some(call));
+    }
     while let Some(ev) = core::try_next_event().map_err(node_gone)? {
         if let Some(call) = task_of(w, ev) {
             return Ok(Some(call));
@@ -103,15 +171,60 @@ fn node_gone(e: arca_client::Error) -> PyErr {
 /// With `arrived`, one that has arrived already is taken without letting
 /// go of the GIL (a threaded actor's thread that ended a call runs the next
 /// at once, rather than handing the GIL to a thread that woke for it).
+/// (`arrived` is for a threaded actor's threads, which count their calls
+/// in [`Runners`].)
 #[pyfunction]
 #[pyo3(signature = (arrived=false))]
 pub fn next_task(py: Python<'_>, arrived: bool) -> PyResult<Bound<'_, PyTuple>> {
     let w = worker()?;
-    let call = match arrived.then(|| try_call(w)).transpose()?.flatten() {
-        Some(call) => call,
-        None => py.detach(|| wait_call(w))?,
+    if !arrived {
+        return task_tuple(py, py.detach(|| wait_call(w))?);
+    }
+    // A thread counts as running from taking a call until it gives up
+    // waiting for the next.
+    let ran = RUNS_CALL.replace(false);
+    // The call, and whether this thread still counts as running.
+    let (call, counted) = match try_call(w)? {
+        Some(call) => (call, ran),
+        None => py.detach(|| {
+            // The next call often comes within microseconds: wait for it
+            // here a while (the waiting thread stays dormant meanwhile).
+            if ran && let Some(call) = take_soon(w)? {
+                return Ok::<_, PyErr>((call, true));
+            }
+            if ran {
+                w.runners.lock().running -= 1;
+            }
+            // The waiting thread may be leaving the sockets to this one.
+            w.runner_idle.notify_one();
+            Ok((wait_call_threaded(w)?, false))
+        })?,
     };
+    {
+        let mut r = w.runners.lock();
+        if !counted {
+            r.running += 1;
+        }
+        r.last_start = Instant::now();
+    }
+    RUNS_CALL.set(true);
     task_tuple(py, call)
+}
+
+/// A call that comes within [`SOON`], taken by a thread that just ran one.
+fn take_soon(w: &Worker) -> PyResult<Option<TaskCall>> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match core::next_event_until(Some(left), None).map_err(node_gone)? {
+            None => return Ok(None),
+            Some(ev) => {
+                if let Some(call) = task_of(w, ev) {
+                    return Ok(Some(call));
+                }
+            }
+        }
+    }
 }
 
 /// Waits for the next task, then takes those that have arrived behind it,

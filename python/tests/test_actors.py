@@ -394,6 +394,35 @@ def test_threaded_actor_runs_calls_concurrently(ray):
     assert not overlapping([s[:2] for s in spans])
 
 
+@arca.remote(max_concurrency=2)
+class Latch:
+    def __init__(self):
+        self.event = threading.Event()
+
+    def ping(self):
+        return "pong"
+
+    def wait(self):
+        return self.event.wait(timeout=30)
+
+    def open(self):
+        self.event.set()
+        return True
+
+
+def test_threaded_actor_starts_a_call_while_another_blocks(ray):
+    # A thread taking quick calls one after another takes the next call
+    # itself while the others leave the sockets alone; once its call
+    # blocks, a call that comes after must still start on another thread.
+    a = Latch.remote()
+    for _ in range(3):
+        assert ray.get([a.ping.remote() for _ in range(300)], timeout=30) == ["pong"] * 300
+        blocked = a.wait.remote()
+        assert ray.get(a.open.remote(), timeout=60)
+        assert ray.get(blocked, timeout=60) is True
+        a = Latch.remote()
+
+
 def test_named_actor(ray):
     c = Counter.options(name="test-named-counter").remote()
     h = ray.get_actor("test-named-counter")
