@@ -143,11 +143,14 @@ def init(
         }
         target = _resolve(address, _temp_dir)
         if target is not None:
-            given = [k for k, v in node_args.items() if v is not None]
-            if given:
+            # Ray's checks and messages, in Ray's order.
+            if num_cpus is not None or num_gpus is not None:
+                given = "num_cpus and num_gpus"
+            else:
+                given = next((k for k, v in node_args.items() if v is not None), None)
+            if given is not None:
                 raise ValueError(
-                    "When connecting to an existing cluster, "
-                    f"{', '.join(given)} must not be provided."
+                    f"When connecting to an existing cluster, {given} must not be provided."
                 )
         embedded = None
         if target is None:

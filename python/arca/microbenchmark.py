@@ -23,7 +23,9 @@ higher).
 Options: ``--json`` prints one ``{"metrics": [{"name", "value", "unit",
 "std"}, ...]}`` object on stdout (progress goes to stderr); ``--seconds S``
 per workload; ``--rounds N``; ``--filter SUBSTRING`` runs only the workloads whose
-name contains it.
+name contains it; ``--ray FILE`` reads what ``ray microbenchmark`` printed (on
+this machine, the same day: ``scripts/bench-vs-ray`` runs both) and adds Ray's
+figure and the ratio to the table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -387,13 +390,35 @@ def run(seconds: float, rounds: int, pattern: str, log: Callable[[str], None]) -
     return metrics
 
 
-def table(metrics: list[dict]) -> str:
+def read_ray(text: str) -> dict[str, float]:
+    """Ray's figures from what ``ray microbenchmark`` printed: its lines
+    ``<name> per second <value> +- <std>`` (log lines and others skipped)."""
+    ray = {}
+    for line in text.splitlines():
+        m = _RAY_LINE.match(line.strip())
+        if m:
+            ray[m["name"]] = float(m["value"])
+    return ray
+
+
+_RAY_LINE = re.compile(r"^(?P<name>.+ per second) (?P<value>[0-9.]+) \+- [0-9.]+$")
+
+
+def _fmt(v: float) -> str:
+    return ("{:.0f}" if v >= 100 else "{:.2f}" if v >= 0.1 else "{:.4f}").format(v)
+
+
+def table(metrics: list[dict], ray: dict[str, float] | None = None) -> str:
+    """The figures as a table; with `ray` (``read_ray``), Ray's figure for
+    the same metric and how many times it Arca's is."""
     w = max((len(m["name"]) for m in metrics), default=0)
     lines = []
     for m in metrics:
-        v, s = m["value"], m["std"]
-        fmt = "{:.0f}" if v >= 100 else "{:.2f}" if v >= 0.1 else "{:.4f}"
-        lines.append(f"{m['name']:<{w}}  {fmt.format(v):>10} +- {fmt.format(s):<8}  {m['unit']}")
+        line = f"{m['name']:<{w}}  {_fmt(m['value']):>10} +- {_fmt(m['std']):<8}  {m['unit']:<10}"
+        r = (ray or {}).get(m["name"])
+        if r:
+            line += f"  Ray {_fmt(r):>8}  {m['value'] / r:6.1f}x"
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -408,9 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--rounds", type=int, default=3, help="rounds per workload (default 3)")
     p.add_argument("--filter", default="", help="run only workloads whose name contains this")
+    p.add_argument(
+        "--ray",
+        metavar="FILE",
+        help="what `ray microbenchmark` printed on this machine: the table adds Ray's "
+        "figures and the ratio",
+    )
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1:
         p.error("--seconds must be positive and --rounds at least 1")
+    ray = None
+    if args.ray:
+        try:
+            with open(args.ray, encoding="utf-8") as f:
+                ray = read_ray(f.read())
+        except OSError as e:
+            p.error(f"cannot read --ray {args.ray}: {e.strerror}")
+        if not ray:
+            p.error(f"--ray {args.ray}: no `<name> per second <value> +- <std>` line in it")
 
     if args.json:
 
@@ -426,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"metrics": metrics}))
     else:
         print()
-        print(table(metrics))
+        print(table(metrics, ray))
     return 0
 
 

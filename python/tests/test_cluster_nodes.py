@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import driver_env, start_head, stop_node
+from test_examples import CASES as EXAMPLE_CASES
+from test_examples import run_example
 
 NODE_IP = "127.0.3.2"
 
@@ -568,21 +570,63 @@ except ValueError:
         time.sleep(0.1)
 
 
-def test_the_seed_program_runs_on_the_cluster(cluster, tmp_path):
-    """Ray on Golem's simple-task.py, only its import changed, on the cluster:
-    it sees both nodes and all their CPUs (on one machine every node has the
-    same host IP, so its per-IP count is one line)."""
-    examples = Path(__file__).resolve().parent.parent / "examples"
-    p = subprocess.run(
-        [sys.executable, "simple_task.py"],
-        cwd=examples,
-        env={**driver_env(), "ARCA_TEMP_DIR": cluster["head_dir"]},
-        capture_output=True,
-        text=True,
-        timeout=120,
+def simple_task_on_the_cluster(out: str) -> None:
+    """Ray on Golem's simple-task.py sees both nodes and all their CPUs (on
+    one machine every node has the same host IP, so its per-IP count is one
+    line)."""
+    assert out.count("    2 nodes in total\n") == 2, out
+    assert "    4.0 CPU resources in total\n" in out, out
+    counts = [int(line.split()[0]) for line in out.splitlines() if " tasks on " in line]
+    assert sum(counts) == 20, out
+
+
+def test_resources_passed_while_connecting_are_rays_value_error(cluster, tmp_path):
+    out = run_driver(
+        cluster,
+        """
+        import json
+        import arca as ray
+        errors = []
+        for kwargs in (
+            {"num_cpus": 4},
+            {"num_gpus": 1, "resources": {"X": 1}},
+            {"resources": {"X": 1}},
+            {"object_store_memory": 10**8},
+        ):
+            try:
+                ray.init(**kwargs)
+                errors.append(None)
+            except ValueError as e:
+                errors.append(str(e))
+        ray.init()
+        print("RESULT " + json.dumps([errors, len(ray.nodes())]))
+        """,
+        tmp_path,
     )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.count("    2 nodes in total\n") == 2, p.stdout
-    assert "    4.0 CPU resources in total\n" in p.stdout, p.stdout
-    counts = [int(line.split()[0]) for line in p.stdout.splitlines() if " tasks on " in line]
-    assert sum(counts) == 20, p.stdout
+    errors, nodes = out
+    # Ray's messages, word for word.
+    assert errors == [
+        "When connecting to an existing cluster, num_cpus and num_gpus must not be provided.",
+        "When connecting to an existing cluster, num_cpus and num_gpus must not be provided.",
+        "When connecting to an existing cluster, resources must not be provided.",
+        "When connecting to an existing cluster, object_store_memory must not be provided.",
+    ]
+    assert nodes == 2
+
+
+# Every example, only its import changed from Ray's, as a driver of the
+# cluster, with what it prints on one node (simple_task counts the nodes).
+# Two start a local instance of their own, `init(num_cpus=...)`: connected
+# to a cluster, Ray raises "When connecting to an existing cluster, num_cpus
+# and num_gpus must not be provided.", and so does Arca (the test above).
+LOCAL_ONLY = {"core_walkthrough.py", "tips_first_time.py"}
+ON_THE_CLUSTER = [
+    (s, simple_task_on_the_cluster if s == "simple_task.py" else c)
+    for s, c in EXAMPLE_CASES
+    if s not in LOCAL_ONLY
+]
+
+
+@pytest.mark.parametrize(("script", "expected"), ON_THE_CLUSTER, ids=[s for s, _ in ON_THE_CLUSTER])
+def test_the_examples_run_on_the_cluster(cluster, script, expected):
+    run_example(script, expected, ARCA_TEMP_DIR=cluster["head_dir"])
