@@ -239,6 +239,11 @@ impl Conn {
         self.start < self.end && !self.frame_buffered()
     }
 
+    /// A whole frame is buffered: [`Conn::recv`] returns it without reading.
+    pub fn has_frame(&self) -> bool {
+        self.frame_buffered()
+    }
+
     /// A whole frame is buffered.
     fn frame_buffered(&self) -> bool {
         let b = &self.rbuf[self.start..self.end];

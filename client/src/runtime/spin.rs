@@ -3,8 +3,9 @@
 //! In this VM a sleeping process costs whoever wakes it about 20 µs, and
 //! the sleeper as much again before it runs (docs/benchmarks.md): a wait
 //! answered within a few tens of µs is cheaper to poll through than to
-//! sleep through. An actor's worker between a caller's sync calls, and the
-//! caller waiting for the answer, wait about that long. A spin that catches
+//! sleep through. An actor's worker between a caller's sync calls, the
+//! caller waiting for the answer, and a driver waiting for the node's reply
+//! to a sync task's `get`, wait about that long. A spin that catches
 //! nothing, though, takes a core that another process (the node, on 2
 //! cores) may need, so each waiting site learns whether its spins pay: it
 //! spins while they mostly catch what they wait for, and after misses tries
@@ -14,7 +15,9 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollTimeout, poll};
+use std::os::fd::BorrowedFd;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// How a waiting site's spins have fared.
 #[derive(Debug)]
@@ -100,6 +103,13 @@ impl Spin {
         caught
     }
 
+    /// [`Spin::poll`] for one fd: true once it is readable, false if the
+    /// caller should block (at once, without a syscall, when spinning does
+    /// not pay here).
+    pub(crate) fn until_readable(&self, fd: BorrowedFd<'_>) -> std::io::Result<bool> {
+        self.poll(&mut [PollFd::new(fd, PollFlags::POLLIN)])
+    }
+
     fn worth_it(&self) -> bool {
         self.score.load(Ordering::Relaxed) > 0
             || self.idle_waits.fetch_add(1, Ordering::Relaxed) % PROBE_EVERY == PROBE_EVERY - 1
@@ -128,8 +138,7 @@ mod tests {
     static SERIAL: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
     fn readable(spin: &Spin, s: &UnixStream) -> bool {
-        let mut set = [PollFd::new(s.as_fd(), nix::poll::PollFlags::POLLIN)];
-        spin.poll(&mut set).unwrap()
+        spin.until_readable(s.as_fd()).unwrap()
     }
 
     #[test]
