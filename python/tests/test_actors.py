@@ -385,6 +385,25 @@ def test_async_actor_loop_wakes_for_its_own_events(ray):
     assert ray.get(a.on_main_thread.remote(), timeout=30)
 
 
+@arca.remote
+class AsyncEcho:
+    async def echo(self, x):
+        return x
+
+
+def test_an_async_actor_reads_its_calls_while_it_reports_results(ray):
+    # Sent before the actor first answers, these calls all go through the
+    # node, which sends the worker up to max_concurrency (1000) at once, and
+    # each 3 KB result goes back through it. The worker reads its calls and
+    # reports their results on one thread: had it stopped reading while its
+    # socket to the node was full, the node, blocked sending it calls, would
+    # stop reading its results, and drop it after 2 s.
+    a = AsyncEcho.remote()
+    x = b"x" * 3000
+    refs = [a.echo.remote(x) for _ in range(20000)]
+    assert ray.get(refs, timeout=120) == [x] * 20000
+
+
 def test_threaded_actor_runs_calls_concurrently(ray):
     t = ThreadedActor.remote()
     spans = ray.get([t.nap.remote(0.5) for _ in range(8)], timeout=60)
@@ -414,8 +433,11 @@ def test_threaded_actor_starts_a_call_while_another_blocks(ray):
     # A thread taking quick calls one after another takes the next call
     # itself while the others leave the sockets alone; once its call
     # blocks, a call that comes after must still start on another thread.
+    # The pings all go through the node (sent before any answer), and the
+    # calls after them come on the caller's new direct connection: the
+    # thread that takes it must wake the one sleeping in its poll.
     a = Latch.remote()
-    for _ in range(3):
+    for _ in range(20):
         assert ray.get([a.ping.remote() for _ in range(300)], timeout=30) == ["pong"] * 300
         blocked = a.wait.remote()
         assert ray.get(a.open.remote(), timeout=60)

@@ -164,6 +164,38 @@ impl Conn {
         self.send_queued(fds)
     }
 
+    /// [`Conn::send`] that, whenever the socket is full, calls `stalled`
+    /// instead of blocking in the write, and goes on once it returns. A
+    /// process whose peer may itself be blocked writing to it reads
+    /// meanwhile: neither then waits for the other.
+    pub fn send_or<M: Message>(
+        &mut self,
+        msg: &M,
+        mut stalled: impl FnMut(&UnixStream) -> io::Result<()>,
+    ) -> io::Result<()> {
+        encode_frame(msg, &mut self.wbuf)?;
+        let mut sent = 0;
+        let result = loop {
+            if sent == self.wbuf.len() {
+                break Ok(());
+            }
+            let iov = [IoSlice::new(&self.wbuf[sent..])];
+            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+            match sendmsg::<()>(self.stream.as_raw_fd(), &iov, &[], flags, None) {
+                Ok(n) => sent += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if let Err(e) = stalled(&self.stream) {
+                        break Err(e);
+                    }
+                }
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.wbuf.clear();
+        result
+    }
+
     fn send_queued(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         let result = self.write_all(fds);
         self.wbuf.clear();

@@ -143,11 +143,51 @@ impl NodeConn {
         let sent = {
             let mut w = self.writer.lock();
             Self::send_releases(&mut w, &self.releases);
-            w.send(&req)
+            w.send_or(&req, |stream| self.stalled(stream))
         };
         self.flush_releases();
         sent?;
         Ok(())
+    }
+
+    /// The node's socket is full: waits until it takes more, reading what
+    /// the node sends meanwhile (unless another thread reads it). The node
+    /// writes a worker tasks it did not ask for, and may be blocked doing
+    /// so: a worker that stopped reading while it reports results would
+    /// wait for the node as the node waits for it (an async actor's one
+    /// thread both reads its calls and reports them).
+    fn stalled(&self, stream: &UnixStream) -> std::io::Result<()> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut inbox = self.inbox.lock();
+        let Some(reader) = inbox.reader.take() else {
+            // The reading thread reads what comes; wait for room alone.
+            drop(inbox);
+            let mut set = [PollFd::new(stream.as_fd(), PollFlags::POLLOUT)];
+            return match poll(&mut set, PollTimeout::from(STALLED_POLL_MS)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        };
+        self.read_with(&mut inbox, reader, |r| {
+            let mut set = [PollFd::new(
+                stream.as_fd(),
+                PollFlags::POLLOUT | PollFlags::POLLIN,
+            )];
+            match poll(&mut set, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(Broken {
+                        make: Error::Disconnected,
+                        message: format!("poll: {e}"),
+                    });
+                }
+            }
+            while let Some(reply) = r.try_recv(MAX_REPLY_FRAME).map_err(broken)? {
+                self.file(reply, Want::Nothing)?;
+            }
+            Ok(())
+        })
+        .map_err(std::io::Error::other)
     }
 
     /// Queues the release of this process's reference to `id` (the caller
@@ -413,6 +453,10 @@ impl NodeConn {
         Ok(None)
     }
 }
+
+/// How long a stalled write waits for room at a time while another thread
+/// reads the node's messages ([`NodeConn::stalled`]).
+const STALLED_POLL_MS: u16 = 5;
 
 /// How long [`NodeConn::poll_execute`] looks at other fds alone while
 /// another thread reads the node's messages (and may file a task).

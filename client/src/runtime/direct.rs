@@ -27,7 +27,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arca_proto::node as pb;
@@ -67,6 +67,9 @@ pub(crate) struct Server {
     /// Written when a thread other than the one polling queued a call (a
     /// pool thread looking for cancels read it): wakes the poll.
     wake: (UnixStream, UnixStream),
+    /// Threads in [`Server::next`] now (a threaded actor's waiting thread,
+    /// and one that just ran a call looking for the next).
+    inside: AtomicUsize,
     /// Whether waiting for the next call pays to spin: between a caller's
     /// sync calls it comes within microseconds.
     spin: Spin,
@@ -80,6 +83,22 @@ struct Peer {
     /// The caller's connection at the node (its Hello), for `Give`.
     client_id: AtomicU64,
     gone: AtomicBool,
+}
+
+/// Counts a thread in [`Server::next`] while it lives.
+struct Inside<'a>(&'a AtomicUsize);
+
+impl<'a> Inside<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Inside(count)
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 enum Incoming {
@@ -111,6 +130,7 @@ impl Server {
             queue: Mutex::new(VecDeque::new()),
             calls: Mutex::new(HashMap::new()),
             spin: Spin::default(),
+            inside: AtomicUsize::new(0),
         })
     }
 
@@ -124,6 +144,7 @@ impl Server {
         also: Option<BorrowedFd<'_>>,
     ) -> Result<Option<pb::reply::Kind>> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let _inside = Inside::enter(&self.inside);
         loop {
             if let Some(k) = self.pop(rt)? {
                 return Ok(Some(k));
@@ -138,13 +159,18 @@ impl Server {
                 let mut buf = [0u8; 64];
                 while matches!((&self.wake.0).read(&mut buf), Ok(n) if n > 0) {}
             }
-            if ready.get(1).copied().unwrap_or(false) {
-                self.accept();
-            }
+            let accepted = ready.get(1).copied().unwrap_or(false) && self.accept();
+            let mut filed = 0;
             for (p, r) in peers.iter().zip(ready.iter().skip(2)) {
                 if *r {
-                    self.read_peer(p);
+                    filed += self.read_peer(p);
                 }
+            }
+            if (accepted || filed > 0) && self.inside.load(Ordering::Acquire) > 1 {
+                // Another thread here may sleep in its poll: on the callers
+                // it knew before this one took a new one, or woken by the
+                // same bytes this one read. It must look again.
+                let _ = (&self.wake.1).write(&[1]);
             }
             if k.is_some() {
                 return Ok(k);
@@ -176,8 +202,11 @@ impl Server {
         out
     }
 
-    fn accept(&self) {
+    /// Takes the callers that connected; whether there were any.
+    fn accept(&self) -> bool {
+        let mut any = false;
         while let Ok((s, _)) = self.listener.accept() {
+            any = true;
             let peer = (|| {
                 // Writes to it block while its socket is full: a caller
                 // reads its answers whenever it calls or waits, and a
@@ -196,6 +225,7 @@ impl Server {
                 Err(e) => tracing::warn!("cannot take a direct caller: {e}"),
             }
         }
+        any
     }
 
     /// Reads the caller's messages that have arrived, and the rest of a
