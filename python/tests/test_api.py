@@ -219,3 +219,28 @@ def test_reinit_ignore_reinit_error(ray):
     assert ctx["session_dir"] == ctx.address_info["session_dir"]
     # Still works afterwards.
     assert ray.get(ray.put(5), timeout=30) == 5
+
+
+def test_import_arca_is_light(run_driver):
+    # numpy and pyarrow load only once a value needs them: not for
+    # `import arca`, nor for tasks on plain Python values.
+    p = run_driver(
+        """
+        import sys
+        import arca as ray
+        seen = ["numpy" in sys.modules, "pyarrow" in sys.modules]
+        ray.init()
+
+        @ray.remote
+        def f(x):
+            return x + 1
+
+        assert ray.get(f.remote(ray.put(1))) == 2
+        seen += ["numpy" in sys.modules, "pyarrow" in sys.modules]
+        import numpy as np
+        assert (ray.get(ray.put(np.arange(3))) == np.arange(3)).all()
+        print(seen)
+        """
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[False, False, False, False]", p.stdout
