@@ -173,6 +173,25 @@ def test_wait_on_direct_results(ray, tmp_path):
     assert arca.get(slow, timeout=30) == "opened"
 
 
+def test_waiting_on_results_as_they_come(ray):
+    # A wait promises the node the results still running; one that comes
+    # meanwhile is put by the thread that reads it, which must not reach
+    # the node before the promise (the node dropped the caller for it).
+    # ActorPool's pattern: one call per actor in flight, the next made as
+    # soon as a wait finds one done.
+    boxes = [Box.remote(), Box.remote()]
+    for b in boxes:
+        warm(b)
+    for round_ in range(300):
+        inflight = {b.value.remote(round_): b for b in boxes}
+        for i in range(8):
+            ready, _ = arca.wait(list(inflight), num_returns=1, timeout=30)
+            b = inflight.pop(ready[0])
+            arca.get(ready[0], timeout=30)
+            inflight[b.value.remote(i)] = b
+        arca.get(list(inflight), timeout=30)
+
+
 def test_get_timeout_on_a_direct_call(ray, tmp_path):
     b = Box.remote()
     warm(b)

@@ -442,6 +442,10 @@ pub(crate) struct Caller {
     /// this process has not read or dropped yet: while there are any, it
     /// does not ask to switch.
     node_calls: Mutex<NodeCalls>,
+    /// Held from marking results promised until their `Promise`s are sent,
+    /// and by a thread putting a promised result before it sends the
+    /// `Put`: the node must hear of a promise before its value.
+    promising: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -520,6 +524,9 @@ struct Inflight {
     /// Failed by its cancel before it answered (`settle_waiting`): never
     /// sent to the node if the worker goes.
     settled: bool,
+    /// Its write failed (the worker had gone): it never reached the
+    /// worker, so it runs on a restarted actor whatever its retries.
+    undelivered: bool,
 }
 
 impl Caller {
@@ -646,12 +653,19 @@ pub(crate) fn submit_call(
         spec: spec.clone(),
         keep,
         settled: false,
+        undelivered: false,
     });
     let sent = chan.writer.lock().send(&pb::Request {
         kind: Some(Req::Submit(pb::Submit { spec: Some(spec) })),
         seq: 0,
     });
     if sent.is_err() {
+        // A write fails once the worker has closed its end: this call never
+        // reached it (the worker died while the caller had nothing in
+        // flight, so nothing read its end before).
+        if let Some(c) = chan.inflight.lock().iter_mut().find(|c| c.task == task) {
+            c.undelivered = true;
+        }
         chan.break_off(rt);
         return Ok(());
     }
@@ -815,6 +829,7 @@ pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<()> {
     }
     let mut puts = Vec::new();
     let mut promises = Vec::new();
+    let promising = rt.caller.promising.lock();
     {
         let mut objs = rt.caller.objects.lock();
         if objs.is_empty() {
@@ -853,6 +868,7 @@ pub(crate) fn promote(rt: &Runtime, ids: &[ObjectId]) -> Result<()> {
             id: id.as_bytes().to_vec().into(),
         }))?;
     }
+    drop(promising);
     // Someone must read the answers to put them: a thread per channel
     // waits for them (reading each as it comes, in any order).
     let mut by_chan: Vec<(Arc<Channel>, Vec<ObjectId>)> = Vec::new();
@@ -1162,7 +1178,8 @@ impl Channel {
     /// sent was read before its end was, so only the first
     /// `max_concurrency` of them can have started (`resubmitted`: run again
     /// only with retries left); the others had waited in the worker and
-    /// go as new calls, as the node does with calls it sent ahead.
+    /// go as new calls, as the node does with calls it sent ahead, and so
+    /// do calls whose write failed.
     fn break_off(&self, rt: &Runtime) {
         {
             let mut inbox = self.inbox.lock();
@@ -1190,12 +1207,16 @@ impl Channel {
             gone_worker: self.worker_id,
         }));
         let calls: Vec<Inflight> = self.inflight.lock().drain(..).collect();
-        for (i, call) in calls.into_iter().enumerate() {
+        let mut delivered = 0;
+        for call in calls {
             if call.settled {
                 continue;
             }
             let mut spec = call.spec;
-            spec.resubmitted = i < self.max_concurrency;
+            if !call.undelivered {
+                spec.resubmitted = delivered < self.max_concurrency;
+                delivered += 1;
+            }
             let returns: Vec<ObjectId> = spec.returns.iter().filter_map(|b| id_of(b)).collect();
             let dropped: Vec<ObjectId> = {
                 let mut objs = rt.caller.objects.lock();
@@ -1262,6 +1283,11 @@ fn settle(rt: &Runtime, came: Vec<(ObjectId, pb::Object)>) {
             }
         }
     }
+    if puts.is_empty() {
+        return;
+    }
+    // The thread that promised them may not have sent the promises yet.
+    let _promised = rt.caller.promising.lock();
     for object in puts {
         let _ = rt.send(Req::Put(pb::Put {
             object: Some(object),
