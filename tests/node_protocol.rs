@@ -236,6 +236,7 @@ fn malformed_requests_drop_only_that_client() {
         Q::KillActor(pb::KillActor {
             actor_id: vec![1].into(),
             no_restart: true,
+            exit: true,
         }),
         Q::TaskDone(pb::TaskDone {
             task_id: id_bytes(ObjectId::random()),
@@ -319,6 +320,7 @@ fn unknown_ids_are_errors_not_hangs() {
         Q::KillActor(pb::KillActor {
             actor_id: id_bytes(unknown),
             no_restart: true,
+            exit: false,
         }),
     );
     // A task whose argument does not exist fails with ObjectLost.

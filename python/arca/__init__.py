@@ -83,5 +83,15 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `ray.util` after `import ray`, without loading it (or asyncio) up front.
+    if name == "util":
+        from . import util
+
+        return util
+    raise AttributeError(f"module 'arca' has no attribute {name!r}")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import atexit
+import contextvars
 import hashlib
 import os
 import pickle
@@ -36,8 +37,12 @@ class _State:
         # Bumped at every init: functions and classes are put again per session.
         self.session = 0
         self.log_to_driver = True
-        self.current_task_id: bytes | None = None
+        # In an actor's worker: the actor, the resources its constructor
+        # asked for, and whether this is a restart.
         self.current_actor_id: bytes | None = None
+        self.actor_resources: dict[str, float] = {}
+        self.actor_reconstructed = False
+        self.actor_handle: tuple | None = None
         self.node_id = ""
         # The head's HOST:PORT (empty outside a cluster) and this node's IP.
         self.cluster_address = ""
@@ -45,6 +50,13 @@ class _State:
 
 
 _state = _State()
+
+# The task this thread (or asyncio task) runs in a worker: its id and the
+# resources it holds. A context variable, because a threaded or async
+# actor runs several calls at once.
+_current_task: contextvars.ContextVar[tuple[bytes, dict[str, float]] | None] = (
+    contextvars.ContextVar("arca_current_task", default=None)
+)
 
 
 class RayContext(dict):
@@ -617,12 +629,22 @@ class RuntimeContext:
         return f"{_state.job_id:08x}"
 
     def get_task_id(self) -> str | None:
-        t = _state.current_task_id
-        return t.hex() if t else None
+        t = _current_task.get()
+        return t[0].hex() if t else None
 
     def get_actor_id(self) -> str | None:
         a = _state.current_actor_id
         return a.hex() if a else None
+
+    @property
+    def current_actor(self) -> Any:
+        """This actor's handle (only inside an actor)."""
+        if _state.actor_handle is None:
+            raise RuntimeError("This method is only available in an actor.")
+        from .actor import ActorHandle
+
+        actor_id, class_name, methods, retries = _state.actor_handle
+        return ActorHandle(_native._borrow_ref(actor_id), class_name, methods, retries)
 
     @property
     def namespace(self) -> str:
@@ -630,13 +652,22 @@ class RuntimeContext:
 
     @property
     def was_current_actor_reconstructed(self) -> bool:
-        return False
+        """Whether this actor was restarted (after its process died)."""
+        return _state.actor_reconstructed
 
     def get_assigned_resources(self) -> dict[str, float]:
-        return {}
+        """The resources the running task (or this actor) holds, as Ray's
+        ``{"CPU": 1.0}``; empty in a driver."""
+        if _state.current_actor_id is not None:
+            return dict(_state.actor_resources)
+        t = _current_task.get()
+        return {k: v for k, v in t[1].items() if v > 0} if t else {}
 
     def is_canceled(self) -> bool:
-        return False
+        """Whether the running task (or actor call) was cancelled: a call
+        that is not interrupted (a sync actor's) can check it and stop."""
+        t = _current_task.get()
+        return t is not None and _native.task_cancelled(t[0])
 
     @property
     def gcs_address(self) -> str:

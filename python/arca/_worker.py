@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _native, _runtime
 from ._serialization import _Kwargs, deserialize, serialize
+from .actor import TERMINATE, exit_actor
 
 NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
 _TASK_FAILED, _TASK_CANCELLED = 0, 1
@@ -175,6 +176,7 @@ class Worker:
             attempt,
             max_concurrency,
             max_retries,
+            resources,
         ) = task
         values = [deserialize(*a) for a in args]
         policy = None
@@ -185,7 +187,7 @@ class Worker:
             names = values.pop().names
             kwargs = dict(zip(names, values[len(values) - len(names) :], strict=True))
             del values[len(values) - len(names) :]
-        _runtime._state.current_task_id = task_id
+        _runtime._current_task.set((task_id, resources))
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
@@ -193,7 +195,19 @@ class Worker:
         if kind == ACTOR_CREATION:
             cls = self.load(function_ref)
             cls = getattr(cls, "_cls", cls)
-            _runtime._state.current_actor_id = actor_id
+            st = _runtime._state
+            st.current_actor_id = actor_id
+            st.actor_resources = {k: v for k, v in resources.items() if v > 0}
+            # The node counts a restarted actor's constructor runs on.
+            st.actor_reconstructed = attempt > 1
+            from .actor import _methods, _retries
+
+            st.actor_handle = (
+                actor_id,
+                f"{cls.__module__}.{cls.__qualname__}",
+                _methods(cls),
+                _retries(cls, None),
+            )
             self.class_name = cls.__name__
             self.instance = cls(*values, **kwargs)
             if max_concurrency > 1:
@@ -207,6 +221,8 @@ class Worker:
                     self.threads = max_concurrency
             return None
         name = function.rsplit("::", 1)[-1]
+        if name == TERMINATE:
+            exit_actor()
         method = getattr(self.instance, name)
         if policy is not None and asyncio.iscoroutinefunction(method):
             return _call_async(method, values, kwargs, policy, max_retries)
@@ -232,6 +248,7 @@ class Worker:
                 result = self.call(task)
             finally:
                 _interruptible = None
+                _runtime._current_task.set(None)
         except BaseException as e:  # noqa: BLE001 - a task's failure of any kind is reported
             self.report_error(task, e)
             return

@@ -49,6 +49,8 @@ ACTOR_OPTIONS: dict[str, Any] = {
 
 DEFAULT_MAX_CONCURRENCY_ASYNC = 1000
 _NO_RETRIES = (0, False)
+# The method every actor has: ends it after the calls before it.
+TERMINATE = "__ray_terminate__"
 
 _METHOD_OPTIONS = {"num_returns", "concurrency_group", "max_task_retries", "retry_exceptions"}
 
@@ -353,14 +355,10 @@ class ActorHandle:
         return m
 
     @property
-    def __ray_terminate__(self) -> Any:
-        handle = self
-
-        class _Terminate:
-            def remote(self) -> None:
-                _native.kill(handle._actor_ref, True)
-
-        return _Terminate()
+    def __ray_terminate__(self) -> ActorMethod:
+        """Ends the actor once the calls made before this one are done (it is
+        a call too; its ref raises ``RayActorError`` once the actor is gone)."""
+        return ActorMethod(self._actor_ref, self._class_name, TERMINATE, 1, _NO_RETRIES)
 
     def __repr__(self) -> str:
         short = self._class_name.rsplit(".", 1)[-1]
@@ -399,6 +397,28 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
             "actor."
         )
     return h
+
+
+def exit_actor() -> None:
+    """Ends the actor this runs in, from one of its methods, as Ray's
+    ``ray.actor.exit_actor``: it is not restarted, the call that exits and
+    the calls left raise ``RayActorError``, and nothing of it runs after."""
+    st = _runtime._state
+    if st.current_actor_id is None:
+        raise TypeError(
+            "exit_actor API is called on a non-actor worker. Call this API inside an "
+            "actor method to exit the actor."
+        )
+    _native.exit_actor(st.current_actor_id)
+    # The node kills this process; until it does, this thread runs nothing
+    # more (if the node has gone instead, the process ends by itself).
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    os._exit(1)
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

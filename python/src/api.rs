@@ -470,6 +470,13 @@ pub fn kill(actor: &Bound<'_, PyObjectRef>, no_restart: bool) -> PyResult<()> {
     core::kill_actor(actor.get().inner.id(), no_restart).map_err(to_py_err)
 }
 
+/// In an actor's worker: ends the actor (`exit_actor`); the node kills
+/// this process.
+#[pyfunction]
+pub fn exit_actor(actor_id: &[u8]) -> PyResult<()> {
+    core::exit_actor(crate::refs::id_of(actor_id)?).map_err(to_py_err)
+}
+
 /// The node's status: resources, workers, tasks, store, and every node of
 /// its cluster (`cluster`: one dict per node, `node_id` in hex; only this
 /// node, with an empty id, outside a cluster).

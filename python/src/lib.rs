@@ -40,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(api::new_actor_ref, m)?)?;
     m.add_function(wrap_pyfunction!(api::cancel, m)?)?;
     m.add_function(wrap_pyfunction!(api::kill, m)?)?;
+    m.add_function(wrap_pyfunction!(api::exit_actor, m)?)?;
     m.add_function(wrap_pyfunction!(api::status, m)?)?;
     m.add_function(wrap_pyfunction!(api::memory, m)?)?;
     m.add_function(wrap_pyfunction!(api::store_mappings, m)?)?;

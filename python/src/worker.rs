@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{IntoPyDict, PyBytes, PyList, PyTuple};
 
 use crate::codec::value_to_py;
 use crate::errors::{error_info_from_py, to_py_err};
@@ -166,8 +166,8 @@ fn node_gone(e: arca_client::Error) -> PyErr {
 
 /// Waits for the next task (from any thread: one waits at a time, the
 /// others behind it): `(task_id, kind, function, function_ref, args,
-/// returns, split_returns, actor_id, attempt, max_concurrency, max_retries)`,
-/// each arg `(encoding, data, buffers)`.
+/// returns, split_returns, actor_id, attempt, max_concurrency, max_retries,
+/// resources)`, each arg `(encoding, data, buffers)`, `resources` a dict.
 /// With `arrived`, one that has arrived already is taken without letting
 /// go of the GIL (a threaded actor's thread that ended a call runs the next
 /// at once, rather than handing the GIL to a thread that woke for it).
@@ -324,6 +324,7 @@ fn task_tuple(py: Python<'_>, call: TaskCall) -> PyResult<Bound<'_, PyTuple>> {
         call.attempt,
         call.max_concurrency,
         call.max_retries,
+        call.resources.into_py_dict(py)?,
     )
         .into_pyobject(py)
 }

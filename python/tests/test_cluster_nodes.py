@@ -214,6 +214,43 @@ def test_actor_needing_special_lives_on_the_other_node(cluster, tmp_path):
     assert out == cluster["node_id"]
 
 
+def test_an_actor_restarted_on_the_other_node_knows_it(cluster, tmp_path):
+    out = run_driver(
+        cluster,
+        """
+        import json, os
+        import arca as ray
+        from arca.exceptions import RayActorError
+        ray.init()
+
+        @ray.remote(max_restarts=1)
+        class Phoenix:
+            def state(self):
+                c = ray.get_runtime_context()
+                return c.get_node_id(), c.was_current_actor_reconstructed, os.getpid()
+
+            def exit(self):
+                os._exit(1)
+
+        actor = Phoenix.options(resources={"special": 1}).remote()
+        before = ray.get(actor.state.remote(), timeout=30)
+        try:
+            ray.get(actor.exit.remote(), timeout=30)
+        except RayActorError:
+            pass
+        after = ray.get(actor.state.remote(), timeout=30)
+        print("RESULT", json.dumps([before, after]))
+        ray.kill(actor)
+        ray.shutdown()
+        """,
+        tmp_path,
+    )
+    (node1, rec1, pid1), (node2, rec2, pid2) = out
+    assert node1 == node2 == cluster["node_id"]
+    assert (rec1, rec2) == (False, True)
+    assert pid1 != pid2
+
+
 def test_many_small_tasks(cluster, tmp_path):
     out = run_driver(
         cluster,

@@ -179,6 +179,18 @@ pub fn kill_actor(id: ObjectId, no_restart: bool) -> Result<()> {
     runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
         actor_id: id.as_bytes().to_vec().into(),
         no_restart,
+        exit: false,
+    }))
+}
+
+/// In actor `id`'s own worker: ends the actor as it chose (`exit_actor`).
+/// The node kills this process, fails the calls left with
+/// `Error::ActorDied` saying so, and does not restart it.
+pub fn exit_actor(id: ObjectId) -> Result<()> {
+    runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
+        actor_id: id.as_bytes().to_vec().into(),
+        no_restart: true,
+        exit: true,
     }))
 }
 
@@ -355,6 +367,9 @@ pub struct TaskCall {
     pub max_concurrency: u32,
     /// Times the task may be retried.
     pub max_retries: u32,
+    /// The resources it asked for (an actor's calls ask for none: its
+    /// constructor's hold for the actor's life).
+    pub resources: Vec<(String, f64)>,
 }
 
 /// Waits for the node's next task or cancellation (in a worker process
@@ -427,8 +442,14 @@ fn event(kind: pb::reply::Kind) -> Result<Option<WorkerEvent>> {
             ObjectId::from_slice(&c.task_id).map_err(|e| Error::Protocol(e.0))?,
         ))),
         pb::reply::Kind::Execute(exec) => {
-            let spec = exec.spec.unwrap_or_default();
+            let mut spec = exec.spec.unwrap_or_default();
             let id = |b: &[u8]| ObjectId::from_slice(b).ok();
+            let mut resources: Vec<(String, f64)> = spec
+                .resources
+                .take()
+                .map(|r| r.amounts.into_iter().collect())
+                .unwrap_or_default();
+            resources.sort_by(|a, b| a.0.cmp(&b.0));
             let args = load_args(&exec.args);
             let task_id = id(&spec.task_id)
                 .ok_or_else(|| Error::Protocol("Execute with a malformed task id".into()))?;
@@ -463,6 +484,7 @@ fn event(kind: pb::reply::Kind) -> Result<Option<WorkerEvent>> {
                 attempt: exec.attempt,
                 max_concurrency: spec.max_concurrency,
                 max_retries: spec.max_retries,
+                resources,
             })))
         }
         other => Err(super::unexpected(&other)),

@@ -1064,6 +1064,7 @@ pub fn kill(actor: &ActorHandle) -> Result<()> {
     runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
         actor_id: actor.id().as_bytes().to_vec().into(),
         no_restart: true,
+        exit: false,
     }))
 }
 

@@ -299,8 +299,8 @@ impl Shared {
         self.actor_dispatch(st, &a);
     }
 
-    /// `arca::kill`.
-    pub(crate) fn kill_actor(&self, st: &mut State, a: &ObjectId, no_restart: bool) {
+    /// `arca::kill`; with `exit`, the actor's own `exit_actor`.
+    pub(crate) fn kill_actor(&self, st: &mut State, a: &ObjectId, no_restart: bool, exit: bool) {
         if no_restart && let Some(o) = st.objects.get_mut(a).filter(|o| o.detached) {
             // A detached actor's handle is no longer held for it.
             o.detached = false;
@@ -320,11 +320,12 @@ impl Shared {
         if let Some(node) = actor.location {
             return self.send_kill(node, a, no_restart, false);
         }
-        let e = error(
-            K::ActorDied,
-            "",
-            format!("actor {} was killed by arca::kill", actor.class),
-        );
+        let why = if exit {
+            format!("actor {} exited: it called exit_actor()", actor.class)
+        } else {
+            format!("actor {} was killed by arca::kill", actor.class)
+        };
+        let e = error(K::ActorDied, "", why);
         match actor.worker {
             Some(w) => {
                 actor.killed = Some(e);
@@ -345,6 +346,9 @@ impl Shared {
         };
         let resources = actor.resources.clone();
         let class = Arc::clone(&actor.class);
+        // The constructor's runs so far: one per restart (the worker tells
+        // a restarted actor by an attempt above 1).
+        let restarts = actor.spec.max_restarts.saturating_sub(actor.restarts_left);
         let tid = match actor.creation {
             Some(t) => t,
             None => {
@@ -356,7 +360,7 @@ impl Shared {
                     state: TaskState::Ready,
                     pending_deps: 0,
                     resources: resources.clone(),
-                    attempt: 0,
+                    attempt: restarts,
                     retries_left: 0,
                     cancelled: false,
                     holds: Vec::new(),

@@ -388,7 +388,7 @@ fn handle(
         }
         Q::KillActor(k) => {
             let id = parse_id(&k.actor_id).ok_or("KillActor: malformed actor id")?;
-            shared.kill_actor(st, &id, k.no_restart);
+            shared.kill_actor(st, &id, k.no_restart, k.exit);
         }
         Q::TaskDone(d) => shared.task_done(st, conn, d, &before.taken)?,
         Q::Status(_) => {

@@ -321,6 +321,7 @@ impl Shared {
             return;
         };
         t.state = TaskState::Forwarded(node);
+        let attempts = t.attempt;
         t.attempt += 1;
         let spec = t.spec.clone();
         let job = t.job;
@@ -335,6 +336,7 @@ impl Shared {
             M::Forward(cpb::Forward {
                 spec: Some(spec),
                 job: Some(job),
+                attempts,
             }),
         );
     }
@@ -811,7 +813,7 @@ impl Shared {
                 // the cluster may kill it (`kill` through a borrowed handle).
                 match st.actors.get(&a) {
                     Some(x) if k.orphaned && x.origin == Some(from) => self.actor_orphaned(st, a),
-                    Some(_) if !k.orphaned => self.kill_actor(st, &a, k.no_restart),
+                    Some(_) if !k.orphaned => self.kill_actor(st, &a, k.no_restart, false),
                     _ => {}
                 }
                 Ok(())
@@ -856,7 +858,7 @@ impl Shared {
         }
         // The grants now hold the arguments; the task's own holds are added
         // by submission, and the grants go back when the proxies are freed.
-        self.submit_task(st, local_job, 0, spec, Some(from))
+        self.submit_task(st, local_job, 0, spec, Some((from, f.attempts)))
     }
 
     /// Results of a task forwarded to `from`: stored ones stay there (held

@@ -106,15 +106,16 @@ impl Shared {
 
     /// Queues a task of `job`: one submitted here (its returns become
     /// objects owned here, held by the submitter), or one forwarded here by
-    /// `origin`, which owns its returns.
+    /// `origin`, which owns its returns, after the runs it made there.
     pub(crate) fn submit_task(
         &self,
         st: &mut State,
         job: u64,
         pid: u32,
         spec: pb::TaskSpec,
-        origin: Option<crate::cluster::NodeId>,
+        origin: Option<(crate::cluster::NodeId, u32)>,
     ) -> Result<(), String> {
+        let (origin, attempts) = origin.map_or((None, 0), |(n, a)| (Some(n), a));
         let tid = parse_id(&spec.task_id).ok_or("Submit: malformed task id")?;
         let returns: Vec<ObjectId> = spec
             .returns
@@ -158,7 +159,7 @@ impl Shared {
             job,
             state: TaskState::Waiting,
             pending_deps: 0,
-            attempt: 0,
+            attempt: attempts,
             cancelled: false,
             holds: Vec::new(),
             deps: Vec::new(),

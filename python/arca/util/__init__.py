@@ -1,0 +1,42 @@
+"""Ray's ``ray.util`` helpers built on the core API: ``ActorPool``,
+``queue.Queue`` (an async actor), ``get_node_ip_address`` and
+``inspect_serializability``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .actor_pool import ActorPool
+
+__all__ = ["ActorPool", "get_node_ip_address", "inspect_serializability", "queue"]
+
+
+def get_node_ip_address() -> str:
+    """The IP of the node this process runs on (127.0.0.1 outside a cluster)."""
+    from .. import _runtime
+
+    _runtime.ensure_init()
+    return _runtime._node_ip()
+
+
+def inspect_serializability(
+    base_obj: Any, name: str | None = None, **_: Any
+) -> tuple[bool, set[str]]:
+    """Whether ``base_obj`` pickles as a task argument or result would, and if
+    not, where the unpicklable part sits (the path Arca's own error names)."""
+    from .. import _serialization
+
+    try:
+        _serialization.serialize(base_obj)
+    except Exception as e:  # noqa: BLE001 - any pickling failure is the answer
+        return False, {str(e)}
+    return True, set()
+
+
+def __getattr__(name: str) -> Any:
+    # `ray.util.queue` without importing asyncio up front.
+    if name == "queue":
+        from . import queue
+
+        return queue
+    raise AttributeError(f"module 'arca.util' has no attribute {name!r}")
