@@ -98,7 +98,6 @@ _KNOWN_INIT_ARGS = {
     "logging_level",
     "logging_format",
     "log_to_driver",
-    "runtime_env",
     "labels",
     "_system_config",
     "job_config",
@@ -119,6 +118,7 @@ def init(
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
     _temp_dir: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> RayContext:
@@ -132,10 +132,16 @@ def init(
     cluster running on this machine (in ``_temp_dir``), as ``ray.init(address=)``.
     A directory given as ``_temp_dir`` (or ``$ARCA_TEMP_DIR``) must hold a running
     node (``arca start --temp-dir``): ``init`` raises ``ConnectionError`` otherwise.
+    ``runtime_env``: its ``env_vars`` are set in every worker of this job
+    (see ``_runtime_env`` for the other fields).
     """
     unknown = set(kwargs) - _KNOWN_INIT_ARGS
     if unknown:
         raise TypeError(f"Unknown keyword argument(s): {', '.join(sorted(unknown))}")
+    from ._runtime_env import env_vars
+
+    # The job's: every worker of it starts with these.
+    job_env = env_vars(runtime_env)
     if kwargs.get("local_mode"):
         raise RuntimeError("local_mode is no longer supported (as in Ray); remove it")
     with _state.lock:
@@ -172,7 +178,8 @@ def init(
         head, temp_dir = target if target is not None else (None, None)
         cwd = os.getcwd()
         path = [p or cwd for p in sys.path]
-        env = [("PYTHONPATH", os.pathsep.join(path)), ("ARCA_DRIVER_NAMESPACE", namespace or "")]
+        env = [*job_env.items()]
+        env += [("PYTHONPATH", os.pathsep.join(path)), ("ARCA_DRIVER_NAMESPACE", namespace or "")]
         # Without an address the native client would read $ARCA_ADDRESS itself,
         # which was overridden here (address="local", or "auto" from the env).
         hidden = os.environ.pop("ARCA_ADDRESS", None) if head is None else None

@@ -43,6 +43,19 @@ class _Kwargs:
         return (_Kwargs, (self.names,))
 
 
+class _EnvVars:
+    """The last argument of a task or actor with ``runtime_env={"env_vars":
+    ...}``: set in the worker while it runs."""
+
+    __slots__ = ("vars",)
+
+    def __init__(self, vars: dict[str, str]):
+        self.vars = vars
+
+    def __reduce__(self):
+        return (_EnvVars, (self.vars,))
+
+
 def serialize(value: Any) -> tuple[int, Any, list | None, Any]:
     """``(encoding, data, out-of-band buffers, contained refs)`` for the native layer."""
     t = type(value)

@@ -20,7 +20,8 @@ import traceback
 from typing import Any
 
 from . import _native, _runtime
-from ._serialization import _Kwargs, deserialize, serialize
+from ._runtime_env import Applied
+from ._serialization import _EnvVars, _Kwargs, deserialize, serialize
 from .actor import TERMINATE, exit_actor
 
 NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
@@ -179,6 +180,7 @@ class Worker:
             resources,
         ) = task
         values = [deserialize(*a) for a in args]
+        env = values.pop().vars if values and type(values[-1]) is _EnvVars else None
         policy = None
         if values and type(values[-1]) is RetryPolicy:
             policy = values.pop()
@@ -191,8 +193,14 @@ class Worker:
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
+            if env:
+                with Applied(env):
+                    return _call(fn, values, kwargs, policy, max_retries)
             return _call(fn, values, kwargs, policy, max_retries)
         if kind == ACTOR_CREATION:
+            if env:
+                # The worker is the actor's for life.
+                os.environ.update(env)
             cls = self.load(function_ref)
             cls = getattr(cls, "_cls", cls)
             st = _runtime._state

@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from . import _native, _runtime
+from ._runtime_env import env_vars
 from .remote_function import (
     ACTOR_CREATION,
     ACTOR_METHOD,
@@ -226,7 +227,7 @@ class ActorClass:
             ACTOR_CREATION,
             f"{self._name}::__init__",
             self._shipped.ref(),
-            encode_args(args, kwargs),
+            encode_args(args, kwargs, env=env_vars(opts.get("runtime_env"))),
             [],
             1,
             resource_request(opts, 0),

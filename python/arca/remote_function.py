@@ -6,7 +6,8 @@ import functools
 from typing import Any
 
 from . import _native, _runtime
-from ._serialization import _Kwargs, serialize
+from ._runtime_env import env_vars
+from ._serialization import _EnvVars, _Kwargs, serialize
 
 ObjectRef = _native.ObjectRef
 
@@ -52,6 +53,7 @@ def check_options(opts: dict[str, Any], valid: dict[str, Any], what: str) -> Non
                     )
     if "object_store_memory" in opts:
         raise ValueError("Setting 'object_store_memory' is not implemented for tasks")
+    env_vars(opts.get("runtime_env"))
 
 
 def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
@@ -66,12 +68,15 @@ def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, flo
     return r
 
 
-def encode_args(args: tuple, kwargs: dict, retry_exceptions: Any = False) -> list:
+def encode_args(
+    args: tuple, kwargs: dict, retry_exceptions: Any = False, env: dict[str, str] | None = None
+) -> list:
     """Top-level ObjectRefs go by reference (the task gets their values);
     everything else is serialized. Keyword values follow the positional
     arguments, and a last ``_Kwargs`` names them. With ``retry_exceptions``
-    (``True`` or exception types), a ``RetryPolicy`` comes last of all: the
-    worker re-runs the function while it raises one of them."""
+    (``True`` or exception types), a ``RetryPolicy`` follows: the worker
+    re-runs the function while it raises one of them. ``env``
+    (``runtime_env``'s ``env_vars``) comes last of all, as ``_EnvVars``."""
     out: list = [a if type(a) is ObjectRef else serialize(a) for a in args]
     if kwargs:
         out.extend(v if type(v) is ObjectRef else serialize(v) for v in kwargs.values())
@@ -80,6 +85,8 @@ def encode_args(args: tuple, kwargs: dict, retry_exceptions: Any = False) -> lis
         from ._worker import RetryPolicy
 
         out.append(serialize(RetryPolicy(retry_exceptions)))
+    if env:
+        out.append(serialize(_EnvVars(env)))
     return out
 
 
@@ -150,7 +157,9 @@ class RemoteFunction:
             num_returns = 1
         if not isinstance(num_returns, int) or num_returns < 0:
             raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
-        sargs = encode_args(args, kwargs, opts.get("retry_exceptions", False))
+        sargs = encode_args(
+            args, kwargs, opts.get("retry_exceptions", False), env_vars(opts.get("runtime_env"))
+        )
         refs = _native.submit(
             NORMAL,
             self._name,
