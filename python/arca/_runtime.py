@@ -668,7 +668,7 @@ class RuntimeContext:
         if _state.current_actor_id is not None:
             return dict(_state.actor_resources)
         t = _current_task.get()
-        return {k: v for k, v in t[1].items() if v > 0} if t else {}
+        return _assigned(t[1]) if t else {}
 
     def is_canceled(self) -> bool:
         """Whether the running task (or actor call) was cancelled: a call
@@ -679,6 +679,12 @@ class RuntimeContext:
     @property
     def gcs_address(self) -> str:
         return _state.cluster_address
+
+
+def _assigned(request: dict[str, float]) -> dict[str, float]:
+    # A node:<IP> sliver is how a scheduling strategy placed it, not a
+    # resource it was given.
+    return {k: v for k, v in request.items() if v > 0 and not k.startswith("node:")}
 
 
 def get_runtime_context() -> RuntimeContext:

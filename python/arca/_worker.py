@@ -205,7 +205,7 @@ class Worker:
             cls = getattr(cls, "_cls", cls)
             st = _runtime._state
             st.current_actor_id = actor_id
-            st.actor_resources = {k: v for k, v in resources.items() if v > 0}
+            st.actor_resources = _runtime._assigned(resources)
             # The node counts a restarted actor's constructor runs on.
             st.actor_reconstructed = attempt > 1
             from .actor import _methods, _retries

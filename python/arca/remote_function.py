@@ -54,6 +54,20 @@ def check_options(opts: dict[str, Any], valid: dict[str, Any], what: str) -> Non
     if "object_store_memory" in opts:
         raise ValueError("Setting 'object_store_memory' is not implemented for tasks")
     env_vars(opts.get("runtime_env"))
+    if opts.get("placement_group") not in (None, "default"):
+        raise NotImplementedError(
+            "placement groups are not supported by Arca yet; use resources= to place work"
+        )
+    if opts.get("label_selector"):
+        raise NotImplementedError("label_selector is not supported by Arca yet")
+    s = opts.get("scheduling_strategy")
+    if s not in (None, "DEFAULT", "SPREAD") and type(s).__name__ != (
+        "NodeAffinitySchedulingStrategy"
+    ):
+        raise ValueError(
+            f"Invalid scheduling_strategy {s!r}: use 'DEFAULT', 'SPREAD' or "
+            "NodeAffinitySchedulingStrategy"
+        )
 
 
 def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, float]:
@@ -65,7 +79,64 @@ def resource_request(opts: dict[str, Any], default_cpus: float) -> dict[str, flo
         r["memory"] = float(opts["memory"])
     for k, v in (opts.get("resources") or {}).items():
         r[k] = float(v)
+    strategy = opts.get("scheduling_strategy")
+    if strategy is not None and strategy != "DEFAULT":
+        node = _placement.node_for(strategy, r)
+        if node is not None:
+            r[node] = r.get(node, 0.0) + _placement.PIN
     return r
+
+
+class _Placement:
+    """Where ``scheduling_strategy`` puts a task: by the ``node:<IP>``
+    resource of the node chosen (a sliver of its 1.0, so that 10,000 tasks
+    pinned to one node can run at once)."""
+
+    PIN = 0.0001
+    # How long the cluster's node list is trusted.
+    FRESH = 1.0
+
+    def __init__(self) -> None:
+        self.nodes: list[tuple[str, str, dict[str, float]]] = []
+        self.read_at = -1e9
+        self.next = 0
+
+    def _alive(self, refresh: bool = False) -> list[tuple[str, str, dict[str, float]]]:
+        import time
+
+        now = time.monotonic()
+        if refresh or now - self.read_at > self.FRESH:
+            self.nodes = [
+                (n["NodeID"], n["NodeManagerAddress"], n["Resources"])
+                for n in _runtime.nodes()
+                if n["Alive"]
+            ]
+            self.read_at = now
+        return self.nodes
+
+    def node_for(self, strategy: Any, request: dict[str, float]) -> str | None:
+        """The ``node:<IP>`` resource to ask for (``None``: anywhere)."""
+        if strategy == "SPREAD":
+            fits = [
+                ip
+                for _, ip, total in self._alive()
+                if all(total.get(k, 0.0) >= v for k, v in request.items() if v > 0)
+            ]
+            if len(fits) < 2:
+                return None
+            self.next += 1
+            return f"node:{fits[self.next % len(fits)]}"
+        for refresh in (False, True):
+            for node_id, ip, _ in self._alive(refresh):
+                if node_id == strategy.node_id:
+                    return f"node:{ip}"
+        if strategy.soft:
+            return None
+        # No node has it: the node reports the task unschedulable.
+        return f"node:{strategy.node_id}"
+
+
+_placement = _Placement()
 
 
 def encode_args(

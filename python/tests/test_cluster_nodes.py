@@ -166,6 +166,65 @@ def test_task_needing_special_runs_on_the_other_node(cluster, tmp_path):
     assert out["plain"] in (cluster["head_id"], cluster["node_id"])
 
 
+def test_scheduling_strategies_place_tasks_and_actors(cluster, tmp_path):
+    out = run_driver(
+        cluster,
+        """
+        import json, os
+        import arca as ray
+        from arca.exceptions import TaskUnschedulableError
+        from arca.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        ray.init()
+
+        @ray.remote
+        def where():
+            c = ray.get_runtime_context()
+            return c.get_node_id(), c.get_assigned_resources()
+
+        @ray.remote
+        class Where:
+            def node(self):
+                return ray.get_runtime_context().get_node_id()
+
+        node_id = os.environ["OTHER_NODE"]
+        there = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        nowhere = "ff" * 28
+        try:
+            ray.get(where.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nowhere, soft=False)
+            ).remote(), timeout=60)
+            hard_missing = "ran"
+        except TaskUnschedulableError:
+            hard_missing = "unschedulable"
+        print("RESULT", json.dumps({
+            "pinned": ray.get(
+                [where.options(scheduling_strategy=there).remote() for _ in range(4)], timeout=60
+            ),
+            "actor": ray.get(
+                Where.options(scheduling_strategy=there).remote().node.remote(), timeout=60
+            ),
+            "soft_missing": ray.get(where.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(nowhere, soft=True)
+            ).remote(), timeout=60)[0],
+            "hard_missing": hard_missing,
+            "spread": ray.get(
+                [where.options(scheduling_strategy="SPREAD").remote() for _ in range(8)],
+                timeout=60,
+            ),
+        }))
+        ray.shutdown()
+        """,
+        tmp_path,
+        OTHER_NODE=cluster["node_id"],
+    )
+    both = {cluster["head_id"], cluster["node_id"]}
+    assert out["pinned"] == [[cluster["node_id"], {"CPU": 1.0}]] * 4
+    assert out["actor"] == cluster["node_id"]
+    assert out["soft_missing"] in both
+    assert out["hard_missing"] == "unschedulable"
+    assert {n for n, _ in out["spread"]} == both
+
+
 def test_node_ip_resources_pin_tasks_to_a_node(cluster, tmp_path):
     out = run_driver(
         cluster,

@@ -242,3 +242,99 @@ def test_inspect_serializability_names_what_does_not_pickle(ray):
     assert not ok
     (why,) = failures
     assert "attribute 'lock'" in why
+
+
+@arca.remote
+def node_and_resources():
+    c = arca.get_runtime_context()
+    return c.get_node_id(), c.get_assigned_resources()
+
+
+def test_scheduling_strategies_on_one_node(ray):
+    from arca.util.scheduling_strategies import (
+        NodeAffinitySchedulingStrategy,
+        PlacementGroupSchedulingStrategy,
+    )
+
+    me = ray.get_runtime_context().get_node_id()
+    here = NodeAffinitySchedulingStrategy(me, soft=False)
+    for strategy in ("DEFAULT", "SPREAD", here):
+        f = node_and_resources.options(scheduling_strategy=strategy)
+        assert ray.get(f.remote(), timeout=30) == (me, {"CPU": 1.0})
+    with pytest.raises(ValueError, match="Invalid scheduling_strategy"):
+        node_and_resources.options(scheduling_strategy="PACK")
+    with pytest.raises(NotImplementedError, match="placement groups"):
+        PlacementGroupSchedulingStrategy(None)
+    with pytest.raises(NotImplementedError, match="placement groups"):
+        ray.util.placement_group([{"CPU": 1}])
+    with pytest.raises(NotImplementedError, match="placement groups"):
+        node_and_resources.options(placement_group=object())
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def fail_on_three(x):
+    if x == 3:
+        raise KeyError("three")
+    return x
+
+
+_GREETING = None
+
+
+def _init(greeting):
+    global _GREETING
+    _GREETING = greeting
+
+
+def greet(name):
+    return f"{_GREETING} {name}"
+
+
+def test_multiprocessing_pool_runs_the_standard_librarys_api(ray):
+    from arca.util.multiprocessing import Pool, TimeoutError
+
+    with Pool(processes=2) as pool:
+        assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        assert pool.map(square, range(7), chunksize=3) == [x * x for x in range(7)]
+        assert pool.starmap(add, [(1, 2), (3, 4)]) == [3, 7]
+        assert pool.apply(add, (5, 6)) == 11
+        assert list(pool.imap(square, range(10))) == [x * x for x in range(10)]
+        assert sorted(pool.imap_unordered(square, range(10), chunksize=2)) == sorted(
+            x * x for x in range(10)
+        )
+        r = pool.map_async(square, range(5))
+        r.wait(30)
+        assert r.ready() and r.successful() and r.get(30) == [0, 1, 4, 9, 16]
+        done = threading.Event()
+        seen = []
+        pool.apply_async(add, (1, 1), callback=lambda v: (seen.append(v), done.set()))
+        assert done.wait(30) and seen == [2]
+        slow = pool.apply_async(time.sleep, (2,))
+        with pytest.raises(TimeoutError):
+            slow.get(timeout=0.01)
+        # An item's exception reaches the caller as itself.
+        with pytest.raises(KeyError, match="three"):
+            pool.map(fail_on_three, range(6))
+        failed = pool.map_async(fail_on_three, range(6))
+        failed.wait(30)
+        assert not failed.successful()
+        with pytest.raises(ValueError, match="still running"):
+            pool.join()
+    with pytest.raises(ValueError, match="not running"):
+        pool.map(square, [1])
+
+
+def test_multiprocessing_pool_initializer_runs_in_each_process(ray):
+    from arca.util.multiprocessing import Pool
+
+    pool = Pool(2, initializer=_init, initargs=("hello",))
+    assert pool.map(greet, ["a", "b", "c"], chunksize=1) == ["hello a", "hello b", "hello c"]
+    pool.close()
+    pool.join()

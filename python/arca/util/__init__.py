@@ -1,6 +1,6 @@
 """Ray's ``ray.util`` helpers built on the core API: ``ActorPool``,
-``queue.Queue`` (an async actor), ``get_node_ip_address`` and
-``inspect_serializability``."""
+``queue.Queue`` (an async actor), ``scheduling_strategies``,
+``get_node_ip_address`` and ``inspect_serializability``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Any
 
 from .actor_pool import ActorPool
 
-__all__ = ["ActorPool", "get_node_ip_address", "inspect_serializability", "queue"]
+__all__ = [
+    "ActorPool",
+    "get_node_ip_address",
+    "inspect_serializability",
+    "multiprocessing",
+    "placement_group",
+    "queue",
+    "scheduling_strategies",
+]
 
 
 def get_node_ip_address() -> str:
@@ -33,10 +41,26 @@ def inspect_serializability(
     return True, set()
 
 
+def placement_group(*args: Any, **kwargs: Any) -> Any:
+    """Placement groups are not supported: raises."""
+    raise NotImplementedError(
+        "placement groups are not supported by Arca yet; use resources= (custom resources, "
+        "or node:<IP> to pin to a node) or NodeAffinitySchedulingStrategy to place work"
+    )
+
+
 def __getattr__(name: str) -> Any:
     # `ray.util.queue` without importing asyncio up front.
     if name == "queue":
         from . import queue
 
         return queue
+    if name == "scheduling_strategies":
+        from . import scheduling_strategies
+
+        return scheduling_strategies
+    if name == "multiprocessing":
+        from . import multiprocessing
+
+        return multiprocessing
     raise AttributeError(f"module 'arca.util' has no attribute {name!r}")
