@@ -43,6 +43,16 @@ class _Kwargs:
         return (_Kwargs, (self.names,))
 
 
+class _Generate:
+    """The last argument of a generator task: the worker runs the generator
+    to its end, putting each value (see ``_generator``)."""
+
+    __slots__ = ()
+
+    def __reduce__(self):
+        return (_Generate, ())
+
+
 class _EnvVars:
     """The last argument of a task or actor with ``runtime_env={"env_vars":
     ...}``: set in the worker while it runs."""

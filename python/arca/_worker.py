@@ -11,17 +11,19 @@ on one asyncio event loop on the main thread, whose selector takes the calls
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import selectors
 import signal
 import sys
 import threading
 import traceback
+import types
 from typing import Any
 
-from . import _native, _runtime
+from . import _generator, _native, _runtime
 from ._runtime_env import Applied
-from ._serialization import _EnvVars, _Kwargs, deserialize, serialize
+from ._serialization import _EnvVars, _Generate, _Kwargs, deserialize, serialize
 from .actor import TERMINATE, exit_actor
 
 NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
@@ -180,6 +182,9 @@ class Worker:
             resources,
         ) = task
         values = [deserialize(*a) for a in args]
+        generate = bool(values) and type(values[-1]) is _Generate
+        if generate:
+            values.pop()
         env = values.pop().vars if values and type(values[-1]) is _EnvVars else None
         policy = None
         if values and type(values[-1]) is RetryPolicy:
@@ -195,8 +200,10 @@ class Worker:
             fn = getattr(fn, "_function", fn)
             if env:
                 with Applied(env):
-                    return _call(fn, values, kwargs, policy, max_retries)
-            return _call(fn, values, kwargs, policy, max_retries)
+                    result = _call(fn, values, kwargs, policy, max_retries)
+                    return _generator.collect(function, result) if generate else result
+            result = _call(fn, values, kwargs, policy, max_retries)
+            return _generator.collect(function, result) if generate else result
         if kind == ACTOR_CREATION:
             if env:
                 # The worker is the actor's for life.
@@ -220,9 +227,8 @@ class Worker:
             self.instance = cls(*values, **kwargs)
             if max_concurrency > 1:
                 if any(
-                    asyncio.iscoroutinefunction(getattr(cls, m, None))
-                    for m in dir(cls)
-                    if not m.startswith("__")
+                    inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+                    for f in (getattr(cls, m, None) for m in dir(cls) if not m.startswith("__"))
                 ):
                     self.start_loop(max_concurrency)
                 else:
@@ -234,7 +240,13 @@ class Worker:
         method = getattr(self.instance, name)
         if policy is not None and asyncio.iscoroutinefunction(method):
             return _call_async(method, values, kwargs, policy, max_retries)
-        return _call(method, values, kwargs, policy, max_retries)
+        result = _call(method, values, kwargs, policy, max_retries)
+        if not generate:
+            return result
+        if hasattr(result, "__anext__"):
+            # A coroutine: the async actor's loop runs it.
+            return _generator.collect_async(function, result)
+        return _generator.collect(function, result)
 
     def start_loop(self, max_concurrency: int) -> None:
         """The async actor's event loop, run by the main thread once the
@@ -281,7 +293,7 @@ class Worker:
         n = len(returns)
         if kind == ACTOR_CREATION:
             values = [None]
-        elif n == 1:
+        elif n == 1 and not isinstance(result, types.GeneratorType):
             values = [result]
         else:
             try:

@@ -17,6 +17,8 @@ from .remote_function import (
     encode_args,
     node_count,
     resource_request,
+    returns_of,
+    wrap_returns,
 )
 
 ObjectRef = _native.ObjectRef
@@ -77,13 +79,14 @@ def method(*args: Any, **kwargs: Any) -> Any:
     return decorate
 
 
-def _methods(cls: type) -> dict[str, int]:
-    """Each public method's num_returns."""
+def _methods(cls: type) -> dict[str, Any]:
+    """Each public method's num_returns (a generator's default: "streaming")."""
     out = {}
     for name, m in inspect.getmembers(cls, predicate=inspect.isfunction):
         if name.startswith("__") and name not in ("__call__",):
             continue
-        out[name] = getattr(m, "__ray_num_returns__", 1)
+        n = getattr(m, "__ray_num_returns__", None)
+        out[name] = returns_of(n, m)[1] or (1 if n is None else n)
     return out
 
 
@@ -255,7 +258,15 @@ class ActorMethod:
     It holds the actor's ref, not the handle: the handle caches its methods,
     and a cycle would keep the actor alive until the garbage collector ran."""
 
-    __slots__ = ("_actor_ref", "_function", "_name", "_num_returns", "_retries", "_encoded")
+    __slots__ = (
+        "_actor_ref",
+        "_function",
+        "_name",
+        "_num_returns",
+        "_retries",
+        "_encoded",
+        "_returns",
+    )
 
     def __init__(
         self,
@@ -269,6 +280,8 @@ class ActorMethod:
         self._function = f"{class_name}::{name}"
         self._name = name
         self._num_returns = num_returns
+        # (return ids per call, generator mode)
+        self._returns = returns_of(num_returns, None)
         # (max_task_retries, retry_exceptions)
         self._retries = retries
         # What encode_args is given, and the node's retry count.
@@ -298,14 +311,14 @@ class ActorMethod:
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
-        n = self._num_returns
+        n, mode = self._returns
         # Exceptions are retried only within max_task_retries, as in Ray.
         exceptions, retries = self._encoded
         refs = _native.submit(
             ACTOR_METHOD,
             self._function,
             None,
-            encode_args(args, kwargs, exceptions),
+            encode_args(args, kwargs, exceptions, generate=mode is not None),
             [],
             n,
             None,
@@ -314,11 +327,7 @@ class ActorMethod:
             0,
             self._actor_ref,
         )
-        if n == 1:
-            return refs[0]
-        if n == 0:
-            return None
-        return refs
+        return wrap_returns(refs, n, mode)
 
 
 class ActorHandle:

@@ -6,8 +6,9 @@ import functools
 from typing import Any
 
 from . import _native, _runtime
+from ._generator import DYNAMIC, STREAMING, ObjectRefGenerator, generator_mode
 from ._runtime_env import env_vars
-from ._serialization import _EnvVars, _Kwargs, serialize
+from ._serialization import _EnvVars, _Generate, _Kwargs, serialize
 
 ObjectRef = _native.ObjectRef
 
@@ -140,14 +141,19 @@ _placement = _Placement()
 
 
 def encode_args(
-    args: tuple, kwargs: dict, retry_exceptions: Any = False, env: dict[str, str] | None = None
+    args: tuple,
+    kwargs: dict,
+    retry_exceptions: Any = False,
+    env: dict[str, str] | None = None,
+    generate: bool = False,
 ) -> list:
     """Top-level ObjectRefs go by reference (the task gets their values);
     everything else is serialized. Keyword values follow the positional
     arguments, and a last ``_Kwargs`` names them. With ``retry_exceptions``
     (``True`` or exception types), a ``RetryPolicy`` follows: the worker
     re-runs the function while it raises one of them. ``env``
-    (``runtime_env``'s ``env_vars``) comes last of all, as ``_EnvVars``."""
+    (``runtime_env``'s ``env_vars``) comes next, as ``_EnvVars``, and for
+    a generator task a ``_Generate`` last of all."""
     out: list = [a if type(a) is ObjectRef else serialize(a) for a in args]
     if kwargs:
         out.extend(v if type(v) is ObjectRef else serialize(v) for v in kwargs.values())
@@ -158,7 +164,33 @@ def encode_args(
         out.append(serialize(RetryPolicy(retry_exceptions)))
     if env:
         out.append(serialize(_EnvVars(env)))
+    if generate:
+        out.append(serialize(_Generate()))
     return out
+
+
+def returns_of(num_returns: Any, function: Any) -> tuple[int, str | None]:
+    """How many return ids a call makes, and its generator mode."""
+    mode = generator_mode(num_returns, function)
+    if mode is not None:
+        return 1, mode
+    n = 1 if num_returns is None else num_returns
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(
+            f"num_returns must be a non-negative integer, 'streaming' or 'dynamic', got {n!r}"
+        )
+    return n, None
+
+
+def wrap_returns(refs: list, n: int, mode: str | None) -> Any:
+    """What ``.remote()`` returns for the refs it made."""
+    if mode == STREAMING:
+        return ObjectRefGenerator(refs[0])
+    if mode == DYNAMIC or n == 1:
+        return refs[0]
+    if n == 0:
+        return None
+    return refs
 
 
 def node_count(n: int | None, default: int) -> int:
@@ -205,6 +237,8 @@ class RemoteFunction:
         self._options = options
         self._shipped = shipped or _Shipped(function)
         self._name = f"{function.__module__}.{function.__qualname__}"
+        # (return ids per call, generator mode)
+        self._returns = returns_of(options.get("num_returns"), function)
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -223,13 +257,13 @@ class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         _runtime.ensure_init()
         opts = self._options
-        num_returns = opts.get("num_returns", 1)
-        if num_returns is None:
-            num_returns = 1
-        if not isinstance(num_returns, int) or num_returns < 0:
-            raise ValueError(f"num_returns must be a non-negative integer, got {num_returns!r}")
+        num_returns, mode = self._returns
         sargs = encode_args(
-            args, kwargs, opts.get("retry_exceptions", False), env_vars(opts.get("runtime_env"))
+            args,
+            kwargs,
+            opts.get("retry_exceptions", False),
+            env_vars(opts.get("runtime_env")),
+            mode is not None,
         )
         refs = _native.submit(
             NORMAL,
@@ -244,11 +278,7 @@ class RemoteFunction:
             0,
             None,
         )
-        if num_returns == 1:
-            return refs[0]
-        if num_returns == 0:
-            return None
-        return refs
+        return wrap_returns(refs, num_returns, mode)
 
     def bind(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("Ray DAGs (.bind) are not supported by Arca yet")
