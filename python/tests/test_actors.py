@@ -445,6 +445,28 @@ def test_threaded_actor_starts_a_call_while_another_blocks(ray):
         a = Latch.remote()
 
 
+@arca.remote(max_concurrency=5)
+class Napper:
+    def nap(self):
+        time.sleep(0.02)
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_threaded_actor_takes_a_call_after_a_burst(ray):
+    # A fresh actor's first calls go through the node; the call after them
+    # comes on the caller's new direct connection, taken by whichever of
+    # the actor's threads is polling. The others must see that caller too
+    # (they once slept on a list of callers without it, the byte that was
+    # to wake them read by a third thread).
+    for _ in range(20):
+        a = Napper.remote()
+        for r in [a.nap.remote() for _ in range(12)]:
+            ray.get(r, timeout=30)
+        assert ray.get(a.pid.remote(), timeout=30) > 0
+
+
 def test_named_actor(ray):
     c = Counter.options(name="test-named-counter").remote()
     h = ray.get_actor("test-named-counter")

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +34,7 @@ use arca_proto::node as pb;
 use arca_store::ObjectId;
 use arca_store::wire::{Conn, MAX_REPLY_FRAME, MAX_REQUEST_FRAME, Side};
 use foldhash::{HashMap, HashMapExt, HashSet};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::conn::poll_readable;
@@ -60,6 +61,12 @@ pub(crate) struct Server {
     listener: UnixListener,
     path: PathBuf,
     peers: Mutex<Vec<Arc<Peer>>>,
+    /// The callers' sockets, for the threads waiting in [`Server::next`]:
+    /// one set they all poll, which a caller taken by any of them joins at
+    /// once. (Polling each its own copy of the list, a thread could sleep
+    /// on a list without a caller another had just taken, its wake-up
+    /// byte drained by a third.)
+    callers: Epoll,
     /// Calls and cancels read from callers, in order.
     queue: Mutex<VecDeque<Incoming>>,
     /// The direct calls this worker runs: where each one's results go.
@@ -122,11 +129,13 @@ impl Server {
         let wake = UnixStream::pair()?;
         wake.0.set_nonblocking(true)?;
         wake.1.set_nonblocking(true)?;
+        let callers = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(std::io::Error::from)?;
         Ok(Server {
             wake,
             listener,
             path,
             peers: Mutex::new(Vec::new()),
+            callers,
             queue: Mutex::new(VecDeque::new()),
             calls: Mutex::new(HashMap::new()),
             spin: Spin::default(),
@@ -149,9 +158,11 @@ impl Server {
             if let Some(k) = self.pop(rt)? {
                 return Ok(Some(k));
             }
-            let peers = self.peers.lock().clone();
-            let mut fds = vec![self.wake.0.as_fd(), self.listener.as_fd()];
-            fds.extend(peers.iter().map(|p| p.stream.as_fd()));
+            let mut fds = vec![
+                self.wake.0.as_fd(),
+                self.listener.as_fd(),
+                self.callers.0.as_fd(),
+            ];
             fds.extend(also);
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let (k, ready) = rt.node.poll_execute(&fds, left, Some(&self.spin))?;
@@ -161,10 +172,8 @@ impl Server {
             }
             let accepted = ready.get(1).copied().unwrap_or(false) && self.accept();
             let mut filed = 0;
-            for (p, r) in peers.iter().zip(ready.iter().skip(2)) {
-                if *r {
-                    filed += self.read_peer(p);
-                }
+            if ready.get(2).copied().unwrap_or(false) {
+                filed += self.read_ready_callers();
             }
             if (accepted || filed > 0) && self.inside.load(Ordering::Acquire) > 1 {
                 // Another thread here may sleep in its poll: on the callers
@@ -221,7 +230,14 @@ impl Server {
                 })
             })();
             match peer {
-                Ok(p) => self.peers.lock().push(Arc::new(p)),
+                Ok(p) => {
+                    let fd = p.stream.as_raw_fd();
+                    let event = EpollEvent::new(EpollFlags::EPOLLIN, fd as u64);
+                    match self.callers.add(&p.stream, event) {
+                        Ok(()) => self.peers.lock().push(Arc::new(p)),
+                        Err(e) => tracing::warn!("cannot watch a direct caller: {e}"),
+                    }
+                }
                 Err(e) => tracing::warn!("cannot take a direct caller: {e}"),
             }
         }
@@ -266,8 +282,29 @@ impl Server {
 
     fn drop_peer(&self, p: &Arc<Peer>) {
         p.gone.store(true, Ordering::Relaxed);
+        // Out of the set first: shut down, it would be readable forever.
+        let _ = self.callers.delete(&p.stream);
         let _ = p.stream.shutdown(std::net::Shutdown::Both);
         self.peers.lock().retain(|q| !Arc::ptr_eq(q, p));
+    }
+
+    /// Reads the callers whose sockets are readable now.
+    fn read_ready_callers(&self) -> usize {
+        let mut events = [EpollEvent::empty(); 16];
+        let Ok(n) = self.callers.wait(&mut events, EpollTimeout::ZERO) else {
+            return 0;
+        };
+        let ready: Vec<Arc<Peer>> = {
+            let peers = self.peers.lock();
+            events[..n]
+                .iter()
+                .filter_map(|e| {
+                    let fd = e.data() as RawFd;
+                    peers.iter().find(|p| p.stream.as_raw_fd() == fd).cloned()
+                })
+                .collect()
+        };
+        ready.iter().map(|p| self.read_peer(p)).sum()
     }
 
     fn file(&self, p: &Arc<Peer>, req: pb::Request) -> std::result::Result<(), String> {
