@@ -53,6 +53,33 @@ class _Generate:
         return (_Generate, ())
 
 
+class _Groups:
+    """The last argument of an actor's constructor with
+    ``concurrency_groups``: each group's limit, and the default group's."""
+
+    __slots__ = ("limits", "default")
+
+    def __init__(self, limits: dict[str, int], default: int):
+        self.limits = limits
+        self.default = default
+
+    def __reduce__(self):
+        return (_Groups, (self.limits, self.default))
+
+
+class _CallGroup:
+    """The last argument of an actor call made with
+    ``.options(concurrency_group=...)``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return (_CallGroup, (self.name,))
+
+
 class _EnvVars:
     """The last argument of a task or actor with ``runtime_env={"env_vars":
     ...}``: set in the worker while it runs."""

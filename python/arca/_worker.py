@@ -11,6 +11,7 @@ on one asyncio event loop on the main thread, whose selector takes the calls
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import selectors
@@ -23,7 +24,15 @@ from typing import Any
 
 from . import _generator, _native, _runtime
 from ._runtime_env import Applied
-from ._serialization import _EnvVars, _Generate, _Kwargs, deserialize, serialize
+from ._serialization import (
+    _CallGroup,
+    _EnvVars,
+    _Generate,
+    _Groups,
+    _Kwargs,
+    deserialize,
+    serialize,
+)
 from .actor import TERMINATE, exit_actor
 
 NORMAL, ACTOR_CREATION, ACTOR_METHOD = 0, 1, 2
@@ -112,6 +121,11 @@ class Worker:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.slots: asyncio.Semaphore | None = None
         self.pending: set[asyncio.Future] = set()
+        # Concurrency groups: each method's group, and each group's
+        # semaphore (async actor) or slots (threaded actor).
+        self.method_groups: dict[str, str | None] = {}
+        self.group_slots: dict[str | None, asyncio.Semaphore] | None = None
+        self.thread_groups: _ThreadGroups | None = None
 
     def load(self, ref: Any) -> Any:
         f = self.functions.get(ref)
@@ -154,8 +168,46 @@ class Worker:
             if grow:
                 name = f"arca-actor-{self.started - 1}"
                 threading.Thread(target=self.serve_calls, name=name, daemon=True).start()
-            self.run(task)
+            if self.thread_groups is None:
+                self.run(task)
+            else:
+                self.run_in_group(task)
             del task
+
+    def group_of(self, task: tuple) -> str | None:
+        """The concurrency group a call runs in: the one its caller chose
+        (``.options``), else its method's (``None``: the default group)."""
+        args = task[4]
+        if args:
+            last = args[-1]
+            data, buffers = last[1], last[2]
+            try:
+                small = not buffers and memoryview(data).nbytes < 256
+            except TypeError:
+                small = False
+            if small and b"_CallGroup" in bytes(data):
+                marker = deserialize(*last)
+                if type(marker) is _CallGroup:
+                    return marker.name
+        return self.method_groups.get(task[2].rsplit("::", 1)[-1])
+
+    def run_in_group(self, task: tuple) -> None:
+        """A threaded actor's call under its group's limit: run now, or left
+        for the thread that ends one of that group's calls."""
+        assert self.thread_groups is not None
+        try:
+            group = self.group_of(task)
+        except BaseException as e:  # noqa: BLE001 - reported as the call's failure
+            self.report_error(task, e)
+            return
+        if group not in self.thread_groups.free:
+            self.report_error(task, _undefined_group(group))
+            return
+        if not self.thread_groups.admit(group, task):
+            return
+        while task is not None:
+            self.run(task)
+            task = self.thread_groups.done(group)
 
     def start_async(self, tasks: list[tuple]) -> None:
         # In the event loop. The loop keeps only weak references to tasks.
@@ -182,6 +234,10 @@ class Worker:
             resources,
         ) = task
         values = [deserialize(*a) for a in args]
+        groups = None
+        if values and type(values[-1]) in (_Groups, _CallGroup):
+            marker = values.pop()
+            groups = marker if type(marker) is _Groups else None
         generate = bool(values) and type(values[-1]) is _Generate
         if generate:
             values.pop()
@@ -231,8 +287,20 @@ class Worker:
                     for f in (getattr(cls, m, None) for m in dir(cls) if not m.startswith("__"))
                 ):
                     self.start_loop(max_concurrency)
+                    if groups is not None:
+                        self.group_slots = {
+                            g: asyncio.Semaphore(n)
+                            for g, n in [(None, groups.default), *groups.limits.items()]
+                        }
                 else:
                     self.threads = max_concurrency
+                    if groups is not None:
+                        self.thread_groups = _ThreadGroups(groups.limits, groups.default)
+                if groups is not None:
+                    self.method_groups = {
+                        name: getattr(f, "__ray_concurrency_group__", None)
+                        for name, f in inspect.getmembers(cls, inspect.isfunction)
+                    }
             return None
         name = function.rsplit("::", 1)[-1]
         if name == TERMINATE:
@@ -275,8 +343,19 @@ class Worker:
         self.report(task, result)
 
     async def run_async(self, task: tuple) -> None:
-        assert self.slots is not None
-        async with self.slots:
+        slots = self.slots
+        if self.group_slots is not None:
+            try:
+                group = self.group_of(task)
+            except BaseException as e:  # noqa: BLE001 - reported as the call's failure
+                self.report_error(task, e)
+                return
+            slots = self.group_slots.get(group)
+            if slots is None:
+                self.report_error(task, _undefined_group(group))
+                return
+        assert slots is not None
+        async with slots:
             try:
                 if _native.task_cancelled(task[0]):
                     raise _Skipped()
@@ -341,6 +420,41 @@ class Worker:
             os.getpid(),
         )
         _native.task_done(task_id, [(rid, info) for rid in returns])
+
+
+def _undefined_group(group: str | None) -> ValueError:
+    return ValueError(f"concurrency group {group!r} is not defined by this actor")
+
+
+class _ThreadGroups:
+    """A threaded actor's concurrency groups: free slots per group, and the
+    calls that wait for one (a thread that cannot run its call leaves it
+    here and takes the next; the thread that ends a call of that group runs
+    it)."""
+
+    def __init__(self, limits: dict[str, int], default: int) -> None:
+        self.free: dict[str | None, int] = {None: default, **limits}
+        self.waiting: dict[str | None, collections.deque] = {
+            g: collections.deque() for g in self.free
+        }
+        self.lock = threading.Lock()
+
+    def admit(self, group: str | None, task: tuple) -> bool:
+        with self.lock:
+            if self.free[group] > 0:
+                self.free[group] -= 1
+                return True
+            self.waiting[group].append(task)
+            return False
+
+    def done(self, group: str | None) -> tuple | None:
+        """The next call waiting in ``group`` (its slot passes to it), or
+        ``None`` (the slot is free again)."""
+        with self.lock:
+            if self.waiting[group]:
+                return self.waiting[group].popleft()
+            self.free[group] += 1
+            return None
 
 
 class _TaskSelector(selectors.EpollSelector):

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import _native, _runtime
 from ._runtime_env import env_vars
+from ._serialization import _CallGroup, _Groups
 from .remote_function import (
     ACTOR_CREATION,
     ACTOR_METHOD,
@@ -71,6 +72,8 @@ def method(*args: Any, **kwargs: Any) -> Any:
     def decorate(f: Any) -> Any:
         if "num_returns" in kwargs:
             f.__ray_num_returns__ = kwargs["num_returns"]
+        if "concurrency_group" in kwargs:
+            f.__ray_concurrency_group__ = kwargs["concurrency_group"]
         for key in ("max_task_retries", "retry_exceptions"):
             if key in kwargs:
                 setattr(f, f"__ray_{key}__", kwargs[key])
@@ -101,6 +104,27 @@ def _retries(cls: type, max_task_retries: int | None) -> dict[str, tuple[int, An
         if retries or exceptions:
             out[name] = (retries, exceptions)
     return out
+
+
+def _groups(cls: type, groups: Any) -> dict[str, int]:
+    """``concurrency_groups``, checked against the methods that name one."""
+    if groups is None:
+        groups = {}
+    if not isinstance(groups, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        for k, v in groups.items()
+    ):
+        raise ValueError(
+            "concurrency_groups must be a dict of group name to its max concurrency (>= 1)"
+        )
+    for name, m in inspect.getmembers(cls, predicate=inspect.isfunction):
+        g = getattr(m, "__ray_concurrency_group__", None)
+        if g is not None and g not in groups:
+            raise ValueError(
+                f"method {name!r} is in concurrency group {g!r}, which the actor does not "
+                f"define (concurrency_groups={groups})"
+            )
+    return dict(groups)
 
 
 def _is_async(cls: type) -> bool:
@@ -208,6 +232,12 @@ class ActorClass:
             max_concurrency = DEFAULT_MAX_CONCURRENCY_ASYNC if self._async else 1
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
+        groups = _groups(self._cls, opts.get("concurrency_groups"))
+        marker = None
+        if groups:
+            # The node lets the worker run every group's calls at once.
+            marker = _Groups(groups, max_concurrency)
+            max_concurrency += sum(groups.values())
         actor_ref = _native.new_actor_ref()
         detached = opts.get("lifetime") == "detached"
         if name is not None:
@@ -230,7 +260,7 @@ class ActorClass:
             ACTOR_CREATION,
             f"{self._name}::__init__",
             self._shipped.ref(),
-            encode_args(args, kwargs, env=env_vars(opts.get("runtime_env"))),
+            encode_args(args, kwargs, env=env_vars(opts.get("runtime_env")), marker=marker),
             [],
             1,
             resource_request(opts, 0),
@@ -266,6 +296,7 @@ class ActorMethod:
         "_retries",
         "_encoded",
         "_returns",
+        "_group",
     )
 
     def __init__(
@@ -275,8 +306,11 @@ class ActorMethod:
         name: str,
         num_returns: int,
         retries: tuple[int, Any],
+        group: str | None = None,
     ):
         self._actor_ref = actor_ref
+        # A concurrency group chosen for these calls (.options), as a marker.
+        self._group = _CallGroup(group) if group is not None else None
         self._function = f"{class_name}::{name}"
         self._name = name
         self._num_returns = num_returns
@@ -308,6 +342,7 @@ class ActorMethod:
                 options.get("max_task_retries", retries),
                 options.get("retry_exceptions", exceptions),
             ),
+            options.get("concurrency_group", self._group.name if self._group else None),
         )
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -318,7 +353,7 @@ class ActorMethod:
             ACTOR_METHOD,
             self._function,
             None,
-            encode_args(args, kwargs, exceptions, generate=mode is not None),
+            encode_args(args, kwargs, exceptions, generate=mode is not None, marker=self._group),
             [],
             n,
             None,

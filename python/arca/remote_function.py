@@ -146,6 +146,7 @@ def encode_args(
     retry_exceptions: Any = False,
     env: dict[str, str] | None = None,
     generate: bool = False,
+    marker: Any = None,
 ) -> list:
     """Top-level ObjectRefs go by reference (the task gets their values);
     everything else is serialized. Keyword values follow the positional
@@ -153,7 +154,8 @@ def encode_args(
     (``True`` or exception types), a ``RetryPolicy`` follows: the worker
     re-runs the function while it raises one of them. ``env``
     (``runtime_env``'s ``env_vars``) comes next, as ``_EnvVars``, and for
-    a generator task a ``_Generate`` last of all."""
+    a generator task a ``_Generate``; ``marker`` (an actor's concurrency
+    groups, or a call's) last of all."""
     out: list = [a if type(a) is ObjectRef else serialize(a) for a in args]
     if kwargs:
         out.extend(v if type(v) is ObjectRef else serialize(v) for v in kwargs.values())
@@ -166,6 +168,8 @@ def encode_args(
         out.append(serialize(_EnvVars(env)))
     if generate:
         out.append(serialize(_Generate()))
+    if marker is not None:
+        out.append(serialize(marker))
     return out
 
 

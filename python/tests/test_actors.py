@@ -514,3 +514,90 @@ def test_actor_handle_passed_to_actor(ray):
 def test_actor_method_object_ref_args(ray):
     c = Counter.remote()
     assert ray.get(c.inc.remote(ray.put(7)), timeout=30) == 7
+
+
+@arca.remote(concurrency_groups={"io": 2, "compute": 1})
+class Grouped:
+    def __init__(self):
+        self.running = {"io": 0, "compute": 0, None: 0}
+        self.peak = {"io": 0, "compute": 0, None: 0}
+
+    async def _track(self, group):
+        self.running[group] += 1
+        self.peak[group] = max(self.peak[group], self.running[group])
+        await asyncio.sleep(0.02)
+        self.running[group] -= 1
+
+    @arca.method(concurrency_group="io")
+    async def io(self):
+        await self._track("io")
+
+    @arca.method(concurrency_group="compute")
+    async def compute(self):
+        await self._track("compute")
+
+    async def default(self):
+        await self._track(None)
+
+    async def tracked_as(self, group):
+        await self._track(group)
+
+    def peaks(self):
+        return self.peak
+
+
+def test_concurrency_groups_limit_an_async_actors_calls(ray):
+    g = Grouped.remote()
+    calls = [g.io.remote() for _ in range(6)] + [g.compute.remote() for _ in range(3)]
+    calls += [g.default.remote() for _ in range(4)]
+    # A call may choose its group.
+    calls += [g.tracked_as.options(concurrency_group="compute").remote("compute")]
+    ray.get(calls, timeout=60)
+    assert ray.get(g.peaks.remote(), timeout=30) == {"io": 2, "compute": 1, None: 4}
+
+
+@arca.remote(concurrency_groups={"io": 2})
+class ThreadedGroups:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.running = {"io": 0, None: 0}
+        self.peak = {"io": 0, None: 0}
+
+    def _track(self, group):
+        with self.lock:
+            self.running[group] += 1
+            self.peak[group] = max(self.peak[group], self.running[group])
+        time.sleep(0.02)
+        with self.lock:
+            self.running[group] -= 1
+
+    @arca.method(concurrency_group="io")
+    def io(self):
+        self._track("io")
+
+    def default(self):
+        self._track(None)
+
+    def peaks(self):
+        return self.peak
+
+
+def test_concurrency_groups_limit_a_threaded_actors_calls(ray):
+    t = ThreadedGroups.options(max_concurrency=3).remote()
+    ray.get([t.io.remote() for _ in range(6)] + [t.default.remote() for _ in range(6)], timeout=60)
+    assert ray.get(t.peaks.remote(), timeout=30) == {"io": 2, None: 3}
+    with pytest.raises(ValueError, match="'nope' is not defined"):
+        ray.get(t.default.options(concurrency_group="nope").remote(), timeout=30)
+
+
+def test_concurrency_groups_are_checked(ray):
+    @arca.remote(concurrency_groups={"io": 1})
+    class Undefined:
+        @arca.method(concurrency_group="cpu")
+        def f(self):
+            pass
+
+    with pytest.raises(ValueError, match="'cpu', which the actor does not define"):
+        Undefined.remote()
+    with pytest.raises(ValueError, match="concurrency_groups must be"):
+        ThreadedGroups.options(concurrency_groups={"io": 0}).remote()
