@@ -313,6 +313,17 @@ impl Before {
     }
 }
 
+/// `conn` holds `id` (once, however often it says so).
+fn hold_for(shared: &Shared, st: &mut State, conn: ConnId, id: ObjectId) {
+    let fresh = st.conns.get_mut(&conn).is_some_and(|c| c.holds.insert(id));
+    if fresh && !shared.add_hold(st, &id, Hold::Conn) {
+        // Already freed: nothing to hold.
+        if let Some(c) = st.conns.get_mut(&conn) {
+            c.holds.remove(&id);
+        }
+    }
+}
+
 /// Handles one request; one that waits for objects is answered later (by
 /// whichever thread completes them, or the timer), so this never blocks.
 fn handle(
@@ -365,13 +376,7 @@ fn handle(
         }
         Q::AddRefs(r) => {
             for id in ids(&r.ids)? {
-                let fresh = st.conns.get_mut(&conn).is_some_and(|c| c.holds.insert(id));
-                if fresh && !shared.add_hold(st, &id, Hold::Conn) {
-                    // Already freed: nothing to hold.
-                    if let Some(c) = st.conns.get_mut(&conn) {
-                        c.holds.remove(&id);
-                    }
-                }
+                hold_for(shared, st, conn, id);
             }
         }
         Q::RemoveRefs(r) => {
@@ -417,6 +422,12 @@ fn handle(
             let lender =
                 crate::cluster::NodeId::from_slice(&b.lender).ok_or("Borrow: malformed node id")?;
             shared.borrow_from(st, lender, id);
+            // Held for the borrower from now, not from its AddRefs: the
+            // lender's answer could come first and free an unheld proxy
+            // (a named actor's handle then failed its first call, "no
+            // such actor on this node"). The AddRefs that follows is a
+            // no-op.
+            hold_for(shared, st, conn, id);
         }
         Q::DirectActor(d) => {
             let a = parse_id(&d.actor_id).ok_or("DirectActor: malformed actor id")?;
