@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import inspect
 import os
 import selectors
@@ -217,104 +218,82 @@ class Worker:
             self.pending.add(t)
             t.add_done_callback(self.pending.discard)
 
-    def call(self, task: tuple) -> tuple[Any, int, list]:
-        """Runs the task's function; returns (result, num returns, returns)."""
-        (
-            task_id,
-            kind,
-            function,
-            function_ref,
-            args,
-            returns,
-            split,
-            actor_id,
-            attempt,
-            max_concurrency,
-            max_retries,
-            resources,
-        ) = task
-        values = [deserialize(*a) for a in args]
-        groups = None
-        if values and type(values[-1]) in (_Groups, _CallGroup):
-            marker = values.pop()
-            groups = marker if type(marker) is _Groups else None
-        generate = bool(values) and type(values[-1]) is _Generate
-        if generate:
-            values.pop()
-        env = values.pop().vars if values and type(values[-1]) is _EnvVars else None
-        policy = None
-        if values and type(values[-1]) is RetryPolicy:
-            policy = values.pop()
-        kwargs = {}
-        if values and type(values[-1]) is _Kwargs:
-            names = values.pop().names
-            kwargs = dict(zip(names, values[len(values) - len(names) :], strict=True))
-            del values[len(values) - len(names) :]
+    def call(self, task: tuple) -> Any:
+        """Runs the task's function; returns its result (for an async
+        actor's method, a coroutine that makes it)."""
+        task_id, kind, function, function_ref, args = task[:5]
+        max_retries, resources = task[10], task[11]
+        values, kwargs, x = _unpack(args)
         _runtime._current_task.set((task_id, resources))
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
-            if env:
-                with Applied(env):
-                    result = _call(fn, values, kwargs, policy, max_retries)
-                    return _generator.collect(function, result) if generate else result
-            result = _call(fn, values, kwargs, policy, max_retries)
-            return _generator.collect(function, result) if generate else result
+            with Applied(x.env) if x.env else contextlib.nullcontext():
+                result = _call(fn, values, kwargs, x.policy, max_retries)
+                return _generator.collect(function, result) if x.generate else result
         if kind == ACTOR_CREATION:
-            if env:
-                # The worker is the actor's for life.
-                os.environ.update(env)
-            cls = self.load(function_ref)
-            cls = getattr(cls, "_cls", cls)
-            st = _runtime._state
-            st.current_actor_id = actor_id
-            st.actor_resources = _runtime._assigned(resources)
-            # The node counts a restarted actor's constructor runs on.
-            st.actor_reconstructed = attempt > 1
-            from .actor import _methods, _retries
-
-            st.actor_handle = (
-                actor_id,
-                f"{cls.__module__}.{cls.__qualname__}",
-                _methods(cls),
-                _retries(cls, None),
-            )
-            self.class_name = cls.__name__
-            self.instance = cls(*values, **kwargs)
-            if max_concurrency > 1:
-                if any(
-                    inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
-                    for f in (getattr(cls, m, None) for m in dir(cls) if not m.startswith("__"))
-                ):
-                    self.start_loop(max_concurrency)
-                    if groups is not None:
-                        self.group_slots = {
-                            g: asyncio.Semaphore(n)
-                            for g, n in [(None, groups.default), *groups.limits.items()]
-                        }
-                else:
-                    self.threads = max_concurrency
-                    if groups is not None:
-                        self.thread_groups = _ThreadGroups(groups.limits, groups.default)
-                if groups is not None:
-                    self.method_groups = {
-                        name: getattr(f, "__ray_concurrency_group__", None)
-                        for name, f in inspect.getmembers(cls, inspect.isfunction)
-                    }
+            self.create_actor(task, values, kwargs, x)
             return None
         name = function.rsplit("::", 1)[-1]
         if name == TERMINATE:
             exit_actor()
         method = getattr(self.instance, name)
-        if policy is not None and asyncio.iscoroutinefunction(method):
-            return _call_async(method, values, kwargs, policy, max_retries)
-        result = _call(method, values, kwargs, policy, max_retries)
-        if not generate:
+        if x.policy is not None and asyncio.iscoroutinefunction(method):
+            return _call_async(method, values, kwargs, x.policy, max_retries)
+        result = _call(method, values, kwargs, x.policy, max_retries)
+        if not x.generate:
             return result
         if hasattr(result, "__anext__"):
             # A coroutine: the async actor's loop runs it.
             return _generator.collect_async(function, result)
         return _generator.collect(function, result)
+
+    def create_actor(self, task: tuple, values: list, kwargs: dict, x: _Extras) -> None:
+        """Runs the constructor; sets the worker up as a sync, threaded or
+        async actor, with its concurrency groups."""
+        _, _, _, function_ref, _, _, _, actor_id, attempt, max_concurrency, _, resources = task
+        if x.env:
+            # The worker is the actor's for life.
+            os.environ.update(x.env)
+        cls = self.load(function_ref)
+        cls = getattr(cls, "_cls", cls)
+        st = _runtime._state
+        st.current_actor_id = actor_id
+        st.actor_resources = _runtime._assigned(resources)
+        # The node counts a restarted actor's constructor runs on.
+        st.actor_reconstructed = attempt > 1
+        from .actor import _methods, _retries
+
+        st.actor_handle = (
+            actor_id,
+            f"{cls.__module__}.{cls.__qualname__}",
+            _methods(cls),
+            _retries(cls, None),
+        )
+        self.class_name = cls.__name__
+        self.instance = cls(*values, **kwargs)
+        if max_concurrency <= 1:
+            return
+        groups = x.groups
+        if any(
+            inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
+            for f in (getattr(cls, m, None) for m in dir(cls) if not m.startswith("__"))
+        ):
+            self.start_loop(max_concurrency)
+            if groups is not None:
+                self.group_slots = {
+                    g: asyncio.Semaphore(n)
+                    for g, n in [(None, groups.default), *groups.limits.items()]
+                }
+        else:
+            self.threads = max_concurrency
+            if groups is not None:
+                self.thread_groups = _ThreadGroups(groups.limits, groups.default)
+        if groups is not None:
+            self.method_groups = {
+                name: getattr(f, "__ray_concurrency_group__", None)
+                for name, f in inspect.getmembers(cls, inspect.isfunction)
+            }
 
     def start_loop(self, max_concurrency: int) -> None:
         """The async actor's event loop, run by the main thread once the
@@ -420,6 +399,41 @@ class Worker:
             os.getpid(),
         )
         _native.task_done(task_id, [(rid, info) for rid in returns])
+
+
+class _Extras:
+    """What a task's trailing marker arguments ask for (see
+    ``remote_function.encode_args``)."""
+
+    __slots__ = ("env", "generate", "groups", "policy")
+
+    def __init__(self) -> None:
+        self.groups: _Groups | None = None
+        self.generate = False
+        self.env: dict[str, str] | None = None
+        self.policy: RetryPolicy | None = None
+
+
+def _unpack(args: list) -> tuple[list, dict, _Extras]:
+    """A task's positional values, keyword values and markers."""
+    values = [deserialize(*a) for a in args]
+    x = _Extras()
+    if values and type(values[-1]) in (_Groups, _CallGroup):
+        marker = values.pop()
+        x.groups = marker if type(marker) is _Groups else None
+    if values and type(values[-1]) is _Generate:
+        values.pop()
+        x.generate = True
+    if values and type(values[-1]) is _EnvVars:
+        x.env = values.pop().vars
+    if values and type(values[-1]) is RetryPolicy:
+        x.policy = values.pop()
+    kwargs = {}
+    if values and type(values[-1]) is _Kwargs:
+        names = values.pop().names
+        kwargs = dict(zip(names, values[len(values) - len(names) :], strict=True))
+        del values[len(values) - len(names) :]
+    return values, kwargs, x
 
 
 def _undefined_group(group: str | None) -> ValueError:
