@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import inspect
 import os
 import selectors
@@ -228,9 +227,12 @@ class Worker:
         if kind == NORMAL:
             fn = self.load(function_ref)
             fn = getattr(fn, "_function", fn)
-            with Applied(x.env) if x.env else contextlib.nullcontext():
+            if x.env:
+                with Applied(x.env):
+                    result = _call(fn, values, kwargs, x.policy, max_retries)
+            else:
                 result = _call(fn, values, kwargs, x.policy, max_retries)
-                return _generator.collect(function, result) if x.generate else result
+            return _generator.collect(function, result) if x.generate else result
         if kind == ACTOR_CREATION:
             self.create_actor(task, values, kwargs, x)
             return None
@@ -414,9 +416,14 @@ class _Extras:
         self.policy: RetryPolicy | None = None
 
 
+_NO_EXTRAS = _Extras()
+
+
 def _unpack(args: list) -> tuple[list, dict, _Extras]:
     """A task's positional values, keyword values and markers."""
     values = [deserialize(*a) for a in args]
+    if not values or type(values[-1]) not in _MARKERS:
+        return values, {}, _NO_EXTRAS
     x = _Extras()
     if values and type(values[-1]) in (_Groups, _CallGroup):
         marker = values.pop()
@@ -434,6 +441,9 @@ def _unpack(args: list) -> tuple[list, dict, _Extras]:
         kwargs = dict(zip(names, values[len(values) - len(names) :], strict=True))
         del values[len(values) - len(names) :]
     return values, kwargs, x
+
+
+_MARKERS = frozenset({_Groups, _CallGroup, _Generate, _EnvVars, RetryPolicy, _Kwargs})
 
 
 def _undefined_group(group: str | None) -> ValueError:

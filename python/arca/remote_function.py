@@ -243,6 +243,7 @@ class RemoteFunction:
         self._name = f"{function.__module__}.{function.__qualname__}"
         # (return ids per call, generator mode)
         self._returns = returns_of(options.get("num_returns"), function)
+        self._env = env_vars(options.get("runtime_env"))
         functools.update_wrapper(self, function)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -266,7 +267,7 @@ class RemoteFunction:
             args,
             kwargs,
             opts.get("retry_exceptions", False),
-            env_vars(opts.get("runtime_env")),
+            self._env,
             mode is not None,
         )
         refs = _native.submit(
