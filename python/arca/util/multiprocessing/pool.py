@@ -206,9 +206,8 @@ class Pool:
         callback: Callable | None = None,
         error_callback: Callable | None = None,
     ) -> AsyncResult:
-        self._check_running()
         items = [((x,), None) for x in iterable]
-        return AsyncResult(self._batches(func, items, chunksize), False, callback, error_callback)
+        return self._map_async(func, items, chunksize, callback, error_callback)
 
     def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
         return self.starmap_async(func, iterable, chunksize).get()
@@ -221,8 +220,18 @@ class Pool:
         callback: Callable | None = None,
         error_callback: Callable | None = None,
     ) -> AsyncResult:
-        self._check_running()
         items = [(tuple(args), None) for args in iterable]
+        return self._map_async(func, items, chunksize, callback, error_callback)
+
+    def _map_async(
+        self,
+        func: Callable,
+        items: list,
+        chunksize: int | None,
+        callback: Callable | None,
+        error_callback: Callable | None,
+    ) -> AsyncResult:
+        self._check_running()
         return AsyncResult(self._batches(func, items, chunksize), False, callback, error_callback)
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> Iterator:
