@@ -41,6 +41,10 @@ pub const MAX_FDS: usize = 64;
 /// How long a receiver polls before it blocks, by default.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
+/// What a write does when the socket is full ([`Conn::send_or`]), instead
+/// of blocking in it.
+type Stalled<'a> = Option<&'a mut dyn FnMut(&UnixStream) -> io::Result<()>>;
+
 const READ_CHUNK: usize = 64 << 10;
 
 /// Why a frame could not be read.
@@ -154,14 +158,14 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        self.send_queued(&[])
+        self.send_queued(&[], None)
     }
 
     /// Encodes and sends one frame (after anything queued), attaching `fds`
     /// to the first byte sent.
     pub fn send_with_fds<M: Message>(&mut self, msg: &M, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
         encode_frame(msg, &mut self.wbuf)?;
-        self.send_queued(fds)
+        self.send_queued(fds, None)
     }
 
     /// [`Conn::send`] that, whenever the socket is full, calls `stalled`
@@ -174,30 +178,11 @@ impl Conn {
         mut stalled: impl FnMut(&UnixStream) -> io::Result<()>,
     ) -> io::Result<()> {
         encode_frame(msg, &mut self.wbuf)?;
-        let mut sent = 0;
-        let result = loop {
-            if sent == self.wbuf.len() {
-                break Ok(());
-            }
-            let iov = [IoSlice::new(&self.wbuf[sent..])];
-            let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
-            match sendmsg::<()>(self.stream.as_raw_fd(), &iov, &[], flags, None) {
-                Ok(n) => sent += n,
-                Err(Errno::EINTR) => {}
-                Err(Errno::EAGAIN) => {
-                    if let Err(e) = stalled(&self.stream) {
-                        break Err(e);
-                    }
-                }
-                Err(e) => break Err(e.into()),
-            }
-        };
-        self.wbuf.clear();
-        result
+        self.send_queued(&[], Some(&mut stalled))
     }
 
-    fn send_queued(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let result = self.write_all(fds);
+    fn send_queued(&mut self, fds: &[BorrowedFd<'_>], stalled: Stalled<'_>) -> io::Result<()> {
+        let result = self.write_all(fds, stalled);
         self.wbuf.clear();
         if self.wbuf.capacity() > 4 * READ_CHUNK {
             self.wbuf.shrink_to(4096);
@@ -205,8 +190,15 @@ impl Conn {
         result
     }
 
-    fn write_all(&mut self, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    /// Writes `wbuf`; with `stalled`, never blocks in the write: a full
+    /// socket calls it, and the write goes on once it returns.
+    fn write_all(&mut self, fds: &[BorrowedFd<'_>], mut stalled: Stalled<'_>) -> io::Result<()> {
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let flags = if stalled.is_some() {
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT
+        } else {
+            MsgFlags::MSG_NOSIGNAL
+        };
         let mut sent = 0;
         while sent < self.wbuf.len() {
             let iov = [IoSlice::new(&self.wbuf[sent..])];
@@ -216,15 +208,14 @@ impl Conn {
             } else {
                 &[]
             };
-            match sendmsg::<()>(
-                self.stream.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            ) {
+            match sendmsg::<()>(self.stream.as_raw_fd(), &iov, cmsgs, flags, None) {
                 Ok(n) => sent += n,
                 Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) if stalled.is_some() => {
+                    if let Some(s) = stalled.as_deref_mut() {
+                        s(&self.stream)?;
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -241,7 +232,7 @@ impl Conn {
     /// `Ok(None)` when none has yet. A worker uses it to see a cancel that
     /// waits behind the task it is about to start.
     pub fn try_recv<M: Message + Default>(&mut self, max: usize) -> Result<Option<M>, RecvError> {
-        if !self.frame_buffered() {
+        if !self.has_frame() {
             if self.end == self.rbuf.len() {
                 self.compact();
             }
@@ -258,7 +249,7 @@ impl Conn {
                     Err(e) => return Err(e.into()),
                 }
             }
-            if !self.frame_buffered() {
+            if !self.has_frame() {
                 return Ok(None);
             }
         }
@@ -268,16 +259,11 @@ impl Conn {
     /// Part of a frame is buffered: its rest is to come (a reader that
     /// polls then waits for it with [`Conn::recv`]).
     pub fn has_partial_frame(&self) -> bool {
-        self.start < self.end && !self.frame_buffered()
+        self.start < self.end && !self.has_frame()
     }
 
     /// A whole frame is buffered: [`Conn::recv`] returns it without reading.
     pub fn has_frame(&self) -> bool {
-        self.frame_buffered()
-    }
-
-    /// A whole frame is buffered.
-    fn frame_buffered(&self) -> bool {
         let b = &self.rbuf[self.start..self.end];
         frame_len(b).is_some_and(|len| b.len() - 4 >= len)
     }

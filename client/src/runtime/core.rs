@@ -176,21 +176,21 @@ pub fn cancel(id: ObjectId, force: bool) -> Result<()> {
 
 /// Ends actor `id`; with `no_restart` false it may be restarted.
 pub fn kill_actor(id: ObjectId, no_restart: bool) -> Result<()> {
-    runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
-        actor_id: id.as_bytes().to_vec().into(),
-        no_restart,
-        exit: false,
-    }))
+    send_kill(id, no_restart, false)
 }
 
 /// In actor `id`'s own worker: ends the actor as it chose (`exit_actor`).
 /// The node kills this process, fails the calls left with
 /// `Error::ActorDied` saying so, and does not restart it.
 pub fn exit_actor(id: ObjectId) -> Result<()> {
+    send_kill(id, true, true)
+}
+
+fn send_kill(id: ObjectId, no_restart: bool, exit: bool) -> Result<()> {
     runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
         actor_id: id.as_bytes().to_vec().into(),
-        no_restart: true,
-        exit: true,
+        no_restart,
+        exit,
     }))
 }
 

@@ -170,15 +170,18 @@ impl Server {
                 let mut buf = [0u8; 64];
                 while matches!((&self.wake.0).read(&mut buf), Ok(n) if n > 0) {}
             }
-            let accepted = ready.get(1).copied().unwrap_or(false) && self.accept();
-            let mut filed = 0;
-            if ready.get(2).copied().unwrap_or(false) {
-                filed += self.read_ready_callers();
+            if ready.get(1).copied().unwrap_or(false) {
+                // A caller taken joins `callers`: threads asleep see it.
+                self.accept();
             }
-            if (accepted || filed > 0) && self.inside.load(Ordering::Acquire) > 1 {
-                // Another thread here may sleep in its poll: on the callers
-                // it knew before this one took a new one, or woken by the
-                // same bytes this one read. It must look again.
+            let filed = if ready.get(2).copied().unwrap_or(false) {
+                self.read_ready_callers()
+            } else {
+                0
+            };
+            if filed > 0 && self.inside.load(Ordering::Acquire) > 1 {
+                // Another thread here may have been woken by the bytes this
+                // one read, and sleep again: it must look at the queue.
                 let _ = (&self.wake.1).write(&[1]);
             }
             if k.is_some() {
@@ -211,11 +214,9 @@ impl Server {
         out
     }
 
-    /// Takes the callers that connected; whether there were any.
-    fn accept(&self) -> bool {
-        let mut any = false;
+    /// Takes the callers that connected.
+    fn accept(&self) {
         while let Ok((s, _)) = self.listener.accept() {
-            any = true;
             let peer = (|| {
                 // Writes to it block while its socket is full: a caller
                 // reads its answers whenever it calls or waits, and a
@@ -241,7 +242,6 @@ impl Server {
                 Err(e) => tracing::warn!("cannot take a direct caller: {e}"),
             }
         }
-        any
     }
 
     /// Reads the caller's messages that have arrived, and the rest of a

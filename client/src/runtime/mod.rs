@@ -1061,11 +1061,7 @@ pub fn cancel<T>(r: &ObjectRef<T>, force: bool) -> Result<()> {
 /// Ends an actor now: its process is killed, its pending calls fail with
 /// `Error::ActorDied`, and it is not restarted.
 pub fn kill(actor: &ActorHandle) -> Result<()> {
-    runtime()?.send(pb::request::Kind::KillActor(pb::KillActor {
-        actor_id: actor.id().as_bytes().to_vec().into(),
-        no_restart: true,
-        exit: false,
-    }))
+    core::kill_actor(actor.id(), true)
 }
 
 /// The node's status (what `arca status` shows).
