@@ -20,6 +20,7 @@ import sys
 import threading
 import traceback
 import types
+from collections.abc import Container
 from typing import Any
 
 from . import _generator, _native, _runtime
@@ -191,19 +192,27 @@ class Worker:
                     return marker.name
         return self.method_groups.get(task[2].rsplit("::", 1)[-1])
 
-    def run_in_group(self, task: tuple) -> None:
-        """A threaded actor's call under its group's limit: run now, or left
-        for the thread that ends one of that group's calls."""
-        assert self.thread_groups is not None
+    def checked_group(self, task: tuple, groups: Container) -> tuple[bool, str | None]:
+        """``(True, group)`` for a call in one of ``groups``; else the call
+        has failed (reported here) and ``(False, None)``."""
         try:
             group = self.group_of(task)
         except BaseException as e:  # noqa: BLE001 - reported as the call's failure
             self.report_error(task, e)
-            return
-        if group not in self.thread_groups.free:
-            self.report_error(task, _undefined_group(group))
-            return
-        if not self.thread_groups.admit(group, task):
+            return False, None
+        if group not in groups:
+            self.report_error(
+                task, ValueError(f"concurrency group {group!r} is not defined by this actor")
+            )
+            return False, None
+        return True, group
+
+    def run_in_group(self, task: tuple) -> None:
+        """A threaded actor's call under its group's limit: run now, or left
+        for the thread that ends one of that group's calls."""
+        assert self.thread_groups is not None
+        known, group = self.checked_group(task, self.thread_groups.free)
+        if not known or not self.thread_groups.admit(group, task):
             return
         while task is not None:
             self.run(task)
@@ -264,7 +273,7 @@ class Worker:
         st.actor_resources = _runtime._assigned(resources)
         # The node counts a restarted actor's constructor runs on.
         st.actor_reconstructed = attempt > 1
-        from .actor import _methods, _retries
+        from .actor import _is_async, _methods, _retries
 
         st.actor_handle = (
             actor_id,
@@ -277,10 +286,7 @@ class Worker:
         if max_concurrency <= 1:
             return
         groups = x.groups
-        if any(
-            inspect.iscoroutinefunction(f) or inspect.isasyncgenfunction(f)
-            for f in (getattr(cls, m, None) for m in dir(cls) if not m.startswith("__"))
-        ):
+        if _is_async(cls):
             self.start_loop(max_concurrency)
             if groups is not None:
                 self.group_slots = {
@@ -326,15 +332,10 @@ class Worker:
     async def run_async(self, task: tuple) -> None:
         slots = self.slots
         if self.group_slots is not None:
-            try:
-                group = self.group_of(task)
-            except BaseException as e:  # noqa: BLE001 - reported as the call's failure
-                self.report_error(task, e)
+            known, group = self.checked_group(task, self.group_slots)
+            if not known:
                 return
-            slots = self.group_slots.get(group)
-            if slots is None:
-                self.report_error(task, _undefined_group(group))
-                return
+            slots = self.group_slots[group]
         assert slots is not None
         async with slots:
             try:
@@ -444,10 +445,6 @@ def _unpack(args: list) -> tuple[list, dict, _Extras]:
 
 
 _MARKERS = frozenset({_Groups, _CallGroup, _Generate, _EnvVars, RetryPolicy, _Kwargs})
-
-
-def _undefined_group(group: str | None) -> ValueError:
-    return ValueError(f"concurrency group {group!r} is not defined by this actor")
 
 
 class _ThreadGroups:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .actor_pool import ActorPool
@@ -49,18 +50,11 @@ def placement_group(*args: Any, **kwargs: Any) -> Any:
     )
 
 
+# Submodules loaded on first use (`queue` imports asyncio).
+_LAZY = frozenset({"queue", "scheduling_strategies", "multiprocessing"})
+
+
 def __getattr__(name: str) -> Any:
-    # `ray.util.queue` without importing asyncio up front.
-    if name == "queue":
-        from . import queue
-
-        return queue
-    if name == "scheduling_strategies":
-        from . import scheduling_strategies
-
-        return scheduling_strategies
-    if name == "multiprocessing":
-        from . import multiprocessing
-
-        return multiprocessing
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'arca.util' has no attribute {name!r}")
